@@ -1,0 +1,230 @@
+// data/prepare.cpp — corpus preparation and token-stream statistics.
+#include "data/prepare.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+
+#include "data/shard.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace kvt {
+
+// ---- statistics --------------------------------------------------------------------------
+
+void BigramCounter::add(std::span<const uint32_t> tokens) {
+  if (pairs_.empty()) pairs_.reserve(1 << 16);
+  for (uint32_t t : tokens) {
+    if (t >= unigram_.size()) unigram_.resize(static_cast<size_t>(t) + 1, 0);
+    ++unigram_[t];
+    if (tokens_ > 0) ++pairs_[(static_cast<uint64_t>(last_) << 32) | t];
+    last_ = t;
+    ++tokens_;
+  }
+}
+
+double BigramCounter::unigram_entropy() const {
+  if (tokens_ == 0) return 0.0;
+  // H = ln N - 1/N sum_a c(a) ln c(a)
+  double s = 0.0;
+  for (uint64_t c : unigram_)
+    if (c > 0) s += static_cast<double>(c) * std::log(static_cast<double>(c));
+  const double n = static_cast<double>(tokens_);
+  return std::log(n) - s / n;
+}
+
+double BigramCounter::bigram_entropy() const {
+  if (tokens_ < 2) return 0.0;
+  // H = 1/N [sum_a c(a,.) ln c(a,.) - sum_{a,b} c(a,b) ln c(a,b)], N = number of pairs
+  std::vector<uint64_t> prev(unigram_.size(), 0);
+  double s_pair = 0.0;
+  for (const auto& [key, c] : pairs_) {
+    prev[key >> 32] += c;
+    s_pair += static_cast<double>(c) * std::log(static_cast<double>(c));
+  }
+  double s_prev = 0.0;
+  for (uint64_t c : prev)
+    if (c > 0) s_prev += static_cast<double>(c) * std::log(static_cast<double>(c));
+  return (s_prev - s_pair) / static_cast<double>(tokens_ - 1);
+}
+
+double unigram_entropy(std::span<const uint32_t> tokens) {
+  BigramCounter c;
+  c.add(tokens);
+  return c.unigram_entropy();
+}
+
+double bigram_entropy(std::span<const uint32_t> tokens) {
+  BigramCounter c;
+  c.add(tokens);
+  return c.bigram_entropy();
+}
+
+// ---- prepare -----------------------------------------------------------------------------
+
+namespace {
+
+std::string read_text_file(const std::string& path) {
+  if (!fs::is_regular_file(path))
+    throw std::runtime_error("prepare: input file " + path + " does not exist");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("prepare: cannot open input file " + path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw std::runtime_error("prepare: read error in input file " + path);
+  return ss.str();
+}
+
+std::string shard_name(const std::string& name, const char* split, size_t index) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "_%s_%06zu.bin", split, index);
+  return name + buf;
+}
+
+// Removes <name>_{train,val}_NNNNNN.bin from dir so a re-run never leaves stale shards that a glob
+// would pick up.
+void remove_stale_shards(const fs::path& dir, const std::string& name, std::ostream* log) {
+  std::string escaped;
+  for (char ch : name) {
+    if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) escaped += '\\';
+    escaped += ch;
+  }
+  const std::regex re(escaped + "_(train|val)_[0-9]{6}\\.bin");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && std::regex_match(e.path().filename().string(), re)) {
+      if (log) *log << "prepare: removing stale shard " << e.path().string() << "\n";
+      fs::remove(e.path());
+    }
+  }
+}
+
+}  // namespace
+
+CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
+  if (opt.inputs.empty()) throw std::runtime_error("prepare: no input files (--input)");
+  if (opt.out_dir.empty()) throw std::runtime_error("prepare: no output directory (--out)");
+  if (!opt.tokenizer.empty() && opt.vocab_size != 0)
+    throw std::runtime_error("prepare: give either --vocab-size " +
+                             std::to_string(opt.vocab_size) + " or --tokenizer " + opt.tokenizer +
+                             ", not both");
+  if (opt.tokenizer.empty() && opt.vocab_size < 260)
+    throw std::runtime_error("prepare: bad vocab size " + std::to_string(opt.vocab_size) +
+                             " (give --vocab-size >= 260: 256 byte pieces + unk/bos/eos + 1 "
+                             "merge, or --tokenizer)");
+  if (!(opt.val_fraction >= 0.0 && opt.val_fraction < 1.0))
+    throw std::runtime_error("prepare: bad val fraction " + std::to_string(opt.val_fraction) +
+                             " (must be in [0, 1))");
+  if (opt.shard_tokens <= 0 || opt.shard_tokens > INT32_MAX)
+    throw std::runtime_error("prepare: bad shard tokens " + std::to_string(opt.shard_tokens) +
+                             " (must be in [1, 2^31 - 1])");
+  if (opt.format != "auto" && opt.format != "u16" && opt.format != "u32")
+    throw std::runtime_error("prepare: bad format '" + opt.format + "' (auto | u16 | u32)");
+  if (opt.name.empty() || opt.name.find('/') != std::string::npos)
+    throw std::runtime_error("prepare: bad name '" + opt.name + "'");
+
+  // Read every input first: a missing or empty file fails before any work is done.
+  std::vector<std::string> texts;
+  texts.reserve(opt.inputs.size());
+  for (const auto& f : opt.inputs) {
+    texts.push_back(read_text_file(f));
+    if (texts.back().empty()) throw std::runtime_error("prepare: input file " + f + " is empty");
+  }
+
+  const fs::path dir(opt.out_dir);
+  fs::create_directories(dir);
+  const fs::path model = dir / "tokenizer.model";
+  if (opt.tokenizer.empty()) {
+    if (log) *log << "prepare: training a " << opt.vocab_size << "-piece BPE tokenizer\n";
+    Tokenizer::train(opt.inputs, opt.vocab_size, (dir / "tokenizer").string());
+  } else {
+    if (!fs::is_regular_file(opt.tokenizer))
+      throw std::runtime_error("prepare: tokenizer " + opt.tokenizer + " does not exist");
+    if (!fs::exists(model) || !fs::equivalent(opt.tokenizer, model))
+      fs::copy_file(opt.tokenizer, model, fs::copy_options::overwrite_existing);
+  }
+  const Tokenizer tok(model.string());
+
+  CorpusStats st;
+  st.vocab_size = tok.vocab_size();
+  int32_t version = shard_version_for_vocab(st.vocab_size);
+  if (opt.format == "u32") version = kShardVersionU32;
+  if (opt.format == "u16") {
+    if (st.vocab_size > 65536)
+      throw std::runtime_error("prepare: --format u16 cannot hold vocab size " +
+                               std::to_string(st.vocab_size) + " (at most 65536)");
+    version = kShardVersionU16;
+  }
+
+  // The token stream: BOS + document, for each document in order.
+  std::vector<uint32_t> stream;
+  for (size_t d = 0; d < texts.size(); ++d) {
+    const std::vector<int32_t> ids = tok.encode(texts[d]);
+    stream.push_back(static_cast<uint32_t>(tok.bos_id()));
+    stream.insert(stream.end(), ids.begin(), ids.end());
+    std::string().swap(texts[d]);
+    if (log) *log << "prepare: " << opt.inputs[d] << ": " << ids.size() << " tokens\n";
+  }
+  st.documents = texts.size();
+
+  const uint64_t total = stream.size();
+  uint64_t n_val = 0;
+  if (opt.val_fraction > 0.0)
+    n_val = std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(opt.val_fraction * total)));
+  if (n_val >= total)
+    throw std::runtime_error("prepare: val fraction " + std::to_string(opt.val_fraction) +
+                             " leaves no training tokens (" + std::to_string(total) +
+                             " tokens in all)");
+  st.train_tokens = total - n_val;
+  st.val_tokens = n_val;
+
+  remove_stale_shards(dir, opt.name, log);
+  const std::span<const uint32_t> all(stream);
+  const uint64_t per = static_cast<uint64_t>(opt.shard_tokens);
+  for (uint64_t b = 0, i = 0; b < st.train_tokens; b += per, ++i) {
+    const std::string fname = shard_name(opt.name, "train", i);
+    write_shard((dir / fname).string(), all.subspan(b, std::min(per, st.train_tokens - b)),
+                version);
+    st.train_shards.push_back(fname);
+  }
+  if (n_val > 0) {
+    st.val_shard = shard_name(opt.name, "val", 0);
+    write_shard((dir / st.val_shard).string(), all.subspan(st.train_tokens), version);
+  }
+
+  BigramCounter counts;
+  counts.add(all.subspan(0, st.train_tokens));
+  st.unigram_entropy = counts.unigram_entropy();
+  st.bigram_entropy = counts.bigram_entropy();
+
+  nlohmann::ordered_json j;
+  j["documents"] = st.documents;
+  j["train_tokens"] = st.train_tokens;
+  j["val_tokens"] = st.val_tokens;
+  j["vocab_size"] = st.vocab_size;
+  j["format"] = version == kShardVersionU16 ? "u16" : "u32";
+  j["tokenizer"] = "tokenizer.model";
+  j["train_shards"] = st.train_shards;
+  j["val_shard"] = st.val_shard;
+  j["unigram_entropy_nats"] = st.unigram_entropy;
+  // H(X_t | X_{t-1}) of the train stream: the loss of the best bigram model (in-sample).
+  j["bigram_entropy_nats"] = st.bigram_entropy;
+  j["inputs"] = opt.inputs;
+  const fs::path stats_path = dir / "stats.json";
+  std::ofstream out(stats_path);
+  out << std::setw(2) << j << "\n";
+  out.close();
+  if (!out) throw std::runtime_error("prepare: cannot write " + stats_path.string());
+  return st;
+}
+
+}  // namespace kvt

@@ -1,0 +1,58 @@
+// dist/dist.h — rank/world bootstrap and the Communicator (DESIGN.md §6).
+// Under mpirun (or srun) MPI is initialised and every process learns its rank, world size and
+// local rank; started directly, kvtrain is one rank and never touches MPI.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kvt {
+
+// RAII: MPI_Init_thread on construction when launched by an MPI launcher, MPI_Finalize on
+// destruction. One per process, created first thing in main().
+class DistContext {
+ public:
+  DistContext(int* argc, char*** argv);
+  ~DistContext();
+  DistContext(const DistContext&) = delete;
+  DistContext& operator=(const DistContext&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
+  bool uses_mpi() const { return mpi_; }
+  // Ends every rank of the job (MPI_Abort) — for an error caught on one rank when world > 1, so
+  // the others do not wait forever in a collective. Without MPI it just exits.
+  [[noreturn]] void abort(int code) const;
+
+  // True when this process was started by mpirun/srun (reads the launchers' environment).
+  static bool launched_by_mpi();
+
+ private:
+  bool mpi_ = false;
+  int rank_ = 0, world_ = 1, local_rank_ = 0, local_size_ = 1;
+};
+
+// Collectives over all ranks. The MPI implementation works on host memory (CPU backend); the
+// NCCL implementation (CUDA builds) on device memory.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  // buf[i] = mean over ranks of buf[i]
+  virtual void allreduce_mean(float* buf, size_t n) = 0;
+  // bytes from root's buf into every rank's buf
+  virtual void broadcast(void* buf, size_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // max over ranks of a flag (e.g. "stop requested")
+  virtual int max_flag(int flag) = 0;
+};
+
+// MPI_COMM_WORLD on host buffers; with world 1 (no MPI) every collective is the identity.
+std::unique_ptr<Communicator> make_host_communicator(const DistContext& ctx);
+
+}  // namespace kvt

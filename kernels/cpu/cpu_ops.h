@@ -1,0 +1,60 @@
+// kernels/cpu/cpu_ops.h — the CPU backend: the fp32 reference. OpenMP across rows/heads, BLAS
+// sgemm for matmuls. Every reduction runs in a fixed order over fixed-size chunks, so results
+// do not depend on the OpenMP thread count (only BLAS's own threading can change them).
+#pragma once
+
+#include "kernels/ops.h"
+
+namespace kvt {
+
+class CpuOps final : public Ops {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  void* alloc(size_t bytes) override;
+  void release(void* p) noexcept override;
+  void to_device(void* dst, const void* src, size_t bytes) override;
+  void to_host(void* dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void zero(void* p, size_t bytes) override;
+  void synchronize() override {}
+
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                         int C) override;
+  void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N, int C,
+                          int V) override;
+  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int C,
+                       float eps) override;
+  void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                        const float* rstd, int64_t N, int C) override;
+  void matmul_forward(float* out, const float* x, const float* w, int64_t N, int IC,
+                      int OC) override;
+  void matmul_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                       int64_t N, int IC, int OC, bool accumulate_dx) override;
+  void rope_forward(float* x, int ld, int B, int T, int nh, int D, int pos0, const float* cos,
+                    const float* sin) override;
+  void rope_backward(float* dx, int ld, int B, int T, int nh, int D, int pos0, const float* cos,
+                     const float* sin) override;
+  void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                         const AttnShape& s) override;
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+                          const float* q, const float* k, const float* v,
+                          const AttnShape& s) override;
+  void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override;
+  void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
+                       int F) override;
+  void residual_forward(float* out, const float* a, const float* b, int64_t n) override;
+  void residual_backward(float* da, float* db, const float* dout, int64_t n) override;
+  void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                             int64_t N, int V) override;
+  void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                              int64_t N, int V, float dloss) override;
+  double sum_squares(const float* x, int64_t n) override;
+  double sum(const float* x, int64_t n) override;
+  void scale(float* x, float s, int64_t n) override;
+  void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,
+                    float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                    float grad_scale) override;
+};
+
+}  // namespace kvt

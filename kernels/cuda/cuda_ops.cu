@@ -1,0 +1,233 @@
+// kernels/cuda/cuda_ops.cu — the CUDA backend of kvt::Ops: device memory, the stream and the
+// cuBLAS handle (RAII), and the dispatch of every op to its launcher (launch.cuh). All work runs
+// on one stream of the device that was current when the backend was made.
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "kernels/cuda/launch.cuh"
+
+namespace kvt::cuda {
+
+void throw_error(const char* file, int line, const char* call, const std::string& msg) {
+  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + call + ": " +
+                           msg);
+}
+
+const char* cublas_status_string(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+  }
+}
+
+int to_int(int64_t v, const char* what) {
+  if (v < 0 || v > INT32_MAX)
+    throw std::runtime_error(std::string("cuda backend: ") + what + " = " + std::to_string(v) +
+                             " does not fit in int");
+  return static_cast<int>(v);
+}
+
+Scratch::~Scratch() {
+  if (ptr_) cudaFree(ptr_);  // errors ignored: may run after the runtime has shut down
+}
+
+void* Scratch::get(size_t bytes, cudaStream_t stream) {
+  if (bytes <= bytes_ && ptr_) return ptr_;
+  if (ptr_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // earlier kernels may still read the old buffer
+    CUDA_CHECK(cudaFree(ptr_));
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  CUDA_CHECK(cudaMalloc(&ptr_, bytes > 0 ? bytes : 1));
+  bytes_ = bytes;
+  return ptr_;
+}
+
+namespace {
+
+class CudaOps final : public Ops {
+ public:
+  CudaOps() {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) {
+      cudaStreamDestroy(stream_);
+      throw std::runtime_error("cuda backend: cublasCreate failed");
+    }
+    try {
+      CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+      // Plain fp32 (no TF32 tensor-op math), so products match the CPU within fp32 tolerance.
+      CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    } catch (...) {
+      cublasDestroy(cublas_);
+      cudaStreamDestroy(stream_);
+      throw;
+    }
+  }
+  ~CudaOps() override {
+    cudaStreamSynchronize(stream_);
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  std::string name() const override { return "cuda"; }
+
+  // ---- memory -----------------------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    return p;
+  }
+  void release(void* p) noexcept override {
+    if (!p) return;
+    cudaStreamSynchronize(stream_);
+    cudaFree(p);
+  }
+  void to_device(void* dst, const void* host_src, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may be reused on return
+  }
+  void to_host(void* host_dst, const void* src, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0 || dst == src) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void zero(void* p, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+  }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- ops ----------------------------------------------------------------------------------
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                         int C) override {
+    cuda::embedding_forward(stream_, out, tokens, wte, N, C);
+  }
+  void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N,
+                          int C, int V) override {
+    cuda::embedding_backward(stream_, scratch_, dwte, dout, tokens, N, C, V);
+  }
+  void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N,
+                       int C, float eps) override {
+    cuda::rmsnorm_forward(stream_, out, rstd, x, w, N, C, eps);
+  }
+  void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                        const float* rstd, int64_t N, int C) override {
+    cuda::rmsnorm_backward(stream_, scratch_, dx, dw, dout, x, w, rstd, N, C);
+  }
+  void matmul_forward(float* out, const float* x, const float* w, int64_t N, int IC,
+                      int OC) override {
+    cuda::matmul_forward(cublas_, out, x, w, N, IC, OC);
+  }
+  void matmul_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                       int64_t N, int IC, int OC, bool accumulate_dx) override {
+    cuda::matmul_backward(cublas_, dx, dw, dout, x, w, N, IC, OC, accumulate_dx);
+  }
+  void rope_forward(float* x, int ld, int B, int T, int nh, int D, int pos0, const float* cos,
+                    const float* sin) override {
+    cuda::rope_rotate(stream_, x, ld, B, T, nh, D, pos0, cos, sin, 1.0f);
+  }
+  void rope_backward(float* dx, int ld, int B, int T, int nh, int D, int pos0, const float* cos,
+                     const float* sin) override {
+    cuda::rope_rotate(stream_, dx, ld, B, T, nh, D, pos0, cos, sin, -1.0f);
+  }
+  void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                         const AttnShape& s) override {
+    cuda::attention_forward(stream_, out, att, q, k, v, s);
+  }
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+                          const float* q, const float* k, const float* v,
+                          const AttnShape& s) override {
+    cuda::attention_backward(stream_, scratch_, dq, dk, dv, dout, att, q, k, v, s);
+  }
+  void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override {
+    cuda::swiglu_forward(stream_, out, gate_up, N, F);
+  }
+  void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
+                       int F) override {
+    cuda::swiglu_backward(stream_, dgate_up, dout, gate_up, N, F);
+  }
+  void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
+    cuda::residual_forward(stream_, out, a, b, n);
+  }
+  void residual_backward(float* da, float* db, const float* dout, int64_t n) override {
+    cuda::residual_backward(stream_, da, db, dout, n);
+  }
+  void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                             int64_t N, int V) override {
+    cuda::cross_entropy_forward(stream_, losses, logits, targets, N, V);
+  }
+  void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                              int64_t N, int V, float dloss) override {
+    cuda::cross_entropy_backward(stream_, dlogits, logits, targets, N, V, dloss);
+  }
+  double sum_squares(const float* x, int64_t n) override {
+    return cuda::reduce_sum(stream_, scratch_, x, n, true);
+  }
+  double sum(const float* x, int64_t n) override {
+    return cuda::reduce_sum(stream_, scratch_, x, n, false);
+  }
+  void scale(float* x, float s, int64_t n) override { cuda::scale(stream_, x, s, n); }
+  void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,
+                    float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                    float grad_scale) override {
+    if (t < 1) throw std::runtime_error("adamw_update: step t must be >= 1");
+    const double td = static_cast<double>(t);
+    const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), td));
+    const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), td));
+    cuda::adamw_update(stream_, p, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2,
+                       grad_scale);
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  Scratch scratch_;  // declared after stream_: destroyed before the stream
+};
+
+}  // namespace
+}  // namespace kvt::cuda
+
+namespace kvt {
+
+bool cuda_device_usable(std::string* why) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // reset the runtime's last-error state
+    if (why)
+      *why = std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(err) +
+             ")";
+    return false;
+  }
+  if (count == 0) {
+    if (why) *why = "no usable CUDA device (cudaGetDeviceCount found 0 devices)";
+    return false;
+  }
+  if (why) why->clear();
+  return true;
+}
+
+std::unique_ptr<Ops> make_cuda_ops() {
+  std::string why;
+  if (!cuda_device_usable(&why)) throw std::runtime_error("backend 'cuda': " + why);
+  return std::make_unique<cuda::CudaOps>();
+}
+
+}  // namespace kvt

@@ -1,0 +1,65 @@
+// kernels/cuda/launch.cuh — host-side launchers of the CUDA kernels, one group per file. The
+// math and the accumulate/overwrite conventions are those of kernels/ops.h; each launcher enqueues
+// its kernels on `stream` and returns without waiting (except where it returns a host value).
+#pragma once
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/ops.h"
+
+namespace kvt::cuda {
+
+// embedding.cu
+void embedding_forward(cudaStream_t stream, float* out, const int32_t* tokens, const float* wte,
+                       int64_t N, int C);
+// Copies the tokens to the host (waits for the stream), groups positions by token in increasing n,
+// then one thread per (token, channel) adds its rows in that order: deterministic, no atomics.
+void embedding_backward(cudaStream_t stream, Scratch& scratch, float* dwte, const float* dout,
+                        const int32_t* tokens, int64_t N, int C, int V);
+
+// norm.cu
+void rmsnorm_forward(cudaStream_t stream, float* out, float* rstd, const float* x, const float* w,
+                     int64_t N, int C, float eps);
+void rmsnorm_backward(cudaStream_t stream, Scratch& scratch, float* dx, float* dw,
+                      const float* dout, const float* x, const float* w, const float* rstd,
+                      int64_t N, int C);
+
+// matmul.cu (cuBLAS, fp32 without TF32)
+void matmul_forward(cublasHandle_t h, float* out, const float* x, const float* w, int64_t N,
+                    int IC, int OC);
+void matmul_backward(cublasHandle_t h, float* dx, float* dw, const float* dout, const float* x,
+                     const float* w, int64_t N, int IC, int OC, bool accumulate_dx);
+
+// rope.cu: rotates by +angle (sin_sign = 1, forward) or -angle (sin_sign = -1, backward).
+void rope_rotate(cudaStream_t stream, float* x, int ld, int B, int T, int nh, int D, int pos0,
+                 const float* cos, const float* sin, float sin_sign);
+
+// attention.cu
+void attention_forward(cudaStream_t stream, float* out, float* att, const float* q,
+                       const float* k, const float* v, const AttnShape& s);
+void attention_backward(cudaStream_t stream, Scratch& scratch, float* dq, float* dk, float* dv,
+                        const float* dout, const float* att, const float* q, const float* k,
+                        const float* v, const AttnShape& s);
+
+// elementwise.cu
+void swiglu_forward(cudaStream_t stream, float* out, const float* gate_up, int64_t N, int F);
+void swiglu_backward(cudaStream_t stream, float* dgate_up, const float* dout,
+                     const float* gate_up, int64_t N, int F);
+void residual_forward(cudaStream_t stream, float* out, const float* a, const float* b, int64_t n);
+void residual_backward(cudaStream_t stream, float* da, float* db, const float* dout, int64_t n);
+void scale(cudaStream_t stream, float* x, float s, int64_t n);
+
+// loss.cu
+void cross_entropy_forward(cudaStream_t stream, float* losses, const float* logits,
+                           const int32_t* targets, int64_t N, int V);
+void cross_entropy_backward(cudaStream_t stream, float* dlogits, const float* logits,
+                            const int32_t* targets, int64_t N, int V, float dloss);
+
+// reduce.cu: sum_i x[i] (or x[i]^2 when `square`) in double, fixed order; waits for the stream.
+double reduce_sum(cudaStream_t stream, Scratch& scratch, const float* x, int64_t n, bool square);
+
+// optimizer.cu: bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (computed on the host in double).
+void adamw_update(cudaStream_t stream, float* p, const float* grad, float* m, float* v, int64_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay, float bc1,
+                  float bc2, float grad_scale);
+
+}  // namespace kvt::cuda

@@ -1,0 +1,184 @@
+// kernels/ops.h — the op interface. The model is written once against this class; the CPU
+// backend (kernels/cpu, the fp32 reference) and the CUDA backend (kernels/cuda) implement it.
+//
+// Conventions (STYLE.md):
+//  * Pointers are backend memory (host for cpu, device for cuda), row-major, fp32 unless typed.
+//  * Shapes: N rows (= B*T tokens), C model width, B batch, T time, H query heads, Hkv KV heads,
+//    D head dim, F MLP width, V vocab.
+//  * Parameter gradients ACCUMULATE (+=): that is what makes gradient accumulation work.
+//    Activation gradients are OVERWRITTEN (=), except where a signature says "+=" (residual
+//    stream, and dK/dV, which several consumers may add into: DESIGN.md §3).
+//  * Every reduction runs in a fixed order (no float atomics, no OpenMP reduction clauses), so
+//    results are bitwise repeatable for a given thread count.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kvt {
+
+// Attention problem shape. q has H heads, k/v have Hkv heads; query head h reads KV head
+// h / (H / Hkv). Rows of q, k, v may be strided (ldq, ldk, ldv floats between token rows), so
+// q/k/v can be column blocks of one fused projection output.
+struct AttnShape {
+  int B = 0, T = 0, H = 0, Hkv = 0, D = 0;
+  int ldq = 0, ldk = 0, ldv = 0;  // row strides in floats
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual std::string name() const = 0;  // "cpu" | "cuda"
+
+  // ---- memory (bytes) -------------------------------------------------------------------
+  virtual void* alloc(size_t bytes) = 0;  // zero-initialised
+  virtual void release(void* p) noexcept = 0;
+  virtual void to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within the backend
+  virtual void zero(void* p, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- embedding --------------------------------------------------------------------------
+  // out[n, :] = wte[tokens[n], :]                                   tokens host or backend: backend
+  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                                 int C) = 0;
+  // dwte[tokens[n], :] += dout[n, :]   (rows of the same token summed in increasing n)
+  virtual void embedding_backward(float* dwte, const float* dout, const int32_t* tokens,
+                                  int64_t N, int C, int V) = 0;
+
+  // ---- RMSNorm ----------------------------------------------------------------------------
+  // rstd[n] = 1 / sqrt(mean_c x[n,c]^2 + eps);  out[n,c] = x[n,c] * rstd[n] * w[c]
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
+                               int64_t N, int C, float eps) = 0;
+  // dx[n,:] += rstd * (w*dout - xhat * mean_c(w*dout*xhat)),  xhat = x*rstd
+  // dw[c]   += sum_n dout[n,c] * xhat[n,c]
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
+                                const float* w, const float* rstd, int64_t N, int C) = 0;
+
+  // ---- matmul (BLAS sgemm on cpu, cuBLAS on cuda) -----------------------------------------
+  // out[N, OC] = x[N, IC] · W[OC, IC]^T          (weights stored [out, in], as Hugging Face)
+  virtual void matmul_forward(float* out, const float* x, const float* w, int64_t N, int IC,
+                              int OC) = 0;
+  // dx[N, IC] (= or += when accumulate_dx) dout · W ;  dw[OC, IC] += dout^T · x
+  // dx may be null (no input gradient needed), dw may be null (frozen weight).
+  virtual void matmul_backward(float* dx, float* dw, const float* dout, const float* x,
+                               const float* w, int64_t N, int IC, int OC,
+                               bool accumulate_dx) = 0;
+
+  // ---- RoPE (rotate-half: dimension j pairs with j + D/2) --------------------------------
+  // In place on x viewed [B, T, nh, D] with row stride ld (floats between tokens).
+  // Token t of every sequence sits at absolute position pos0 + t.
+  // cos/sin tables are [max_pos, D/2]: cos[p, j] = cos(p * theta^(-2j/D)).
+  //   x'[j]       = x[j] cos - x[j+D/2] sin
+  //   x'[j + D/2] = x[j+D/2] cos + x[j] sin
+  virtual void rope_forward(float* x, int ld, int B, int T, int nh, int D, int pos0,
+                            const float* cos, const float* sin) = 0;
+  // The rotation is orthogonal: the backward rotates dx (in place) by the negative angle.
+  virtual void rope_backward(float* dx, int ld, int B, int T, int nh, int D, int pos0,
+                             const float* cos, const float* sin) = 0;
+
+  // ---- causal attention, GQA --------------------------------------------------------------
+  // For query head h, KV head g = h / (H/Hkv):
+  //   att[b,h,t,s] = softmax_s<=t( q[b,t,h]·k[b,s,g] / sqrt(D) )     (saved for backward, [B,H,T,T];
+  //                                                                   entries s > t are 0)
+  //   out[b,t,h*D:(h+1)*D] = sum_s att[b,h,t,s] v[b,s,g]              (out is contiguous [N, H*D])
+  virtual void attention_forward(float* out, float* att, const float* q, const float* k,
+                                 const float* v, const AttnShape& s) = 0;
+  // dq = (overwritten, row stride s.ldq);  dk, dv += (row strides s.ldk, s.ldv)
+  //   dv[s] += sum_t att[t,s] dout[t];  datt[t,s] = dout[t]·v[s]
+  //   dpre[t,s] = att[t,s] (datt[t,s] - sum_s' att[t,s'] datt[t,s'])
+  //   dq[t] = sum_s dpre[t,s] k[s] / sqrt(D);  dk[s] += sum_t dpre[t,s] q[t] / sqrt(D)
+  // (the G query heads of a KV head are summed in increasing h.)
+  virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout,
+                                  const float* att, const float* q, const float* k,
+                                  const float* v, const AttnShape& s) = 0;
+
+  // ---- SwiGLU -----------------------------------------------------------------------------
+  // gate_up[n] = [gate (F) | up (F)] (one row of the fused gate/up projection)
+  // out[n, f] = silu(gate[n,f]) * up[n,f],  silu(a) = a * sigmoid(a)
+  virtual void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) = 0;
+  // dgate_up (overwritten): dgate = dout * up * silu'(gate),  dup = dout * silu(gate)
+  virtual void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up,
+                               int64_t N, int F) = 0;
+
+  // ---- residual -----------------------------------------------------------------------------
+  // out = a + b  (out may alias a)
+  virtual void residual_forward(float* out, const float* a, const float* b, int64_t n) = 0;
+  // da += dout; db += dout   (either may be null; da may alias dout, then it is left as is)
+  virtual void residual_backward(float* da, float* db, const float* dout, int64_t n) = 0;
+
+  // ---- fused softmax cross-entropy --------------------------------------------------------
+  // losses[n] = logsumexp(logits[n, :]) - logits[n, targets[n]]
+  virtual void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                     int64_t N, int V) = 0;
+  // dlogits[n, :] = (softmax(logits[n, :]) - onehot(targets[n])) * dloss
+  // dlogits may alias logits (computed row by row in place), which saves an [N, V] buffer.
+  virtual void cross_entropy_backward(float* dlogits, const float* logits,
+                                      const int32_t* targets, int64_t N, int V,
+                                      float dloss) = 0;
+
+  // ---- optimizer and reductions -----------------------------------------------------------
+  // sum_i x[i]^2, accumulated in double in a fixed order; result returned to the host.
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+  // sum_i x[i], same rules (mean loss of a batch).
+  virtual double sum(const float* x, int64_t n) = 0;
+  // x *= s
+  virtual void scale(float* x, float s, int64_t n) = 0;
+  // AdamW with decoupled weight decay (PyTorch's AdamW), step t >= 1, on one tensor:
+  //   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+  //   p -= lr * ( (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p )
+  virtual void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n,
+                            float lr, float beta1, float beta2, float eps, float weight_decay,
+                            int64_t t, float grad_scale) = 0;
+};
+
+// Backend factory: "cpu", or "cuda" (throws when not compiled in or no device is present).
+std::unique_ptr<Ops> make_ops(const std::string& backend);
+
+// Whether the CUDA backend is compiled in and a device is usable; `why` says why not.
+bool cuda_available(std::string* why = nullptr);
+
+// A typed buffer in backend memory, released when it goes out of scope (RAII).
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Ops& ops, size_t count)
+      : ops_(&ops), ptr_(static_cast<T*>(ops.alloc(count * sizeof(T)))), count_(count) {}
+  ~Buffer() { reset(); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : ops_(o.ops_), ptr_(o.ptr_), count_(o.count_) {
+    o.ptr_ = nullptr;
+    o.count_ = 0;
+  }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ops_ = o.ops_;
+      ptr_ = o.ptr_;
+      count_ = o.count_;
+      o.ptr_ = nullptr;
+      o.count_ = 0;
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (ptr_) ops_->release(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+  T* data() const { return ptr_; }
+  size_t size() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  Ops* ops_ = nullptr;
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace kvt

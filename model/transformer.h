@@ -1,0 +1,81 @@
+// model/transformer.h — the LLaMA-style decoder (DESIGN.md §3): forward and backward
+// orchestration over the op interface. It never branches on the backend.
+//
+// Memory (llm.c): parameters in one contiguous buffer described by the ParamTable, gradients in a
+// second buffer with the same table, activations in one buffer sized from (B, T, config).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace kvt {
+
+// Builds the parameter table for a config (names and shapes of DESIGN.md §3).
+ParamTable build_param_table(const ModelConfig& cfg, bool decay_embeddings = false);
+
+// Model FLOPs per token for one training step (forward + backward), PaLM's formula:
+// 6 * N_matmul + 12 * L * H * D * T, with N_matmul the parameters of all matmuls
+// (the LM head included, the embedding lookup excluded).
+double train_flops_per_token(const ModelConfig& cfg, int T);
+
+class Transformer {
+ public:
+  // B, T: the largest batch and sequence length a forward will see (activation buffers are
+  // sized for them). with_grads: allocate gradient and backward buffers.
+  Transformer(const ModelConfig& cfg, Ops& ops, int B, int T, bool with_grads,
+              bool decay_embeddings = false);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamTable& params() const { return table_; }
+  Ops& ops() { return ops_; }
+  int max_batch() const { return B_; }
+  int max_seq() const { return T_; }
+
+  float* param_data() { return params_.data(); }  // backend memory, table_.total() floats
+  float* grad_data() { return grads_.data(); }    // null without grads
+
+  // Deterministic init from a seed: matrices ~ N(0, init_std^2), the attention output and MLP
+  // down projections ~ N(0, (init_std / sqrt(2 L))^2) (GPT-2), norm weights 1.
+  void init_parameters(uint64_t seed);
+  std::vector<float> params_to_host() const;
+  void params_from_host(const std::vector<float>& host);
+  std::vector<float> grads_to_host() const;
+  void zero_grads();
+
+  // Forward over inputs [B, T] (host int32, B <= max_batch, T <= max_seq). With targets
+  // (host, [B, T]) it also computes per-token losses and returns their mean; without, it returns
+  // 0 and only the logits are computed. Activations are kept for backward().
+  float forward(const int32_t* inputs, const int32_t* targets, int B, int T);
+  // Logits of the last forward, [B, T, V] on the host (call before backward(), which overwrites
+  // them with their gradient).
+  std::vector<float> logits_to_host() const;
+  // Backward of the last forward (which had targets): grads += d(mean loss * loss_scale)/dparams.
+  void backward(float loss_scale);
+
+  size_t activation_bytes() const;
+
+ private:
+  struct Acts;
+  void alloc_activations();
+  void build_rope_tables();
+
+  ModelConfig cfg_;
+  Ops& ops_;
+  int B_, T_;
+  bool with_grads_;
+  ParamTable table_;
+  Buffer<float> params_, grads_;
+  std::unique_ptr<Acts> acts_;
+  int cur_B_ = 0, cur_T_ = 0;  // shape of the last forward
+  bool have_targets_ = false;
+};
+
+}  // namespace kvt

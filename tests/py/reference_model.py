@@ -1,0 +1,245 @@
+"""An independent PyTorch reference of kvtrain's model family, written from DESIGN.md §3 (not
+translated from the C++), evaluated in float64 and differentiated by autograd.
+
+The model: token embedding, L blocks of (RMSNorm -> attention -> residual, RMSNorm -> SwiGLU MLP
+-> residual), final RMSNorm, LM head (tied to the embedding or untied), no biases. Weights are
+stored [out, in] (y = x W^T) and keyed by the Hugging Face LLaMA names.
+
+Attention reads its keys and values through `kv_of_layer`, the one place that decides where a
+layer's (post-RoPE) K and V come from; cross-layer sharing schemes (CLA, YOCO, FusedKV, LRKV)
+extend that function and `param_shapes`, nothing else.
+
+Also a minimal safetensors reader (json + numpy), so the tests need no `safetensors` package.
+"""
+
+import json
+import math
+import struct
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DTYPE = torch.float64
+
+
+@dataclass
+class RefConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_seq_len: int = 256
+    kv_sharing: str = "none"  # where each layer's K/V come from; only "none" is defined so far
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.n_heads
+
+    @staticmethod
+    def from_dict(d):
+        """From a dict of model keys (e.g. refdump's metadata); unknown keys are ignored."""
+        names = {f.name for f in fields(RefConfig)}
+        cfg = RefConfig(**{k: v for k, v in d.items() if k in names})
+        if cfg.n_kv_heads in (0, None):
+            cfg.n_kv_heads = cfg.n_heads
+        cfg.check()
+        return cfg
+
+    def check(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} is odd")
+        if self.kv_sharing != "none":
+            raise ValueError(f"kv_sharing {self.kv_sharing!r} is not implemented in the reference")
+
+
+def layer_prefix(i):
+    return f"model.layers.{i}."
+
+
+def param_shapes(cfg):
+    """Name -> shape of every parameter, Hugging Face LLaMA naming, weights [out, in]."""
+    C, D, H, Hkv, F_, V = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff,
+                           cfg.vocab_size)
+    shapes = {"model.embed_tokens.weight": (V, C)}
+    for i in range(cfg.n_layers):
+        p = layer_prefix(i)
+        shapes[p + "input_layernorm.weight"] = (C,)
+        shapes[p + "self_attn.q_proj.weight"] = (H * D, C)
+        if layer_stores_kv(cfg, i):
+            shapes[p + "self_attn.k_proj.weight"] = (Hkv * D, C)
+            shapes[p + "self_attn.v_proj.weight"] = (Hkv * D, C)
+        shapes[p + "self_attn.o_proj.weight"] = (C, H * D)
+        shapes[p + "post_attention_layernorm.weight"] = (C,)
+        shapes[p + "mlp.gate_proj.weight"] = (F_, C)
+        shapes[p + "mlp.up_proj.weight"] = (F_, C)
+        shapes[p + "mlp.down_proj.weight"] = (C, F_)
+    shapes["model.norm.weight"] = (C,)
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def random_params(cfg, seed=0, std=0.3):
+    """Random float64 parameters (norm weights near 1), for self-tests of the reference."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            out[name] = 1.0 + 0.2 * torch.randn(shape, generator=g, dtype=DTYPE)
+        else:
+            out[name] = std * torch.randn(shape, generator=g, dtype=DTYPE)
+    return out
+
+
+# ---- the math of DESIGN.md §3 --------------------------------------------------------------
+
+def rmsnorm(x, w, eps):
+    """y = x / sqrt(mean(x^2) + eps) * w, over the last dimension."""
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * w
+
+
+def rope_cos_sin(T, D, theta, pos0=0):
+    """cos, sin of shape [T, D]: angle(p, j) = p * theta^(-2j/D) for j < D/2, repeated for the
+    partner dimension j + D/2."""
+    j = torch.arange(D // 2, dtype=DTYPE)
+    inv_freq = float(theta) ** (-2.0 * j / D)
+    pos = torch.arange(pos0, pos0 + T, dtype=DTYPE)
+    ang = pos[:, None] * inv_freq[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, nh, D]; dimension j pairs with j + D/2 (Hugging Face's rotate-half)."""
+    return x * cos[None, :, None, :] + rotate_half(x) * sin[None, :, None, :]
+
+
+def repeat_kv(k, n_rep):
+    """[B, T, Hkv, D] -> [B, T, Hkv * n_rep, D]: query head h reads KV head h // n_rep."""
+    return k.repeat_interleave(n_rep, dim=2)
+
+
+def causal_attention(q, k, v):
+    """q [B, T, H, D], k/v [B, T, Hkv, D] -> [B, T, H * D]; softmax(q k^T / sqrt(D)) v with a
+    causal mask."""
+    B, T, H, D = q.shape
+    G = H // k.shape[2]
+    k, v = repeat_kv(k, G), repeat_kv(v, G)
+    scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    att = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bhts,bshd->bthd", att, v)
+    return out.reshape(B, T, H * D)
+
+
+def swiglu_mlp(x, w_gate, w_up, w_down):
+    return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+
+
+# ---- where each layer's K and V come from --------------------------------------------------
+
+def layer_stores_kv(cfg, i):
+    """Whether layer i computes (and caches) its own K and V. Without sharing, every layer does."""
+    return True
+
+
+def kv_of_layer(cfg, params, i, h, cos, sin, kv_store):
+    """Post-RoPE K and V [B, T, Hkv, D] that layer i attends to. h is the normalised input of
+    layer i; kv_store maps storage layers already run to their (K, V), so a sharing scheme can
+    read earlier layers' keys and values from it."""
+    B, T, _ = h.shape
+    Hkv, D = cfg.n_kv_heads, cfg.head_dim
+    p = layer_prefix(i)
+    k = (h @ params[p + "self_attn.k_proj.weight"].T).view(B, T, Hkv, D)
+    v = (h @ params[p + "self_attn.v_proj.weight"].T).view(B, T, Hkv, D)
+    k = apply_rope(k, cos, sin)
+    kv_store[i] = (k, v)
+    return k, v
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+def forward(cfg, params, tokens):
+    """tokens [B, T] (int64) -> logits [B, T, V]."""
+    B, T = tokens.shape
+    H, D = cfg.n_heads, cfg.head_dim
+    cos, sin = rope_cos_sin(T, D, cfg.rope_theta)
+    x = params["model.embed_tokens.weight"][tokens]
+    kv_store = {}
+    for i in range(cfg.n_layers):
+        p = layer_prefix(i)
+        h = rmsnorm(x, params[p + "input_layernorm.weight"], cfg.norm_eps)
+        q = apply_rope((h @ params[p + "self_attn.q_proj.weight"].T).view(B, T, H, D), cos, sin)
+        k, v = kv_of_layer(cfg, params, i, h, cos, sin, kv_store)
+        x = x + causal_attention(q, k, v) @ params[p + "self_attn.o_proj.weight"].T
+        h = rmsnorm(x, params[p + "post_attention_layernorm.weight"], cfg.norm_eps)
+        x = x + swiglu_mlp(h, params[p + "mlp.gate_proj.weight"], params[p + "mlp.up_proj.weight"],
+                           params[p + "mlp.down_proj.weight"])
+    x = rmsnorm(x, params["model.norm.weight"], cfg.norm_eps)
+    head = params["model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"]
+    return x @ head.T
+
+
+def loss_fn(cfg, params, inputs, targets):
+    """Mean cross-entropy over all B*T tokens, and the logits."""
+    logits = forward(cfg, params, inputs)
+    loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.reshape(-1))
+    return loss, logits
+
+
+def loss_and_grads(cfg, params, inputs, targets):
+    """Loss, logits and d loss / d param for every parameter (autograd, float64)."""
+    leaves = {n: t.detach().to(DTYPE).clone().requires_grad_(True) for n, t in params.items()}
+    loss, logits = loss_fn(cfg, leaves, inputs, targets)
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+    return loss.detach(), logits.detach(), dict(zip(names, grads))
+
+
+# ---- safetensors (minimal reader) ----------------------------------------------------------
+
+_NP_DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8"}
+
+
+def read_safetensors(path):
+    """Returns (tensors: name -> numpy array, metadata: dict)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{path}: header length {n} runs past the end of the file")
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    data = memoryview(raw)[8 + n:]
+    meta = header.pop("__metadata__", {})
+    out = {}
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        if e["dtype"] == "BF16":
+            u16 = np.frombuffer(data[b:end], dtype="<u2").astype(np.uint32) << 16
+            arr = u16.view(np.float32)
+        else:
+            arr = np.frombuffer(data[b:end], dtype=_NP_DTYPES[e["dtype"]])
+        shape = tuple(e["shape"])
+        if arr.size != int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"{path}: tensor {name}: {arr.size} values for shape {shape}")
+        out[name] = arr.reshape(shape).copy()
+    return out, meta

@@ -1,0 +1,93 @@
+// tools/cmd_inspect.cpp — `kvtrain inspect CKPT.h5`: what a checkpoint holds (step, tokens, world
+// size, time, version, the model config, every tensor) and whether it verifies (SHA-256 sidecar,
+// Fletcher32 on every dataset, shapes against the parameter table its own config builds).
+// A damaged checkpoint makes the command fail.
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "model/transformer.h"
+#include "tools/commands.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+
+namespace kvt::cli {
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// One line per key of the resolved `model:` section.
+void print_model_section(const RunConfig& cfg) {
+  const YAML::Node model = YAML::Load(to_yaml(cfg))["model"];
+  std::printf("config (model):\n");
+  for (const auto& kv : model) {
+    YAML::Emitter value;
+    value << YAML::Flow << kv.second;
+    std::printf("  %-16s %s\n", kv.first.as<std::string>().c_str(), value.c_str());
+  }
+}
+
+void print_tensors(const std::vector<CheckpointTensor>& tensors) {
+  size_t width = 4, total = 0;
+  for (const CheckpointTensor& t : tensors) width = std::max(width, t.name.size());
+  for (const CheckpointTensor& t : tensors) total += t.numel;
+  std::printf("parameters: %zu in %zu tensors\n", total, tensors.size());
+  std::printf("  %-*s  %-18s %12s\n", int(width), "name", "shape", "numel");
+  for (const CheckpointTensor& t : tensors)
+    std::printf("  %-*s  %-18s %12zu\n", int(width), t.name.c_str(), shape_text(t.shape).c_str(), t.numel);
+}
+
+void inspect(const std::string& path) {
+  std::string why;
+  const bool intact = checkpoint_verify(path, &why);
+  CheckpointSummary s;
+  try {
+    s = read_checkpoint_summary(path);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint " + path + " is damaged: " + (intact ? std::string(e.what()) : why));
+  }
+  std::printf("checkpoint:  %s\n", path.c_str());
+  std::printf("format:      %s version %d\n", kCheckpointFormatName, s.format_version);
+  std::printf("step:        %lld\n", static_cast<long long>(s.step));
+  std::printf("tokens seen: %lld\n", static_cast<long long>(s.tokens_seen));
+  std::printf("world size:  %d\n", s.world_size);
+  std::printf("written:     %s by kvtrain %s\n", s.utc_time.c_str(), s.kvtrain_version.c_str());
+
+  // The config must parse and its parameter table must match the stored tensors, or the checkpoint
+  // cannot resume anything.
+  std::string table_check;
+  try {
+    const RunConfig cfg = parse_run_config(s.config_yaml, {}, path + ": /config");
+    print_model_section(cfg);
+    if (intact) {
+      checkpoint_read(path, build_param_table(cfg.model, cfg.train.decay_embeddings));
+      table_check = "; every tensor matches the config's parameter table";
+    }
+  } catch (const std::exception& e) {
+    std::printf("config: %s\n", e.what());
+    if (intact) throw std::runtime_error("checkpoint " + path + " cannot be used with this kvtrain: " + e.what());
+  }
+  print_tensors(s.tensors);
+  if (!intact) throw std::runtime_error("checkpoint " + path + " is damaged: " + why);
+  std::printf("verification: %s%s\n", why.c_str(), table_check.c_str());
+}
+
+}  // namespace
+
+void add_inspect(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "inspect", "Print a checkpoint's step, config, tensors and verification result (fails if damaged)");
+  cmd->add_option("checkpoint", *path, "Checkpoint file (ckpt_<step>.h5)")->required();
+  cmd->callback([path] { inspect(*path); });
+}
+
+}  // namespace kvt::cli

@@ -1,0 +1,33 @@
+// kvtrain — one executable, git-style subcommands. Errors are exceptions, caught here and printed
+// as one line; with several ranks the job is aborted so no rank waits forever (DESIGN.md §6).
+#include <cstdio>
+#include <exception>
+
+#include "dist/dist.h"
+#include "tools/commands.h"
+
+int main(int argc, char** argv) {
+  kvt::DistContext ctx(&argc, &argv);
+  kvt::cli::set_dist_context(&ctx);
+  CLI::App app{"kvtrain: pretrain KV-lean transformers and train KV eviction gates"};
+  app.require_subcommand(1);
+  kvt::cli::add_prepare(app);
+  kvt::cli::add_train(app);
+  kvt::cli::add_bench(app);
+  kvt::cli::add_inspect(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    if (rc != 0 && ctx.world() > 1) ctx.abort(rc);
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvtrain: error%s: %s\n",
+                 ctx.world() > 1 ? (" on rank " + std::to_string(ctx.rank())).c_str() : "",
+                 e.what());
+    std::fflush(stderr);
+    if (ctx.world() > 1) ctx.abort(1);
+    return 1;
+  }
+  return 0;
+}

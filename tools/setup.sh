@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs every system package kvtrain needs to build, test and run its main job (Debian 12).
+# Safe to run again: apt-get skips what is installed. Needs root (or sudo).
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  libyaml-cpp-dev libopenblas-openmp-dev libhdf5-dev hdf5-tools
+  libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece
+  libgtest-dev libcli11-dev nlohmann-json3-dev
+  python3-torch python3-h5py python3-numpy python3-matplotlib
+  bible-kjv
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

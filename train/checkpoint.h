@@ -1,0 +1,99 @@
+// train/checkpoint.h — HDF5 checkpoints that never lose a run (DESIGN.md §7,
+// docs/checkpoint_format.md).
+//
+// One file per checkpoint, run_dir/ckpt_<step, 8 digits>.h5, next to a sha256sum-style sidecar
+// ckpt_<step>.h5.sha256; run_dir/latest names the newest committed one with its hash. Writing is
+// atomic (temporary name, fsync, rename, fsync the directory); reading verifies the whole-file
+// SHA-256 first, then every dataset's Fletcher32 checksum and shape. Only rank 0 calls the writer.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/params.h"
+
+namespace kvt {
+
+// Everything a resumed run needs. params, adam_m and adam_v are laid out by the ParamTable:
+// tensor i at [offset, offset + numel).
+struct CheckpointState {
+  int64_t step = 0;           // optimizer steps completed
+  int64_t tokens_seen = 0;
+  int world_size = 1;
+  std::string config_yaml;    // the resolved run config (to_yaml)
+  std::vector<float> params, adam_m, adam_v;
+  int64_t adam_step = 0;
+  uint64_t loader_seed = 0, loader_next_sample = 0;
+  uint64_t rng_state = 0;
+  std::string kvtrain_version;
+  std::string utc_time;       // ISO 8601, e.g. 2025-01-31T12:00:00Z
+};
+
+struct RetentionPolicy {
+  int keep_last = 3;       // newest checkpoints kept (>= 1)
+  int64_t keep_every = 0;  // also keep steps that are multiples of this; 0 = none
+};
+
+inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr const char* kCheckpointFormatName = "kvtrain-checkpoint";
+
+// "ckpt_00000042.h5": the step zero-padded to 8 digits so names sort like steps.
+std::string checkpoint_file_name(int64_t step);
+
+// Writes run_dir/ckpt_<step>.h5 atomically, updates `latest`, then prunes by the policy (never the
+// checkpoint just written, never before it is committed). Creates run_dir if needed. Returns the
+// path written. Throws std::runtime_error naming the file on any failure.
+std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable& table,
+                                    const CheckpointState& state, const RetentionPolicy& policy);
+
+// Verifies the whole-file SHA-256 against the sidecar, then reads everything, checking each
+// dataset against `expected` (missing, wrong shape, unknown parameters are errors naming the file,
+// the dataset and both shapes).
+CheckpointState checkpoint_read(const std::string& path, const ParamTable& expected);
+
+// Weights only (for train.init_from: a new run with a fresh optimizer), checksum verified.
+struct CheckpointWeights {
+  int64_t step = 0;
+  std::string config_yaml;
+  std::vector<float> params;  // laid out by the table passed in
+};
+CheckpointWeights read_model_weights(const std::string& path, const ParamTable& table);
+
+// The resolved config stored in a checkpoint (checksum verified), e.g. to build its ParamTable.
+std::string read_checkpoint_config(const std::string& path);
+
+// Checkpoint files of run_dir (full paths), newest step first. Temporary files are never listed.
+std::vector<std::string> list_checkpoints(const std::string& run_dir);
+
+// The newest checkpoint of run_dir that verifies and reads against `table`, or nullopt if none
+// does. Each damaged checkpoint passed over adds one message ("<path>: <why>") to *skipped.
+std::optional<std::string> find_latest_valid(const std::string& run_dir, const ParamTable& table,
+                                             std::vector<std::string>* skipped);
+
+// Without a table: whole-file checksum, format attributes, every dataset readable (Fletcher32
+// checked) and every /model tensor matched by /optimizer/m and /optimizer/v of the same shape.
+bool checkpoint_verify(const std::string& path, std::string* why);
+
+// What `kvtrain inspect` prints; read without verification (call checkpoint_verify for that).
+struct CheckpointTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t numel = 0;
+};
+struct CheckpointSummary {
+  int format_version = 0;
+  int64_t step = 0, tokens_seen = 0;
+  int world_size = 0;
+  std::string utc_time, kvtrain_version, config_yaml;
+  std::vector<CheckpointTensor> tensors;  // /model, in the order written (the table's order)
+};
+CheckpointSummary read_checkpoint_summary(const std::string& path);
+
+// Crash-safety tests: when the environment variable KVT_FAULT equals `point`, the process ends
+// at once with _exit(77), as if killed there. Points used by the writer: after_tmp_write,
+// before_rename, before_latest, during_prune.
+void checkpoint_fault_point(const char* point);
+
+}  // namespace kvt

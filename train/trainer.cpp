@@ -1,0 +1,168 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+#include <stdexcept>
+#include <thread>
+
+#include "train/schedule.h"
+
+namespace kvt {
+
+namespace {
+std::vector<std::string> files_of(const std::string& pattern) { return expand_glob(pattern); }
+
+std::string fmt_duration(double s) {
+  char b[32];
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  return b;
+}
+}  // namespace
+
+int configure_threads(int threads, int local_ranks) {
+  int n = threads;
+  if (n <= 0) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    n = std::max(1, cores / std::max(1, local_ranks));
+  }
+  omp_set_num_threads(n);
+  return n;
+}
+
+Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(comm) {
+  const TrainConfig& t = cfg_.train;
+  ops_ = make_ops(t.backend);
+  global_batch_ = static_cast<int64_t>(t.batch_size) * t.grad_accum * comm_.world();
+  model_ = std::make_unique<Transformer>(cfg_.model, *ops_, t.batch_size, t.seq_len,
+                                         /*with_grads*/ true, t.decay_embeddings);
+  model_->init_parameters(t.seed);
+  // Every rank initialises from the same seed; broadcasting rank 0's values makes equality a
+  // guarantee rather than an assumption.
+  std::vector<float> p = model_->params_to_host();
+  comm_.broadcast(p.data(), p.size() * sizeof(float), 0);
+  model_->params_from_host(p);
+  opt_ = std::make_unique<AdamW>(*ops_, model_->params(), t);
+
+  train_data_ = std::make_unique<WindowLoader>(files_of(cfg_.data.train), t.seq_len,
+                                               cfg_.model.vocab_size, t.seed, /*shuffle*/ true);
+  if (!cfg_.data.val.empty())
+    val_data_ = std::make_unique<WindowLoader>(files_of(cfg_.data.val), t.seq_len,
+                                               cfg_.model.vocab_size, t.seed, /*shuffle*/ false);
+  const size_t n = static_cast<size_t>(t.batch_size) * t.seq_len;
+  windows_.resize(static_cast<size_t>(t.batch_size) * (t.seq_len + 1));
+  inputs_.resize(n);
+  targets_.resize(n);
+}
+
+Trainer::~Trainer() = default;
+
+StepResult Trainer::step() {
+  const TrainConfig& t = cfg_.train;
+  const int B = t.batch_size, T = t.seq_len, A = t.grad_accum, W = comm_.world();
+  model_->zero_grads();
+  double loss_sum = 0.0;
+  for (int m = 0; m < A; m++) {
+    // Global sample index of this rank's micro-batch (DESIGN.md §5).
+    const uint64_t g0 = static_cast<uint64_t>(step_) * global_batch_ +
+                        static_cast<uint64_t>(m * W + comm_.rank()) * B;
+    train_data_->read_samples(g0, B, windows_.data());
+    split_inputs_targets(windows_.data(), B, T, inputs_.data(), targets_.data());
+    loss_sum += model_->forward(inputs_.data(), targets_.data(), B, T);
+    model_->backward(1.0f / static_cast<float>(A));
+  }
+  float* grads = model_->grad_data();
+  const size_t np = model_->params().total();
+  comm_.allreduce_mean(grads, np);
+  float loss = static_cast<float>(loss_sum / A);
+  comm_.allreduce_mean(&loss, 1);
+
+  StepResult r;
+  r.loss = loss;
+  r.grad_norm = std::sqrt(ops_->sum_squares(grads, static_cast<int64_t>(np)));
+  r.lr = lr_at(step_, t);
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm))
+    throw std::runtime_error("non-finite " + std::string(std::isfinite(r.loss) ? "gradient norm" : "loss") +
+                             " at step " + std::to_string(step_ + 1) + " (loss " +
+                             std::to_string(r.loss) + ", grad norm " + std::to_string(r.grad_norm) +
+                             "); stopping instead of training on NaN");
+  const float clip = (t.grad_clip > 0 && r.grad_norm > t.grad_clip)
+                         ? static_cast<float>(t.grad_clip / r.grad_norm)
+                         : 1.0f;
+  opt_->step(model_->param_data(), grads, static_cast<float>(r.lr), clip);
+  step_++;
+  return r;
+}
+
+double Trainer::evaluate() {
+  if (!val_data_) return std::nan("");
+  const TrainConfig& t = cfg_.train;
+  const int B = t.batch_size, T = t.seq_len, W = comm_.world();
+  // The first eval_batches * B * W validation windows (capped to what exists), split over ranks.
+  const int64_t total = std::min<int64_t>(static_cast<int64_t>(t.eval_batches) * B * W,
+                                          val_data_->num_windows());
+  double sum = 0.0;
+  int64_t count = 0;
+  for (int64_t g0 = static_cast<int64_t>(comm_.rank()) * B; g0 < total; g0 += static_cast<int64_t>(B) * W) {
+    const int b = static_cast<int>(std::min<int64_t>(B, total - g0));
+    val_data_->read_samples(static_cast<uint64_t>(g0), b, windows_.data());
+    split_inputs_targets(windows_.data(), b, T, inputs_.data(), targets_.data());
+    sum += static_cast<double>(model_->forward(inputs_.data(), targets_.data(), b, T)) * b;
+    count += b;
+  }
+  float part[2] = {static_cast<float>(sum), static_cast<float>(count)};
+  comm_.allreduce_mean(part, 2);  // mean of sums / mean of counts = global mean
+  return part[1] > 0 ? part[0] / part[1] : std::nan("");
+}
+
+void Trainer::run(std::ostream& out) {
+  const TrainConfig& t = cfg_.train;
+  const bool leader = comm_.rank() == 0;
+  std::unique_ptr<MetricsLog> metrics;
+  if (leader) {
+    std::filesystem::create_directories(cfg_.output.dir);
+    std::ofstream(cfg_.output.dir + "/config.yaml") << to_yaml(cfg_);
+    metrics = std::make_unique<MetricsLog>(cfg_.output.dir + "/metrics.jsonl", step_);
+  }
+  const double flops_tok = train_flops_per_token(cfg_.model, t.seq_len);
+  const int64_t tokens_per_step = global_batch_ * t.seq_len;
+  double elapsed = 0.0;
+  const int64_t first = step_;
+  while (step_ < t.steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const StepResult r = step();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    elapsed += dt;
+    if (leader) {
+      StepRecord rec{step_, r.loss, r.lr, r.grad_norm, tokens_per_step / dt,
+                     flops_tok * tokens_per_step / dt, dt, tokens_seen()};
+      metrics->log_step(rec);
+      const double eta = elapsed / static_cast<double>(step_ - first) * static_cast<double>(t.steps - step_);
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | %.2f GFLOP/s | ETA %s",
+                    static_cast<long long>(step_), static_cast<long long>(t.steps), r.loss, r.lr,
+                    r.grad_norm, rec.tokens_per_s, rec.flops_per_s * 1e-9, fmt_duration(eta).c_str());
+      out << line << std::endl;
+    }
+    const bool last = step_ == t.steps;
+    if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
+      const double vl = evaluate();
+      if (leader) {
+        metrics->log_eval(step_, vl, tokens_seen());
+        char line[128];
+        std::snprintf(line, sizeof line, "eval step %lld | val loss %.4f", static_cast<long long>(step_), vl);
+        out << line << std::endl;
+      }
+    }
+  }
+}
+
+}  // namespace kvt

@@ -1,0 +1,67 @@
+// train/trainer.h — the training loop, composed from the model, the data loader, the optimizer,
+// the communicator and the metrics log (torchtitan style: each a component, the loop on one
+// screen). One step: for each micro-batch, forward + backward (grads accumulate) -> all-reduce
+// mean over ranks -> global-norm clip -> AdamW -> metrics -> maybe eval.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+
+#include "data/loader.h"
+#include "dist/dist.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/config.h"
+#include "train/metrics.h"
+
+namespace kvt {
+
+struct StepResult {
+  double loss = 0;       // mean over the global batch
+  double grad_norm = 0;  // of the reduced gradient, before clipping
+  double lr = 0;
+};
+
+class Trainer {
+ public:
+  // Builds the model (initialised from train.seed, rank 0's parameters broadcast), the loaders
+  // and the optimizer. Writes nothing to disk.
+  Trainer(const RunConfig& cfg, Communicator& comm);
+  ~Trainer();
+
+  // The whole run: writes the resolved config and metrics.jsonl to output.dir (rank 0), prints a
+  // progress line per step to `out` (rank 0), evaluates every eval_every steps and at the end.
+  void run(std::ostream& out);
+
+  // One optimizer step on the next global batch. Throws std::runtime_error naming the step if
+  // the loss or the gradient norm is not finite.
+  StepResult step();
+  // Mean validation loss over eval_batches batches (the same windows every time), all ranks.
+  double evaluate();
+
+  int64_t steps_done() const { return step_; }
+  int64_t tokens_seen() const { return step_ * global_batch_ * cfg_.train.seq_len; }
+  int64_t global_batch() const { return global_batch_; }
+  Transformer& model() { return *model_; }
+  AdamW& optimizer() { return *opt_; }
+  const RunConfig& config() const { return cfg_; }
+  Ops& ops() { return *ops_; }
+
+ private:
+  RunConfig cfg_;
+  Communicator& comm_;
+  std::unique_ptr<Ops> ops_;
+  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<WindowLoader> train_data_, val_data_;
+  int64_t global_batch_ = 0;  // sequences per optimizer step, all ranks and micro-steps
+  int64_t step_ = 0;          // optimizer steps done
+  std::vector<int32_t> windows_, inputs_, targets_;
+};
+
+// Sets OpenMP (and so OpenBLAS) threads: `threads` if > 0, else max(1, cores / local_ranks).
+int configure_threads(int threads, int local_ranks);
+
+}  // namespace kvt
