@@ -89,11 +89,11 @@ void WindowLoader::read_samples(uint64_t g0, int n, int32_t* out) {
   if (n < 0) throw std::runtime_error("loader: negative sample count " + std::to_string(n));
   const size_t wlen = static_cast<size_t>(seq_len_) + 1;
   for (int i = 0; i < n; ++i)
-    read_window(window_of_sample(g0 + static_cast<uint64_t>(i)), out + static_cast<size_t>(i) * wlen);
+    read_window(window_of_sample(g0 + static_cast<uint64_t>(i)),
+                out + static_cast<size_t>(i) * wlen);
 }
 
-void split_inputs_targets(const int32_t* windows, int n, int T, int32_t* inputs,
-                          int32_t* targets) {
+void split_inputs_targets(const int32_t* windows, int n, int T, int32_t* inputs, int32_t* targets) {
   const size_t t = static_cast<size_t>(T);
   for (size_t b = 0; b < static_cast<size_t>(n); ++b) {
     const int32_t* w = windows + b * (t + 1);

@@ -17,6 +17,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sentencepiece {
@@ -37,7 +38,9 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  std::vector<int32_t> encode(const std::string& text) const;  // no BOS/EOS added
+  // No BOS/EOS added. Long texts are encoded in newline-terminated chunks (in parallel), which
+  // gives the same ids as encoding the text whole (see the constructor).
+  std::vector<int32_t> encode(const std::string& text) const;
   std::string decode(std::span<const int32_t> ids) const;
   std::string piece(int32_t id) const;
   int vocab_size() const;
@@ -46,8 +49,11 @@ class Tokenizer {
   const std::string& path() const { return path_; }
 
  private:
+  std::vector<int32_t> encode_whole(std::string_view text) const;
+
   std::string path_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  bool split_at_newlines_ = false;
 };
 
 }  // namespace kvt

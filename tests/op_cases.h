@@ -88,10 +88,16 @@ class OpCase {
   std::vector<IntInput> ints;
   std::vector<Output> outputs;
   size_t n_scalars = 0;
-  Tolerance forward_tol{1e-5, 1e-6};  // forward vs the double reference, per element
-  Tolerance grad_tol{1e-2, 1e-3};     // backward vs central differences, per element
-  double grad_norm_tol = 5e-3;        // ||analytic - numeric|| / ||numeric||
-  double fd_step = 1e-2;              // finite-difference step (in the float input)
+  // Forward vs the double reference, per element.
+  Tolerance forward_tol{1e-5, 1e-6};
+  // Backward vs central differences (step fd_step, L in double from float outputs), per element
+  // and as ||analytic - numeric|| / ||numeric||. Measured on the CPU backend with h = 1e-2 (the
+  // best step: smaller ones are dominated by float rounding of the outputs): max abs error
+  // <= 7e-5, relative norm error <= 4e-5 for every case but RMSNorm's dx and cross-entropy,
+  // which set their own; the defaults leave about 5x of margin.
+  Tolerance grad_tol{1e-3, 3e-4};
+  double grad_norm_tol = 2e-4;
+  double fd_step = 1e-2;
 
   // Runs the op(s) on b.in / b.ints into b.out / b.scalars. Must leave b.in unchanged.
   virtual void forward(Ops& ops, Buffers& b) const = 0;
@@ -412,12 +418,18 @@ inline double nmse(const std::vector<float>& a, const std::vector<float>& b) {
   return b2 > 0 ? d2 / b2 : d2;
 }
 
+// NMSE over the tensor, and elementwise |got - ref| <= 1e-3 (|ref| + rms(ref)): NMSE alone
+// would let one wrong element of a large tensor through (a bad tail block, say).
 inline void expect_nmse(const std::string& what, const std::vector<float>& got,
                         const std::vector<float>& ref, double max_nmse) {
   ASSERT_EQ(got.size(), ref.size()) << what;
   const double e = nmse(got, ref);
   EXPECT_TRUE(e < max_nmse) << what << ": normalised mean squared error " << e << " (limit "
                             << max_nmse << ")";
+  double ref2 = 0;
+  for (float v : ref) ref2 += static_cast<double>(v) * v;
+  const double rms = ref.empty() ? 0.0 : std::sqrt(ref2 / static_cast<double>(ref.size()));
+  expect_close(what + " (elementwise)", got, ref, Tolerance{1e-3, 1e-3 * rms + 1e-30});
 }
 
 // Compare mode: everything `test` computes vs what `ref` (the CPU backend) computes.
@@ -489,6 +501,7 @@ struct RmsNormCase : OpCase {
     add_input("w", std::move(w), Grad::Accumulate);
     add_output("out", static_cast<size_t>(N) * C, rng);
     add_result("rstd", static_cast<size_t>(N));
+    grad_tol = {1e-3, 1e-3};  // small rows (scale 0.3) are curved: FD error up to 2.2e-4
   }
   void forward(Ops& ops, Buffers& b) const override {
     ops.rmsnorm_forward(b.out[0].data(), b.out[1].data(), b.in[0].data(), b.in[1].data(), N, C, eps);
@@ -772,6 +785,9 @@ struct CrossEntropyCase : OpCase {
     add_ints("targets", std::move(tgt));
     add_output_scaled("losses", N, dloss);
     forward_tol = {1e-5, 5e-5};  // float logsumexp of logits near 90
+    // The losses near 90 carry float rounding ~1e-5 into L: FD error up to 4e-4, norm 2.2e-4.
+    grad_tol = {1e-3, 2e-3};
+    grad_norm_tol = 1e-3;
   }
   void forward(Ops& ops, Buffers& b) const override {
     ops.cross_entropy_forward(b.out[0].data(), b.in[0].data(), b.ints[0].data(), N, V);

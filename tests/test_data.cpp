@@ -7,8 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -72,10 +72,11 @@ void patch_int32(const std::string& path, size_t offset, int32_t value) {
 // Deterministic English-like text: lines of words, digits, punctuation and blank lines.
 std::string generated_text(uint64_t seed, int lines) {
   static const char* words[] = {
-      "the", "and", "of", "to", "in", "he", "that", "shall", "unto", "for", "his", "lord",
-      "they", "be", "is", "him", "not", "them", "with", "all", "thou", "thy", "was", "which",
-      "my", "said", "God", "house", "land", "king", "people", "came", "Israel", "son", "day",
-      "hand", "against", "came", "earth", "water", "light", "night", "morning", "evening"};
+      "the",     "and",  "of",    "to",     "in",    "he",     "that",    "shall",  "unto",
+      "for",     "his",  "lord",  "they",   "be",    "is",     "him",     "not",    "them",
+      "with",    "all",  "thou",  "thy",    "was",   "which",  "my",      "said",   "God",
+      "house",   "land", "king",  "people", "came",  "Israel", "son",     "day",    "hand",
+      "against", "came", "earth", "water",  "light", "night",  "morning", "evening"};
   Rng rng(seed);
   std::string s;
   for (int l = 0; l < lines; ++l) {
@@ -204,8 +205,7 @@ TEST(dataShard, TokenAtLeastVocabNamesIndexAndOffset) {
     EXPECT_NE(e.find(p), std::string::npos) << e;
     EXPECT_NE(e.find("token 500 >= vocab_size 500"), std::string::npos) << e;
     EXPECT_NE(e.find("index 7037"), std::string::npos) << e;
-    EXPECT_NE(e.find("byte offset " + std::to_string(1024 + 7037 * bytes)), std::string::npos)
-        << e;
+    EXPECT_NE(e.find("byte offset " + std::to_string(1024 + 7037 * bytes)), std::string::npos) << e;
     EXPECT_EQ(Shard(p, 601).size(), t.size());
   }
 }
@@ -244,8 +244,8 @@ TEST(dataLoader, WindowsAreNonOverlappingAndCoverEachShard) {
   for (uint64_t i = 0; i < L.num_windows(); ++i) {
     L.read_window(i, w.data());
     // Shard 0 windows start at 0, 10, ..., 90; shard 1 windows at 100, 110, ..., 140.
-    const int32_t start = i < 10 ? static_cast<int32_t>(10 * i)
-                                 : static_cast<int32_t>(100 + 10 * (i - 10));
+    const int32_t start =
+        i < 10 ? static_cast<int32_t>(10 * i) : static_cast<int32_t>(100 + 10 * (i - 10));
     for (int j = 0; j < 10; ++j) {
       ASSERT_EQ(w[j], start + j) << "window " << i;
       EXPECT_TRUE(seen.insert(w[j]).second) << "token " << w[j] << " in two windows";
@@ -396,6 +396,18 @@ TEST(dataTokenizer, TrainEncodeDecodeRoundTrip) {
         std::string("caf\xc3\xa9 \xe2\x9c\x93 12345"), generated_text(99, 40)}) {
     EXPECT_EQ(tok.decode(tok.encode(s)), s);
   }
+  // A long text (encoded in newline-terminated chunks) gives the ids of its lines encoded apart.
+  const std::string long_text = generated_text(77, 1000);
+  ASSERT_GT(long_text.size(), 20000u);
+  std::vector<int32_t> by_line;
+  for (size_t b = 0; b < long_text.size();) {
+    const size_t e = long_text.find('\n', b) + 1;
+    const auto v = tok.encode(long_text.substr(b, e - b));
+    by_line.insert(by_line.end(), v.begin(), v.end());
+    b = e;
+  }
+  EXPECT_EQ(tok.encode(long_text), by_line);
+  EXPECT_EQ(tok.decode(by_line), long_text);
   // No dummy prefix: pieces encoded separately concatenate to the joined text.
   auto joined = tok.encode("the king");
   const auto more = tok.encode("\n\nRepeat");
@@ -412,9 +424,9 @@ TEST(dataTokenizer, TrainEncodeDecodeRoundTrip) {
 
   EXPECT_NE(error_of([&] { Tokenizer t(dir / "nope.model"); }).find("nope.model"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { Tokenizer::train({dir / "absent.txt"}, 320, dir / "x"); })
-                .find("absent.txt"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { Tokenizer::train({dir / "absent.txt"}, 320, dir / "x"); }).find("absent.txt"),
+      std::string::npos);
   EXPECT_NE(error_of([&] { Tokenizer::train({dir / "corpus.txt"}, 50, dir / "x"); }).find("50"),
             std::string::npos);
 }
@@ -559,9 +571,9 @@ TEST(dataPrepare, CommandLine) {
   {
     CLI::App app;
     kvt::cli::add_prepare(app);
-    std::vector<std::string> args = {"kvtrain", "prepare", "--input", in, "--out", out,
-                                     "--vocab-size", "300", "--val-fraction", "0.2",
-                                     "--name", "bible"};
+    std::vector<std::string> args = {"kvtrain",        "prepare", "--input",      in,
+                                     "--out",          out,       "--vocab-size", "300",
+                                     "--val-fraction", "0.2",     "--name",       "bible"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     app.parse(static_cast<int>(argv.size()), argv.data());
@@ -576,8 +588,11 @@ TEST(dataPrepare, CommandLine) {
     // --vocab-size and --tokenizer exclude each other.
     CLI::App app;
     kvt::cli::add_prepare(app);
-    std::vector<std::string> args = {"kvtrain", "prepare", "--input", in, "--out", out,
-                                     "--vocab-size", "300", "--tokenizer", out + "/tokenizer.model"};
+    std::vector<std::string> args = {"kvtrain",      "prepare",
+                                     "--input",      in,
+                                     "--out",        out,
+                                     "--vocab-size", "300",
+                                     "--tokenizer",  out + "/tokenizer.model"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     EXPECT_THROW(app.parse(static_cast<int>(argv.size()), argv.data()), CLI::ParseError);

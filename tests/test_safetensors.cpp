@@ -21,7 +21,7 @@ using kvt::SafetensorsWriter;
 
 namespace {
 
-class SafetensorsTest : public ::testing::Test {
+class safetensors_file : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
@@ -71,7 +71,7 @@ std::string read_error(const std::string& p) {
 
 }  // namespace
 
-TEST_F(SafetensorsTest, RoundTripEveryDtype) {
+TEST_F(safetensors_file, RoundTripEveryDtype) {
   const std::vector<float> w = {1.5f, -2.25f, 3.0f, 1e-30f, -0.0f, 7.0f};
   const std::vector<double> scalar = {3.141592653589793};
   const std::vector<int32_t> toks = {0, 96, -5, 2147483647};
@@ -104,7 +104,7 @@ TEST_F(SafetensorsTest, RoundTripEveryDtype) {
   EXPECT_EQ(r.tensor("empty").shape, (std::vector<int64_t>{0, 4}));
 }
 
-TEST_F(SafetensorsTest, LayoutIsSortedPaddedAndDeterministic) {
+TEST_F(safetensors_file, LayoutIsSortedPaddedAndDeterministic) {
   const std::vector<float> a = {1, 2, 3}, z = {4, 5};
   const std::vector<int32_t> m = {7};
   SafetensorsWriter w1, w2;
@@ -140,7 +140,7 @@ TEST_F(SafetensorsTest, LayoutIsSortedPaddedAndDeterministic) {
   EXPECT_EQ(bytes.substr(8 + n + 16, 8), f32_bytes(z));
 }
 
-TEST_F(SafetensorsTest, ReadsHandWrittenFile) {
+TEST_F(safetensors_file, ReadsHandWrittenFile) {
   // Key order, spacing and trailing padding as another writer might produce them.
   const std::string header =
       R"({ "__metadata__": {"format": "pt", "who": "hand"},
@@ -156,7 +156,7 @@ TEST_F(SafetensorsTest, ReadsHandWrittenFile) {
   EXPECT_EQ(r.to_f32("b"), (std::vector<float>{0.25f, -8.0f}));
 }
 
-TEST_F(SafetensorsTest, AddViewWritesCallerMemory) {
+TEST_F(safetensors_file, AddViewWritesCallerMemory) {
   std::vector<float> big(1000);
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.5f;
   SafetensorsWriter w;
@@ -169,7 +169,7 @@ TEST_F(SafetensorsTest, AddViewWritesCallerMemory) {
   EXPECT_THROW(r.to_f32("v", &wrong), std::runtime_error);
 }
 
-TEST(Bf16, RoundsToNearestEven) {
+TEST(safetensors_bf16, RoundsToNearestEven) {
   EXPECT_EQ(kvt::float_to_bf16(1.0f), 0x3F80);
   EXPECT_EQ(kvt::float_to_bf16(-2.0f), 0xC000);
   EXPECT_EQ(kvt::float_to_bf16(std::bit_cast<float>(0x3F808000u)), 0x3F80);  // tie -> even
@@ -182,7 +182,7 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(kvt::bf16_to_float(0x4049), 3.140625f);
 }
 
-TEST_F(SafetensorsTest, WriterRejectsBadInput) {
+TEST_F(safetensors_file, WriterRejectsBadInput) {
   SafetensorsWriter w;
   w.add_f32("x", {2}, {1, 2});
   EXPECT_THROW(w.add_f32("x", {2}, {1, 2}), std::invalid_argument);
@@ -193,7 +193,7 @@ TEST_F(SafetensorsTest, WriterRejectsBadInput) {
   EXPECT_THROW(w.write((dir_ / "no_such_dir" / "f.safetensors").string()), std::runtime_error);
 }
 
-TEST_F(SafetensorsTest, BadFilesGiveErrorsNamingFileAndTensor) {
+TEST_F(safetensors_file, BadFilesGiveErrorsNamingFileAndTensor) {
   const std::string ok_header = R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})";
   const std::string ok_data = f32_bytes({1, 2});
   struct Case {
@@ -247,7 +247,7 @@ TEST_F(SafetensorsTest, BadFilesGiveErrorsNamingFileAndTensor) {
   EXPECT_NE(msg.find("cannot open"), std::string::npos) << msg;
 }
 
-TEST_F(SafetensorsTest, LookupErrorsNameFileAndTensor) {
+TEST_F(safetensors_file, LookupErrorsNameFileAndTensor) {
   SafetensorsWriter w;
   w.add_i32("tokens", {2}, {1, 2});
   w.write(path("t.safetensors"));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -46,6 +47,7 @@ void print_tensors(const std::vector<CheckpointTensor>& tensors) {
 }
 
 void inspect(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
   std::string why;
   const bool intact = checkpoint_verify(path, &why);
   CheckpointSummary s;

@@ -25,20 +25,23 @@ void add_prepare(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--shard-tokens", opt->shard_tokens, "Tokens per train shard")
       ->capture_default_str();
-  cmd->add_option("--format", opt->format, "Token width: auto (u16 when vocab <= 65536) | u16 | u32")
+  cmd->add_option("--format", opt->format,
+                  "Token width: auto (u16 when vocab <= 65536) | u16 | u32")
       ->capture_default_str();
   cmd->add_option("--name", opt->name, "Shard prefix: NAME_train_000000.bin, NAME_val_000000.bin")
       ->capture_default_str();
 
   cmd->callback([opt] {
     const CorpusStats st = prepare_corpus(*opt, &std::cout);
-    std::printf("prepare: %llu documents, vocab %d, %llu train tokens in %zu shard(s), %llu val tokens\n",
-                static_cast<unsigned long long>(st.documents), st.vocab_size,
-                static_cast<unsigned long long>(st.train_tokens), st.train_shards.size(),
-                static_cast<unsigned long long>(st.val_tokens));
-    std::printf("prepare: train unigram entropy %.4f nats, bigram entropy %.4f nats "
-                "(the val loss a trained model must beat)\n",
-                st.unigram_entropy, st.bigram_entropy);
+    std::printf(
+        "prepare: %llu documents, vocab %d, %llu train tokens in %zu shard(s), %llu val tokens\n",
+        static_cast<unsigned long long>(st.documents), st.vocab_size,
+        static_cast<unsigned long long>(st.train_tokens), st.train_shards.size(),
+        static_cast<unsigned long long>(st.val_tokens));
+    std::printf(
+        "prepare: train unigram entropy %.4f nats, bigram entropy %.4f nats "
+        "(the val loss a trained model must beat)\n",
+        st.unigram_entropy, st.bigram_entropy);
     std::printf("prepare: wrote %s/stats.json\n", opt->out_dir.c_str());
   });
 }

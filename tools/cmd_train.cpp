@@ -12,6 +12,8 @@ namespace {
 struct TrainArgs {
   std::string config;
   std::vector<std::string> overrides;
+  bool resume = false;
+  int64_t stop_after = 0;
 };
 
 void print_banner(const RunConfig& cfg, const Trainer& tr, int threads, int world) {
@@ -34,6 +36,11 @@ void add_train(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("train", "train a model from a YAML config");
   sub->add_option("--config", args->config, "YAML config (configs/*.yaml)")->required();
   sub->add_option("--set", args->overrides, "override a key: section.key=value (repeatable)");
+  sub->add_flag("--resume", args->resume,
+                 "continue from the newest valid checkpoint of output.dir (same as train.resume=auto)");
+  sub->add_option("--stop-after", args->stop_after,
+                  "checkpoint and exit after this step (continue later with --resume)")
+      ->check(CLI::NonNegativeNumber);
   sub->callback([args]() {
     DistContext& ctx = dist_context();
     RunConfig cfg = load_run_config(args->config, args->overrides);
@@ -41,7 +48,7 @@ void add_train(CLI::App& app) {
     auto comm = make_host_communicator(ctx);
     Trainer trainer(cfg, *comm);
     if (ctx.rank() == 0) print_banner(cfg, trainer, threads, ctx.world());
-    trainer.run(std::cout);
+    trainer.run(std::cout, args->resume, args->stop_after);
   });
 }
 

@@ -33,7 +33,7 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string train;      // glob of training shards, e.g. data/kjv/*train*.bin
+  std::string train;      // glob of training shards, e.g. datasets/kjv/*train*.bin
   std::string val;        // glob of validation shards
   std::string tokenizer;  // SentencePiece .model (for generate/export; optional for train)
 };

@@ -11,7 +11,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include "train/checkpoint.h"
 #include "train/schedule.h"
+#include "train/signals.h"
 
 namespace kvt {
 
@@ -47,6 +49,10 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   // Every rank initialises from the same seed; broadcasting rank 0's values makes equality a
   // guarantee rather than an assumption.
   std::vector<float> p = model_->params_to_host();
+  if (!t.init_from.empty()) {
+    // A new run from another run's weights, fresh optimizer (fine-tuning, gate training).
+    p = read_model_weights(t.init_from, model_->params()).params;
+  }
   comm_.broadcast(p.data(), p.size() * sizeof(float), 0);
   model_->params_from_host(p);
   opt_ = std::make_unique<AdamW>(*ops_, model_->params(), t);
@@ -71,7 +77,7 @@ StepResult Trainer::step() {
   double loss_sum = 0.0;
   for (int m = 0; m < A; m++) {
     // Global sample index of this rank's micro-batch (DESIGN.md §5).
-    const uint64_t g0 = static_cast<uint64_t>(step_) * global_batch_ +
+    const uint64_t g0 = sample_base_ + static_cast<uint64_t>(step_ - step_base_) * global_batch_ +
                         static_cast<uint64_t>(m * W + comm_.rank()) * B;
     train_data_->read_samples(g0, B, windows_.data());
     split_inputs_targets(windows_.data(), B, T, inputs_.data(), targets_.data());
@@ -122,9 +128,66 @@ double Trainer::evaluate() {
   return part[1] > 0 ? part[0] / part[1] : std::nan("");
 }
 
-void Trainer::run(std::ostream& out) {
+void Trainer::save_checkpoint() {
+  if (comm_.rank() == 0) {
+    CheckpointState s;
+    s.step = step_;
+    s.tokens_seen = tokens_seen();
+    s.world_size = comm_.world();
+    s.config_yaml = to_yaml(cfg_);
+    s.params = model_->params_to_host();
+    s.adam_m = opt_->m_to_host();
+    s.adam_v = opt_->v_to_host();
+    s.adam_step = opt_->t();
+    s.loader_seed = cfg_.train.seed;
+    s.loader_next_sample = sample_base_ + static_cast<uint64_t>(step_ - step_base_) * global_batch_;
+    // Training draws no random numbers after init (no dropout); the data order is a function of
+    // (seed, epoch). The RNG state stored is therefore the seed everything derives from.
+    s.rng_state = cfg_.train.seed;
+    checkpoint_write_atomic(cfg_.output.dir, model_->params(), s,
+                            RetentionPolicy{cfg_.output.keep_last, cfg_.output.keep_every});
+  }
+  comm_.barrier();
+}
+
+void Trainer::restore(const CheckpointState& s) {
+  if (s.loader_seed != cfg_.train.seed)
+    throw std::runtime_error("checkpoint at step " + std::to_string(s.step) + " was trained with seed " +
+                             std::to_string(s.loader_seed) + ", the config says train.seed " +
+                             std::to_string(cfg_.train.seed));
+  model_->params_from_host(s.params);
+  opt_->load(s.adam_m, s.adam_v, s.adam_step);
+  step_ = step_base_ = s.step;
+  sample_base_ = s.loader_next_sample;
+}
+
+bool Trainer::resume_latest(std::ostream& out) {
+  // Rank 0 chooses; every rank then reads the same file (the run directory is shared).
+  std::string path;
+  if (comm_.rank() == 0) {
+    std::vector<std::string> skipped;
+    auto found = find_latest_valid(cfg_.output.dir, model_->params(), &skipped);
+    for (const auto& why : skipped) out << "checkpoint damaged, skipped: " << why << std::endl;
+    if (found) path = *found;
+  }
+  uint64_t len = path.size();
+  comm_.broadcast(&len, sizeof len, 0);
+  path.resize(len);
+  comm_.broadcast(path.data(), len, 0);
+  if (path.empty()) return false;
+  restore(checkpoint_read(path, model_->params()));
+  if (comm_.rank() == 0) out << "resumed from " << path << " at step " << step_ << std::endl;
+  return true;
+}
+
+int64_t Trainer::run(std::ostream& out, bool resume, int64_t stop_after) {
   const TrainConfig& t = cfg_.train;
   const bool leader = comm_.rank() == 0;
+  if (resume || t.resume == "auto") {
+    if (!resume_latest(out) && leader)
+      out << "no checkpoint in " << cfg_.output.dir << "; starting from step 0" << std::endl;
+  }
+  install_stop_signals();
   std::unique_ptr<MetricsLog> metrics;
   if (leader) {
     std::filesystem::create_directories(cfg_.output.dir);
@@ -153,6 +216,7 @@ void Trainer::run(std::ostream& out) {
       out << line << std::endl;
     }
     const bool last = step_ == t.steps;
+    const bool stop = comm_.max_flag(stop_signal()) != 0 || step_ == stop_after;
     if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
       const double vl = evaluate();
       if (leader) {
@@ -162,7 +226,20 @@ void Trainer::run(std::ostream& out) {
         out << line << std::endl;
       }
     }
+    if (last || stop || (cfg_.output.checkpoint_every > 0 && step_ % cfg_.output.checkpoint_every == 0)) {
+      save_checkpoint();
+      if (leader) out << "checkpoint " << cfg_.output.dir << "/" << checkpoint_file_name(step_) << std::endl;
+    }
+    if (stop) {
+      if (leader) {
+        if (stop_signal()) out << "stopped by signal " << stop_signal();
+        else out << "stopped as asked (--stop-after)";
+        out << " at step " << step_ << "; continue with --resume" << std::endl;
+      }
+      break;
+    }
   }
+  return step_;
 }
 
 }  // namespace kvt

@@ -13,6 +13,7 @@
 #include "dist/dist.h"
 #include "model/transformer.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/metrics.h"
 
@@ -31,9 +32,21 @@ class Trainer {
   Trainer(const RunConfig& cfg, Communicator& comm);
   ~Trainer();
 
-  // The whole run: writes the resolved config and metrics.jsonl to output.dir (rank 0), prints a
-  // progress line per step to `out` (rank 0), evaluates every eval_every steps and at the end.
-  void run(std::ostream& out);
+  // The whole run: resumes (train.resume: auto, or resume = true) from the newest valid
+  // checkpoint of output.dir, writes the resolved config and metrics.jsonl (rank 0), prints a
+  // progress line per step to `out` (rank 0), evaluates every eval_every steps and at the end,
+  // checkpoints every checkpoint_every steps, at the end, and when a stop signal arrives.
+  // stop_after > 0 ends the run after that step with a checkpoint, as a preemption would (for
+  // time-limited allocations, and for resume tests). Returns the step it stopped at.
+  int64_t run(std::ostream& out, bool resume = false, int64_t stop_after = 0);
+
+  // Loads the newest checkpoint of output.dir that verifies (damaged ones are reported to `out`
+  // and skipped). Returns false when there is none.
+  bool resume_latest(std::ostream& out);
+  // Restores everything a checkpoint holds: parameters, optimizer, step, data position.
+  void restore(const CheckpointState& s);
+  // Writes ckpt_<step>.h5 (rank 0; all ranks call it).
+  void save_checkpoint();
 
   // One optimizer step on the next global batch. Throws std::runtime_error naming the step if
   // the loss or the gradient norm is not finite.
@@ -58,6 +71,10 @@ class Trainer {
   std::unique_ptr<WindowLoader> train_data_, val_data_;
   int64_t global_batch_ = 0;  // sequences per optimizer step, all ranks and micro-steps
   int64_t step_ = 0;          // optimizer steps done
+  // Data position: step s reads global samples from sample_base_ + (s - step_base_) * global
+  // batch, so a resumed run continues where the checkpoint's loader cursor stopped.
+  uint64_t sample_base_ = 0;
+  int64_t step_base_ = 0;
   std::vector<int32_t> windows_, inputs_, targets_;
 };
 

@@ -11,7 +11,9 @@ tests/refdump was built) and KVT_SOURCE_DIR. Two groups:
 
 Tolerances (kvtrain computes in fp32, the reference in float64):
   loss:      |loss_ref - loss_kvt| <= 1e-5 * max(1, |loss_ref|)
-  gradients: per tensor, max |g_ref - g_kvt| <= 1e-5 * max(1, max |g_ref|)
+  gradients: per tensor, max |g_ref - g_kvt| <= 1e-5 * max(1, max |g_ref|), and also
+             <= 1e-4 * max |g_ref| (so a tensor with small gradients is still checked; fp32
+             gives about 1e-6 of it here)
   logits:    max |z_ref - z_kvt| <= 1e-4
   accumulation, kvtrain vs kvtrain (A=2 x B vs A=1 x 2B): gradients within 1e-6 absolute,
              loss within 1e-6 relative.
@@ -31,8 +33,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_model as ref  # noqa: E402
 
+# Tiny tensors: one thread is fastest, and spinning OpenMP workers slow a loaded machine down.
+torch.set_num_threads(1)
+
 LOSS_RTOL = 1e-5
 GRAD_TOL = 1e-5
+GRAD_RTOL = 1e-4
 LOGITS_ATOL = 1e-4
 ACCUM_TOL = 1e-6
 
@@ -59,6 +65,7 @@ def yaml_value(v):
 def write_config(path, model):
     lines = ["model:"] + [f"  {k}: {yaml_value(v)}" for k, v in model.items()]
     lines += ["train:", f"  batch_size: {B}", f"  seq_len: {T}", "  grad_accum: 1", "  seed: 7"]
+    lines += ["data:", "  train: unused-by-refdump/*.bin"]  # required key; refdump reads no data
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -295,22 +302,31 @@ class KvtrainVsReference(unittest.TestCase):
             gr = g[n]
             gk = torch.from_numpy(grads[n].astype(np.float64))
             err = max_abs(gr - gk)
+            self.assertGreater(max_abs(gr), 0.0, f"{tag}: reference gradient of {n} is zero")
             scale = max(1.0, max_abs(gr))
-            if err / scale > worst[0]:
-                worst = (err / scale, n)
-            if err > GRAD_TOL * scale:
+            tol = min(GRAD_TOL * scale, GRAD_RTOL * max_abs(gr))
+            if err / max_abs(gr) > worst[0]:
+                worst = (err / max_abs(gr), n)
+            if err > tol:
                 idx = int((gr - gk).abs().argmax())
-                failures.append(f"{n}: max abs err {err:.3g} (tol {GRAD_TOL * scale:.3g}) at flat "
+                failures.append(f"{n}: max abs err {err:.3g} (tol {tol:.3g}) at flat "
                                 f"index {idx}: ref {float(gr.flatten()[idx]):.6g} kvtrain "
                                 f"{float(gk.flatten()[idx]):.6g}; max|g_ref| {max_abs(gr):.3g}")
-            self.assertGreater(max_abs(gr), 0.0, f"{tag}: reference gradient of {n} is zero")
         self.assertFalse(failures, f"{tag}: gradients differ:\n  " + "\n  ".join(failures))
         SUMMARY.append(f"{tag:<28} loss {float(loss):.6f}  |dloss| {loss_err:.2e}  "
-                       f"max|dlogits| {logit_err:.2e}  worst grad err {worst[0]:.2e} ({worst[1]})")
+                       f"max|dlogits| {logit_err:.2e}  worst grad err/max|g| {worst[0]:.2e} ({worst[1]})")
         return tensors
 
     def model(self, **kw):
         return {**BASE_MODEL, **kw}
+
+    def test_refdump_errors_are_clear(self):
+        with self.assertRaises(AssertionError) as ctx:
+            run_refdump(self.tmp, self.model(max_seq_len=8), "too_long", B, 1)
+        self.assertIn("--seq 9 exceeds model.max_seq_len 8", str(ctx.exception))
+        with self.assertRaises(AssertionError) as ctx:
+            run_refdump(self.tmp, self.model(n_kv_heads=3), "bad_kv", B, 1)
+        self.assertIn("model.n_kv_heads", str(ctx.exception))
 
     def test_mha_tied(self):
         self.check_against_reference("mha_tied", self.model())
@@ -358,7 +374,8 @@ class KvtrainVsReference(unittest.TestCase):
 if __name__ == "__main__":
     prog = unittest.main(exit=False, verbosity=2)
     print("\n==== kvtrain vs float64 reference ====")
-    print(f"tolerances: loss rel {LOSS_RTOL}, grad {GRAD_TOL} x max(1, max|g|), logits {LOGITS_ATOL}, "
+    print(f"tolerances: loss rel {LOSS_RTOL}, grad min({GRAD_TOL} x max(1, max|g|), {GRAD_RTOL} x max|g|), "
+          f"logits {LOGITS_ATOL}, "
           f"accumulation {ACCUM_TOL}")
     for line in SUMMARY:
         print(line)

@@ -1,0 +1,30 @@
+#include "train/signals.h"
+
+#include <csignal>
+#include <initializer_list>
+#include <unistd.h>
+
+namespace kvt {
+
+namespace {
+volatile std::sig_atomic_t g_stop = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop) _exit(128 + sig);  // second signal: now
+  g_stop = sig;
+  const char msg[] = "\nkvtrain: stop requested; finishing the step and checkpointing (signal again to exit now)\n";
+  ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)rc;
+}
+}  // namespace
+
+void install_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
+}
+
+int stop_signal() { return g_stop; }
+
+}  // namespace kvt

@@ -1,0 +1,12 @@
+// train/signals.h — graceful preemption (DESIGN.md §6). SIGTERM, SIGINT and SIGUSR1 only set a
+// flag; the trainer checks it at each step boundary (max-reduced over ranks, so every rank stops
+// at the same step), writes a checkpoint and exits 0. A second signal ends the process at once.
+#pragma once
+
+namespace kvt {
+
+void install_stop_signals();
+// The signal number that requested a stop, or 0.
+int stop_signal();
+
+}  // namespace kvt
