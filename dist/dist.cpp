@@ -2,6 +2,10 @@
 
 #include <mpi.h>
 
+#ifdef KVT_WITH_CUDA
+#include "dist/cuda/nccl_communicator.h"
+#endif
+
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -94,6 +98,22 @@ class MpiCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_host_communicator(const DistContext& ctx) {
   return std::make_unique<MpiCommunicator>(ctx.rank(), ctx.world(), ctx.uses_mpi());
+}
+
+std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend) {
+  if (backend == "cpu") return make_host_communicator(ctx);
+  if (backend == "cuda") {
+#ifdef KVT_WITH_CUDA
+    if (ctx.world() == 1) {
+      select_gpu_of_local_rank(ctx);
+      return make_host_communicator(ctx);
+    }
+    return std::make_unique<NcclCommunicator>(ctx, make_host_communicator(ctx));
+#else
+    throw std::runtime_error("backend 'cuda': kvtrain was built without the CUDA backend (no NCCL)");
+#endif
+  }
+  throw std::runtime_error("unknown backend '" + backend + "' (expected cpu or cuda)");
 }
 
 }  // namespace kvt

@@ -36,8 +36,11 @@ class DistContext {
   int rank_ = 0, world_ = 1, local_rank_ = 0, local_size_ = 1;
 };
 
-// Collectives over all ranks. The MPI implementation works on host memory (CPU backend); the
-// NCCL implementation (CUDA builds) on device memory.
+// Collectives over all ranks. Every call is blocking: it returns when the result is in `buf`.
+// The MPI implementation works on host memory (CPU backend). The NCCL implementation (CUDA
+// builds, dist/cuda/) takes device buffers for allreduce_mean and broadcast (the caller has
+// finished writing them, e.g. after Ops::synchronize) and sends host buffers — the loss, flags,
+// bootstrap broadcasts — over MPI, so the trainer calls both the same way.
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -54,5 +57,10 @@ class Communicator {
 
 // MPI_COMM_WORLD on host buffers; with world 1 (no MPI) every collective is the identity.
 std::unique_ptr<Communicator> make_host_communicator(const DistContext& ctx);
+
+// The communicator for a compute backend: "cpu" -> make_host_communicator; "cuda" -> NCCL over
+// all ranks, one GPU per rank (cudaSetDevice(local_rank), so call this before creating the CUDA
+// Ops), or the host communicator when world is 1. Throws for "cuda" in a build without CUDA.
+std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend);
 
 }  // namespace kvt

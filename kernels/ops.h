@@ -96,6 +96,36 @@ class Ops {
                                   const float* att, const float* q, const float* k,
                                   const float* v, const AttnShape& s) = 0;
 
+  // ---- FusedKV: a reusing layer's K or V from two storage layers (DESIGN.md §3) ------------
+  // x viewed [N, Hkv, D] with row strides (floats between tokens). For KV head h, channel j:
+  //   out[n,h,j] = w_first[h,c] first[n,h,j] + w_last[h,c] last[n,h,j]
+  // pair_tied (keys, post-RoPE): c = j mod D/2, weights [Hkv, D/2] (channels j and j + D/2 of a
+  // RoPE pair share one weight); otherwise (values): c = j, weights [Hkv, D].
+  virtual void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first,
+                               const float* last, int ld_last, const float* w_first,
+                               const float* w_last, int64_t N, int Hkv, int D,
+                               bool pair_tied) = 0;
+  // dfirst += w_first ⊙ dout, dlast += w_last ⊙ dout   (strides ld_first, ld_last, as the inputs)
+  // dw_first[h,c] += sum_n sum_{j -> c} dout[n,h,j] first[n,h,j];  dw_last likewise with last.
+  virtual void kv_fuse_backward(float* dfirst, float* dlast, float* dw_first, float* dw_last,
+                                const float* dout, int ldo, const float* first, int ld_first,
+                                const float* last, int ld_last, const float* w_first,
+                                const float* w_last, int64_t N, int Hkv, int D,
+                                bool pair_tied) = 0;
+
+  // ---- LRKV: shared + per-head low-rank K or V (DESIGN.md §3) -----------------------------
+  // shared [N, D] (row stride lds) = x W_shared^T; lat [N, H*R] (row stride ldl) = x U^T, the
+  // per-head latents; up [H, D, R] (B_h stacked). out [N, H*D] (row stride ldo):
+  //   out[n,h,d] = shared[n,d] + sum_r lat[n,h,r] up[h,d,r]
+  virtual void lrkv_expand_forward(float* out, int ldo, const float* shared, int lds,
+                                   const float* lat, int ldl, const float* up, int64_t N, int H,
+                                   int D, int R) = 0;
+  // dshared[n,d] += sum_h dout[n,h,d];  dlat[n,h,r] += sum_d dout[n,h,d] up[h,d,r];
+  // dup[h,d,r] += sum_n dout[n,h,d] lat[n,h,r]   (dshared, dlat have the strides of shared, lat)
+  virtual void lrkv_expand_backward(float* dshared, int lds, float* dlat, float* dup,
+                                    const float* dout, int ldo, const float* lat, int ldl,
+                                    const float* up, int64_t N, int H, int D, int R) = 0;
+
   // ---- SwiGLU -----------------------------------------------------------------------------
   // gate_up[n] = [gate (F) | up (F)] (one row of the fused gate/up projection)
   // out[n, f] = silu(gate[n,f]) * up[n,f],  silu(a) = a * sigmoid(a)

@@ -20,12 +20,19 @@ struct ModelConfig {
   bool tie_embeddings = true;
   float init_std = 0.02f;
 
+  // KV-lean attention (DESIGN.md §3).
+  std::string kv_sharing = "none";     // none | cla | yoco | fusedkv_lite | fusedkv
+  int storage_layers = 0;              // n for yoco / fusedkv_lite / fusedkv; 0 = L/2
+  std::string fusion_init = "normal";  // fusedkv weights: normal (N(0,1)) | lite (a_n = b_0 = 1)
+  int lrkv_rank = 0;                   // r > 0: shared + low-rank K/V projections (LRKV)
+
   // Derived (valid after resolve()).
   int head_dim() const { return d_model / n_heads; }
   int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int ffn_dim() const;
+  bool lrkv() const { return lrkv_rank > 0; }
 
-  // Fills derived defaults (n_kv_heads, d_ff) and throws std::invalid_argument naming the
+  // Fills derived defaults (n_kv_heads, d_ff, storage_layers) and throws std::invalid_argument naming the
   // `model.<key>` whose value is impossible.
   void resolve();
 };

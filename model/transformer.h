@@ -15,12 +15,15 @@
 
 namespace kvt {
 
-// Builds the parameter table for a config (names and shapes of DESIGN.md §3).
+// Builds the parameter table for a config (names and shapes of DESIGN.md §3): reusing layers of a
+// cross-layer scheme have q_proj but no k_proj/v_proj (fusedkv adds fuse_{k,v}_{first,last}),
+// LRKV layers have k_shared/v_shared/k_down/v_down/k_up/v_up instead of k_proj/v_proj.
 ParamTable build_param_table(const ModelConfig& cfg, bool decay_embeddings = false);
 
 // Model FLOPs per token for one training step (forward + backward), PaLM's formula:
 // 6 * N_matmul + 12 * L * H * D * T, with N_matmul the parameters of all matmuls
-// (the LM head included, the embedding lookup excluded).
+// (the LM head included, the embedding lookup excluded; LRKV's expansion counted as H D r
+// multiply-accumulates each for K and V; FusedKV's element-wise fusion not counted).
 double train_flops_per_token(const ModelConfig& cfg, int T);
 
 class Transformer {

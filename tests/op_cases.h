@@ -9,7 +9,9 @@
 //    (R fixed and random, so dL/dout = R is what backward receives) w.r.t. every differentiable
 //    input; the += / = convention of every gradient element; bitwise determinism.
 //  * compare mode (tests/test_ops_cuda.cpp): the CUDA backend vs the CPU backend on the same
-//    inputs, outputs and all gradients.
+//    inputs, outputs and all gradients (NMSE < 1e-7 plus an elementwise guard), including
+//    training-sized shapes; and the CUDA backend's += / = convention and determinism.
+// Every case also checks that forward and backward leave their inputs untouched.
 // Adding an op = adding one case struct here and listing it in small_cases() / large_cases().
 #pragma once
 
@@ -19,9 +21,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ostream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -148,16 +153,51 @@ class OpCase {
   }
 };
 
-using CasePtr = std::shared_ptr<const OpCase>;
+// The value-parameter of the test suites: a case built on first use. The large cases hold
+// megabytes of random inputs and ctest runs every test in its own process, so registering a
+// test must not build them. The list states whether the case has a backward (to pick the
+// suites it joins); building it checks that statement.
+class CaseParam {
+ public:
+  CaseParam(std::string name, bool has_backward, std::function<std::unique_ptr<OpCase>()> make)
+      : name_(std::move(name)), has_backward_(has_backward),
+        slot_(std::make_shared<Slot>(std::move(make))) {}
+  const std::string& name() const { return name_; }
+  bool has_backward() const { return has_backward_; }
+  const OpCase& operator*() const {
+    std::call_once(slot_->once, [this] {
+      slot_->c = slot_->make();
+      if (slot_->c->name != name_ || slot_->c->has_backward() != has_backward_)
+        throw std::logic_error("op case list: '" + name_ + "' is declared with" +
+                               (has_backward_ ? "" : "out") + " a backward, built as '" +
+                               slot_->c->name + "'" + (slot_->c->has_backward() ? " with" : " without") +
+                               " one");
+    });
+    return *slot_->c;
+  }
+  friend void PrintTo(const CaseParam& p, std::ostream* os) { *os << p.name_; }
 
-// The value-parameter of the test suites (printed by its name).
-struct CaseParam {
-  CasePtr c;
-  friend void PrintTo(const CaseParam& p, std::ostream* os) { *os << p.c->name; }
+ private:
+  struct Slot {
+    explicit Slot(std::function<std::unique_ptr<OpCase>()> m) : make(std::move(m)) {}
+    std::function<std::unique_ptr<OpCase>()> make;
+    std::once_flag once;
+    std::unique_ptr<OpCase> c;
+  };
+  std::string name_;
+  bool has_backward_;
+  std::shared_ptr<Slot> slot_;
 };
 
 inline std::string case_name(const testing::TestParamInfo<CaseParam>& info) {
-  return info.param.c->name;
+  return info.param.name();
+}
+
+inline std::vector<CaseParam> with_backward(const std::vector<CaseParam>& cases) {
+  std::vector<CaseParam> out;
+  for (const CaseParam& p : cases)
+    if (p.has_backward()) out.push_back(p);
+  return out;
 }
 
 inline std::vector<float> normal_values(Rng& rng, size_t n, double scale = 1.0) {
@@ -341,7 +381,10 @@ inline void check_finite_differences(Ops& ops, const OpCase& c) {
 // The += / = convention of every gradient element: with the gradient buffers pre-filled with
 // nonzero values P, an Overwrite element must end as G (the gradient from zeroed buffers,
 // bitwise) and an Accumulate element as P + G; and a second backward call adds G once more to
-// Accumulate elements and leaves Overwrite elements at G.
+// Accumulate elements and leaves Overwrite elements at G. A backward may add its terms one by
+// one onto the buffer (a sum over rows), so the rounding of P + G scales with the gradient's
+// size, not with the element: the tolerance has a 1e-4 rms(G) term; a wrong convention is off
+// by a whole |P| or |G|.
 inline void check_grad_conventions(Ops& ops, const OpCase& c) {
   ASSERT_TRUE(c.has_backward()) << c.name;
   RunResult base = run_case(ops, c);
@@ -351,11 +394,13 @@ inline void check_grad_conventions(Ops& ops, const OpCase& c) {
     if (c.inputs[i].differentiable) prefill[i] = normal_values(rng, c.inputs[i].values.size(), 3.0);
   RunResult filled = run_case(ops, c, {.backward_calls = 1, .grad_init = &prefill});
   RunResult twice = run_case(ops, c, {.backward_calls = 2});
-  const Tolerance sum_tol{1e-5, 1e-6};
   for (size_t i = 0; i < c.inputs.size(); ++i) {
     const Input& in = c.inputs[i];
     if (!in.differentiable) continue;
     const std::vector<float>& G = base.grads[i];
+    double g2 = 0;
+    for (float g : G) g2 += static_cast<double>(g) * g;
+    const Tolerance sum_tol{1e-5, 1e-4 * std::sqrt(g2 / static_cast<double>(G.size())) + 1e-6};
     std::vector<double> want_filled(G.size()), want_twice(G.size());
     size_t n_overwrite = 0;
     for (size_t j = 0; j < G.size(); ++j) {
@@ -698,6 +743,98 @@ struct AttentionCase : OpCase {
   }
 };
 
+// ---- FusedKV: out = w_first ⊙ first + w_last ⊙ last per (KV head, channel) --------------------
+// first and last are column blocks of wider rows (as K/V blocks of a storage layer's fused
+// projection): first at column 2 of rows of Hkv*D + 3, last at column 0 of rows of Hkv*D + 5;
+// out has rows of Hkv*D + 4 (its pad stays zero). pair_tied: keys, one weight per RoPE pair.
+struct KvFuseCase : OpCase {
+  int64_t N;
+  int Hkv, D;
+  bool pair_tied;
+  int ld_first, ld_last, ldo;
+  static constexpr int kOffFirst = 2;
+  KvFuseCase(std::string n, int64_t N_, int Hkv_, int D_, bool pair_tied_, uint64_t seed)
+      : N(N_), Hkv(Hkv_), D(D_), pair_tied(pair_tied_), ld_first(Hkv_ * D_ + 3),
+        ld_last(Hkv_ * D_ + 5), ldo(Hkv_ * D_ + 4) {
+    name = std::move(n);
+    Rng rng(seed);
+    const size_t nw = static_cast<size_t>(Hkv) * (pair_tied ? D / 2 : D);
+    add_input("first", normal_values(rng, static_cast<size_t>(N) * ld_first), Grad::Accumulate);
+    add_input("last", normal_values(rng, static_cast<size_t>(N) * ld_last), Grad::Accumulate);
+    add_input("w_first", normal_values(rng, nw), Grad::Accumulate);
+    add_input("w_last", normal_values(rng, nw), Grad::Accumulate);
+    add_output("out", static_cast<size_t>(N) * ldo, rng);
+  }
+  int channel(int j) const { return pair_tied ? j % (D / 2) : j; }
+  int n_channels() const { return pair_tied ? D / 2 : D; }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.kv_fuse_forward(b.out[0].data(), ldo, b.in[0].data() + kOffFirst, ld_first, b.in[1].data(),
+                        ld_last, b.in[2].data(), b.in[3].data(), N, Hkv, D, pair_tied);
+  }
+  void backward(Ops& ops, Buffers& b) const override {
+    ops.kv_fuse_backward(b.grad[0].data() + kOffFirst, b.grad[1].data(), b.grad[2].data(),
+                         b.grad[3].data(), b.dout[0].data(), ldo, b.in[0].data() + kOffFirst,
+                         ld_first, b.in[1].data(), ld_last, b.in[2].data(), b.in[3].data(), N, Hkv,
+                         D, pair_tied);
+  }
+  Expected reference() const override {
+    const auto &f = inputs[0].values, &l = inputs[1].values;
+    const auto &wf = inputs[2].values, &wl = inputs[3].values;
+    Expected e{{std::vector<double>(static_cast<size_t>(N) * ldo, 0.0)}, {}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int h = 0; h < Hkv; ++h)
+        for (int j = 0; j < D; ++j) {
+          const size_t w = static_cast<size_t>(h) * n_channels() + channel(j);
+          e.outputs[0][n * ldo + h * D + j] =
+              static_cast<double>(wf[w]) * f[n * ld_first + kOffFirst + h * D + j] +
+              static_cast<double>(wl[w]) * l[n * ld_last + h * D + j];
+        }
+    return e;
+  }
+};
+
+// ---- LRKV: out[n,h,:] = shared[n,:] + up_h lat[n,h,:]  (K_h = X W_shared + (X U_h) B_h^T) ------
+// shared: rows of D + 3; lat: column 1 of rows of H*R + 2; out: rows of H*D + 3 (pad stays 0).
+struct LrkvCase : OpCase {
+  int64_t N;
+  int H, D, R;
+  int lds, ldl, ldo;
+  static constexpr int kOffLat = 1;
+  LrkvCase(std::string n, int64_t N_, int H_, int D_, int R_, uint64_t seed)
+      : N(N_), H(H_), D(D_), R(R_), lds(D_ + 3), ldl(H_ * R_ + 2), ldo(H_ * D_ + 3) {
+    name = std::move(n);
+    Rng rng(seed);
+    add_input("shared", normal_values(rng, static_cast<size_t>(N) * lds), Grad::Accumulate);
+    add_input("lat", normal_values(rng, static_cast<size_t>(N) * ldl), Grad::Accumulate);
+    add_input("up", normal_values(rng, static_cast<size_t>(H) * D * R, 1.0 / std::sqrt(R)),
+              Grad::Accumulate);
+    add_output("out", static_cast<size_t>(N) * ldo, rng);
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.lrkv_expand_forward(b.out[0].data(), ldo, b.in[0].data(), lds, b.in[1].data() + kOffLat,
+                            ldl, b.in[2].data(), N, H, D, R);
+  }
+  void backward(Ops& ops, Buffers& b) const override {
+    ops.lrkv_expand_backward(b.grad[0].data(), lds, b.grad[1].data() + kOffLat, b.grad[2].data(),
+                             b.dout[0].data(), ldo, b.in[1].data() + kOffLat, ldl, b.in[2].data(),
+                             N, H, D, R);
+  }
+  Expected reference() const override {
+    const auto &sh = inputs[0].values, &lat = inputs[1].values, &up = inputs[2].values;
+    Expected e{{std::vector<double>(static_cast<size_t>(N) * ldo, 0.0)}, {}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int h = 0; h < H; ++h)
+        for (int d = 0; d < D; ++d) {
+          double acc = sh[n * lds + d];
+          for (int r = 0; r < R; ++r)
+            acc += static_cast<double>(lat[n * ldl + kOffLat + h * R + r]) *
+                   up[(static_cast<size_t>(h) * D + d) * R + r];
+          e.outputs[0][n * ldo + h * D + d] = acc;
+        }
+    return e;
+  }
+};
+
 // ---- SwiGLU: out = silu(gate) * up on rows [gate | up] ---------------------------------------
 struct SwiGluCase : OpCase {
   int64_t N;
@@ -919,55 +1056,65 @@ struct AdamWCase : OpCase {
 // Case lists
 // ================================================================================================
 
+// Appends a case built (on first use) as C(name, args...).
+template <typename C, typename... Args>
+void add(std::vector<CaseParam>& list, const std::string& name, bool has_backward, Args... args) {
+  list.emplace_back(name, has_backward, [=] { return std::make_unique<C>(name, args...); });
+}
+
 // Small shapes for grad mode (finite differences touch every input element) and compare mode.
 inline std::vector<CaseParam> small_cases() {
   std::vector<CaseParam> c;
-  auto add = [&](auto* p) { c.push_back({CasePtr(p)}); };
-  add(new EmbeddingCase("embedding", 12, 5, 7, 101));
-  add(new RmsNormCase("rmsnorm", 6, 10, 1e-5f, 102));
-  add(new MatmulCase("matmul_dx_overwrite", 7, 9, 5, MatmulGrads::OverwriteDx, 103));
-  add(new MatmulCase("matmul_dx_accumulate", 7, 9, 5, MatmulGrads::AccumulateDx, 104));
-  add(new MatmulCase("matmul_no_dx", 4, 6, 3, MatmulGrads::NoDx, 105));
-  add(new MatmulCase("matmul_frozen_w", 4, 6, 3, MatmulGrads::NoDw, 106));
-  add(new RopeCase("rope_pos7_strided", 2, 3, 3, 8, 5, 2, 7, 107));
-  add(new RopeCase("rope_pos0", 1, 4, 2, 4, 0, 0, 0, 108));
-  add(new AttentionCase("attention_gqa_fused", 2, 5, 4, 2, 6, true, 109));
-  add(new AttentionCase("attention_mqa_fused", 2, 5, 4, 1, 6, true, 110));
-  add(new AttentionCase("attention_mha_fused", 1, 4, 2, 2, 4, true, 111));
-  add(new AttentionCase("attention_gqa_split", 2, 4, 6, 3, 4, false, 112));
-  add(new SwiGluCase("swiglu", 5, 7, 113));
-  add(new ResidualCase("residual", 23, false, 114));
-  add(new ResidualCase("residual_aliased", 23, true, 115));
-  add(new CrossEntropyCase("cross_entropy", 6, 11, 0.37f, false, 116));
-  add(new CrossEntropyCase("cross_entropy_in_place", 5, 9, 1.5f, true, 117));
-  add(new ScaleCase("scale", 37, -0.75f, 118));
-  add(new ReductionCase("sum_and_sum_squares", 1001, 119));
-  add(new AdamWCase("adamw_t1", 33, 1, 0.05f, 0.1f, 1.0f, 120));
-  add(new AdamWCase("adamw_t3_grad_scale", 33, 3, 0.05f, 0.1f, 0.5f, 121));
+  add<EmbeddingCase>(c, "embedding", true, 12, 5, 7, 101);
+  add<RmsNormCase>(c, "rmsnorm", true, 6, 10, 1e-5f, 102);
+  add<MatmulCase>(c, "matmul_dx_overwrite", true, 7, 9, 5, MatmulGrads::OverwriteDx, 103);
+  add<MatmulCase>(c, "matmul_dx_accumulate", true, 7, 9, 5, MatmulGrads::AccumulateDx, 104);
+  add<MatmulCase>(c, "matmul_no_dx", true, 4, 6, 3, MatmulGrads::NoDx, 105);
+  add<MatmulCase>(c, "matmul_frozen_w", true, 4, 6, 3, MatmulGrads::NoDw, 106);
+  add<RopeCase>(c, "rope_pos7_strided", true, 2, 3, 3, 8, 5, 2, 7, 107);
+  add<RopeCase>(c, "rope_pos0", true, 1, 4, 2, 4, 0, 0, 0, 108);
+  add<AttentionCase>(c, "attention_gqa_fused", true, 2, 5, 4, 2, 6, true, 109);
+  add<AttentionCase>(c, "attention_mqa_fused", true, 2, 5, 4, 1, 6, true, 110);
+  add<AttentionCase>(c, "attention_mha_fused", true, 1, 4, 2, 2, 4, true, 111);
+  add<AttentionCase>(c, "attention_gqa_split", true, 2, 4, 6, 3, 4, false, 112);
+  add<KvFuseCase>(c, "kv_fuse_keys_pair_tied", true, 6, 2, 6, true, 122);
+  add<KvFuseCase>(c, "kv_fuse_values", true, 5, 3, 4, false, 123);
+  add<LrkvCase>(c, "lrkv_expand", true, 5, 3, 4, 2, 124);
+  add<SwiGluCase>(c, "swiglu", true, 5, 7, 113);
+  add<ResidualCase>(c, "residual", true, 23, false, 114);
+  add<ResidualCase>(c, "residual_aliased", true, 23, true, 115);
+  add<CrossEntropyCase>(c, "cross_entropy", true, 6, 11, 0.37f, false, 116);
+  add<CrossEntropyCase>(c, "cross_entropy_in_place", true, 5, 9, 1.5f, true, 117);
+  add<ScaleCase>(c, "scale", true, 37, -0.75f, 118);
+  add<ReductionCase>(c, "sum_and_sum_squares", false, 1001, 119);
+  add<AdamWCase>(c, "adamw_t1", false, 33, 1, 0.05f, 0.1f, 1.0f, 120);
+  add<AdamWCase>(c, "adamw_t3_grad_scale", false, 33, 3, 0.05f, 0.1f, 0.5f, 121);
   return c;
 }
 
 // Training-sized shapes for compare mode (no finite differences).
 inline std::vector<CaseParam> large_cases() {
   std::vector<CaseParam> c;
-  auto add = [&](auto* p) { c.push_back({CasePtr(p)}); };
-  add(new EmbeddingCase("large_embedding", 1024, 128, 4096, 201));
-  add(new RmsNormCase("large_rmsnorm", 256, 768, 1e-5f, 202));
-  add(new MatmulCase("large_matmul_dx_overwrite", 256, 512, 384, MatmulGrads::OverwriteDx, 203));
-  add(new MatmulCase("large_matmul_dx_accumulate", 256, 512, 384, MatmulGrads::AccumulateDx, 204));
-  add(new MatmulCase("large_matmul_odd", 77, 129, 65, MatmulGrads::OverwriteDx, 205));
-  add(new RopeCase("large_rope", 2, 128, 8, 64, 7, 3, 100, 206));
-  add(new AttentionCase("large_attention_gqa_fused", 2, 128, 8, 2, 64, true, 207));
-  add(new AttentionCase("large_attention_mqa_fused", 2, 96, 8, 1, 64, true, 208));
-  add(new AttentionCase("large_attention_mha_split", 1, 130, 4, 4, 32, false, 209));
-  add(new SwiGluCase("large_swiglu", 256, 1024, 210));
-  add(new ResidualCase("large_residual", 1 << 18, false, 211));
-  add(new ResidualCase("large_residual_aliased", (1 << 18) + 5, true, 212));
-  add(new CrossEntropyCase("large_cross_entropy", 64, 4096, 1.0f / 64, false, 213));
-  add(new CrossEntropyCase("large_cross_entropy_in_place", 33, 4099, 0.25f, true, 214));
-  add(new ScaleCase("large_scale", (1 << 20) + 3, 0.125f, 215));
-  add(new ReductionCase("large_sum_and_sum_squares", (1 << 22) + 3, 216));
-  add(new AdamWCase("large_adamw_t3", (1 << 20) + 5, 3, 3e-4f, 0.1f, 0.25f, 217));
+  add<EmbeddingCase>(c, "large_embedding", true, 1024, 128, 4096, 201);
+  add<RmsNormCase>(c, "large_rmsnorm", true, 256, 768, 1e-5f, 202);
+  add<MatmulCase>(c, "large_matmul_dx_overwrite", true, 256, 512, 384, MatmulGrads::OverwriteDx, 203);
+  add<MatmulCase>(c, "large_matmul_dx_accumulate", true, 256, 512, 384, MatmulGrads::AccumulateDx, 204);
+  add<MatmulCase>(c, "large_matmul_odd", true, 77, 129, 65, MatmulGrads::OverwriteDx, 205);
+  add<RopeCase>(c, "large_rope", true, 2, 128, 8, 64, 7, 3, 100, 206);
+  add<AttentionCase>(c, "large_attention_gqa_fused", true, 2, 128, 8, 2, 64, true, 207);
+  add<AttentionCase>(c, "large_attention_mqa_fused", true, 2, 96, 8, 1, 64, true, 208);
+  add<AttentionCase>(c, "large_attention_mha_split", true, 1, 130, 4, 4, 32, false, 209);
+  add<KvFuseCase>(c, "large_kv_fuse_keys_pair_tied", true, 256, 4, 64, true, 218);
+  add<KvFuseCase>(c, "large_kv_fuse_values", true, 256, 2, 128, false, 219);
+  add<LrkvCase>(c, "large_lrkv_expand", true, 256, 8, 64, 24, 220);
+  add<SwiGluCase>(c, "large_swiglu", true, 256, 1024, 210);
+  add<ResidualCase>(c, "large_residual", true, 1 << 18, false, 211);
+  add<ResidualCase>(c, "large_residual_aliased", true, (1 << 18) + 5, true, 212);
+  add<CrossEntropyCase>(c, "large_cross_entropy", true, 64, 4096, 1.0f / 64, false, 213);
+  add<CrossEntropyCase>(c, "large_cross_entropy_in_place", true, 33, 4099, 0.25f, true, 214);
+  add<ScaleCase>(c, "large_scale", true, (1 << 20) + 3, 0.125f, 215);
+  add<ReductionCase>(c, "large_sum_and_sum_squares", false, (1 << 22) + 3, 216);
+  add<AdamWCase>(c, "large_adamw_t3", false, (1 << 20) + 5, 3, 3e-4f, 0.1f, 0.25f, 217);
   return c;
 }
 

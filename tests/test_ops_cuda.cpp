@@ -27,13 +27,6 @@ std::vector<CaseParam> all_cases() {
   return out;
 }
 
-std::vector<CaseParam> cases_with_backward() {
-  std::vector<CaseParam> out;
-  for (auto& p : all_cases())
-    if (p.c->has_backward()) out.push_back(p);
-  return out;
-}
-
 class NeedsCuda : public testing::TestWithParam<CaseParam> {
  protected:
   void SetUp() override {
@@ -45,16 +38,16 @@ class NeedsCuda : public testing::TestWithParam<CaseParam> {
 // ---- every case: CUDA vs CPU ------------------------------------------------------------------
 class ops_cuda : public NeedsCuda {};
 
-TEST_P(ops_cuda, matches_cpu) { check_backends_match(cuda(), cpu(), *GetParam().c); }
-TEST_P(ops_cuda, is_bitwise_deterministic) { check_deterministic(cuda(), *GetParam().c); }
-TEST_P(ops_cuda, leaves_inputs_unchanged) { check_inputs_unchanged(cuda(), *GetParam().c); }
+TEST_P(ops_cuda, matches_cpu) { check_backends_match(cuda(), cpu(), *GetParam()); }
+TEST_P(ops_cuda, is_bitwise_deterministic) { check_deterministic(cuda(), *GetParam()); }
+TEST_P(ops_cuda, leaves_inputs_unchanged) { check_inputs_unchanged(cuda(), *GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(ops, ops_cuda, testing::ValuesIn(all_cases()), case_name);
 
 // ---- small cases: the CUDA forward vs the double reference too --------------------------------
 class ops_cuda_small : public NeedsCuda {};
 
-TEST_P(ops_cuda_small, matches_double_reference) { check_forward_reference(cuda(), *GetParam().c); }
+TEST_P(ops_cuda_small, matches_double_reference) { check_forward_reference(cuda(), *GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(ops, ops_cuda_small, testing::ValuesIn(small_cases()), case_name);
 
@@ -62,10 +55,10 @@ INSTANTIATE_TEST_SUITE_P(ops, ops_cuda_small, testing::ValuesIn(small_cases()), 
 class ops_cuda_backward : public NeedsCuda {};
 
 TEST_P(ops_cuda_backward, follows_accumulate_overwrite_convention) {
-  check_grad_conventions(cuda(), *GetParam().c);
+  check_grad_conventions(cuda(), *GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(ops, ops_cuda_backward, testing::ValuesIn(cases_with_backward()), case_name);
+INSTANTIATE_TEST_SUITE_P(ops, ops_cuda_backward, testing::ValuesIn(with_backward(all_cases())), case_name);
 
 }  // namespace
 }  // namespace kvt::optest

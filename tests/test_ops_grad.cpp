@@ -15,31 +15,24 @@ Ops& cpu() {
   return *ops;
 }
 
-std::vector<CaseParam> cases_with_backward() {
-  std::vector<CaseParam> out;
-  for (auto& p : small_cases())
-    if (p.c->has_backward()) out.push_back(p);
-  return out;
-}
-
 // ---- every case -----------------------------------------------------------------------------
 class ops_forward : public testing::TestWithParam<CaseParam> {};
 
-TEST_P(ops_forward, matches_double_reference) { check_forward_reference(cpu(), *GetParam().c); }
-TEST_P(ops_forward, is_bitwise_deterministic) { check_deterministic(cpu(), *GetParam().c); }
-TEST_P(ops_forward, leaves_inputs_unchanged) { check_inputs_unchanged(cpu(), *GetParam().c); }
+TEST_P(ops_forward, matches_double_reference) { check_forward_reference(cpu(), *GetParam()); }
+TEST_P(ops_forward, is_bitwise_deterministic) { check_deterministic(cpu(), *GetParam()); }
+TEST_P(ops_forward, leaves_inputs_unchanged) { check_inputs_unchanged(cpu(), *GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(ops, ops_forward, testing::ValuesIn(small_cases()), case_name);
 
 // ---- every case with a backward ---------------------------------------------------------------
 class ops_backward : public testing::TestWithParam<CaseParam> {};
 
-TEST_P(ops_backward, matches_finite_differences) { check_finite_differences(cpu(), *GetParam().c); }
+TEST_P(ops_backward, matches_finite_differences) { check_finite_differences(cpu(), *GetParam()); }
 TEST_P(ops_backward, follows_accumulate_overwrite_convention) {
-  check_grad_conventions(cpu(), *GetParam().c);
+  check_grad_conventions(cpu(), *GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(ops, ops_backward, testing::ValuesIn(cases_with_backward()), case_name);
+INSTANTIATE_TEST_SUITE_P(ops, ops_backward, testing::ValuesIn(with_backward(small_cases())), case_name);
 
 // ---- attention: softmax rows, causal mask, causality, batch independence ----------------------
 TEST(ops_attention, rows_are_causal_softmax) {

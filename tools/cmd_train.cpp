@@ -45,7 +45,7 @@ void add_train(CLI::App& app) {
     DistContext& ctx = dist_context();
     RunConfig cfg = load_run_config(args->config, args->overrides);
     const int threads = configure_threads(cfg.train.threads, ctx.local_size());
-    auto comm = make_host_communicator(ctx);
+    auto comm = make_communicator(ctx, cfg.train.backend);
     Trainer trainer(cfg, *comm);
     if (ctx.rank() == 0) print_banner(cfg, trainer, threads, ctx.world());
     trainer.run(std::cout, args->resume, args->stop_after);

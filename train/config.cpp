@@ -51,10 +51,15 @@ constexpr Field kFields[] = {
     KVT_FIELD(model, norm_eps),
     KVT_FIELD(model, tie_embeddings),
     KVT_FIELD(model, init_std),
+    KVT_FIELD(model, kv_sharing),
+    KVT_FIELD(model, storage_layers),
+    KVT_FIELD(model, fusion_init),
+    KVT_FIELD(model, lrkv_rank),
 
     KVT_FIELD(train, batch_size),
     KVT_FIELD(train, seq_len),
     KVT_FIELD(train, grad_accum),
+    KVT_FIELD(train, global_batch),
     KVT_FIELD(train, steps),
     KVT_FIELD(train, lr),
     KVT_FIELD(train, min_lr_ratio),
@@ -331,6 +336,11 @@ void validate(RunConfig& cfg, const std::string& source) {
     fail(source, "train.seq_len: " + std::to_string(t.seq_len) + " exceeds model.max_seq_len " +
                      std::to_string(cfg.model.max_seq_len));
   check(t.grad_accum >= 1, "train.grad_accum", ">= 1", t.grad_accum);
+  check(t.global_batch >= 0, "train.global_batch", ">= 0 (0 = batch_size x grad_accum x ranks)",
+        t.global_batch);
+  if (t.global_batch > 0 && t.global_batch % t.grad_accum != 0)
+    fail(source, "train.global_batch: " + std::to_string(t.global_batch) +
+                     " is not divisible by train.grad_accum " + std::to_string(t.grad_accum));
   check(t.steps >= 1, "train.steps", ">= 1", t.steps);
   check(t.lr > 0, "train.lr", "> 0", t.lr);
   check(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]",

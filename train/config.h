@@ -15,6 +15,8 @@ struct TrainConfig {
   int batch_size = 8;           // sequences per rank per micro-step (B)
   int seq_len = 128;            // T (<= model.max_seq_len)
   int grad_accum = 1;           // micro-steps per optimizer step
+  int64_t global_batch = 0;     // sequences per optimizer step, all ranks; 0 = batch_size x
+                                // grad_accum x world; > 0 derives batch_size = it / (grad_accum x world)
   int64_t steps = 100;          // optimizer steps
   float lr = 3e-3f;             // peak learning rate
   float min_lr_ratio = 0.1f;    // cosine floor: min lr = lr * min_lr_ratio

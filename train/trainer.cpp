@@ -1,10 +1,12 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <sched.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <ostream>
@@ -32,14 +34,54 @@ std::string fmt_duration(double s) {
 int configure_threads(int threads, int local_ranks) {
   int n = threads;
   if (n <= 0) {
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    n = std::max(1, cores / std::max(1, local_ranks));
+    if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0) {
+      n = std::atoi(env);
+    } else {
+      const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+      int allowed = cores;
+      cpu_set_t set;
+      if (sched_getaffinity(0, sizeof set, &set) == 0) allowed = std::max(1, CPU_COUNT(&set));
+      n = std::max(1, std::min(cores / std::max(1, local_ranks), allowed));
+    }
   }
   omp_set_num_threads(n);
   return n;
 }
 
+int per_rank_batch_size(const TrainConfig& t, int world) {
+  if (t.global_batch <= 0) return t.batch_size;
+  const int64_t per_step = static_cast<int64_t>(t.grad_accum) * world;
+  if (t.global_batch % per_step != 0)
+    throw std::invalid_argument(
+        "train.global_batch: " + std::to_string(t.global_batch) + " sequences cannot be split over " +
+        std::to_string(world) + " rank(s) x train.grad_accum " + std::to_string(t.grad_accum) +
+        " (= " + std::to_string(per_step) + "): use a world size whose product with grad_accum divides it");
+  return static_cast<int>(t.global_batch / per_step);
+}
+
+namespace {
+// Every rank compares its config hash with rank 0's; all ranks throw when any differs, naming it.
+void check_same_config(const RunConfig& cfg, Communicator& comm) {
+  if (comm.world() == 1) return;
+  const std::string mine = config_hash(cfg);
+  std::string root = mine;
+  comm.broadcast(root.data(), root.size(), 0);
+  const bool differs = mine != root;
+  const int last_bad = comm.max_flag(differs ? comm.rank() : 0);  // rank 0 never differs
+  if (last_bad == 0) return;
+  if (differs)
+    throw std::runtime_error("the config of rank " + std::to_string(comm.rank()) +
+                             " differs from rank 0's (config hash " + mine + " vs " + root +
+                             "): start every rank with the same config file and --set overrides");
+  throw std::runtime_error("the config of rank " + std::to_string(last_bad) +
+                           " differs from rank 0's (config hash " + root +
+                           "): start every rank with the same config file and --set overrides");
+}
+}  // namespace
+
 Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(comm) {
+  check_same_config(cfg_, comm_);
+  cfg_.train.batch_size = per_rank_batch_size(cfg_.train, comm_.world());
   const TrainConfig& t = cfg_.train;
   ops_ = make_ops(t.backend);
   global_batch_ = static_cast<int64_t>(t.batch_size) * t.grad_accum * comm_.world();
@@ -75,10 +117,11 @@ StepResult Trainer::step() {
   const int B = t.batch_size, T = t.seq_len, A = t.grad_accum, W = comm_.world();
   model_->zero_grads();
   double loss_sum = 0.0;
+  last_samples_.clear();
   for (int m = 0; m < A; m++) {
     // Global sample index of this rank's micro-batch (DESIGN.md §5).
-    const uint64_t g0 = sample_base_ + static_cast<uint64_t>(step_ - step_base_) * global_batch_ +
-                        static_cast<uint64_t>(m * W + comm_.rank()) * B;
+    const uint64_t g0 = next_sample() + static_cast<uint64_t>(m * W + comm_.rank()) * B;
+    for (int i = 0; i < B; i++) last_samples_.push_back(g0 + static_cast<uint64_t>(i));
     train_data_->read_samples(g0, B, windows_.data());
     split_inputs_targets(windows_.data(), B, T, inputs_.data(), targets_.data());
     loss_sum += model_->forward(inputs_.data(), targets_.data(), B, T);
@@ -86,6 +129,7 @@ StepResult Trainer::step() {
   }
   float* grads = model_->grad_data();
   const size_t np = model_->params().total();
+  ops_->synchronize();  // the gradients are complete before another stream reduces them
   comm_.allreduce_mean(grads, np);
   float loss = static_cast<float>(loss_sum / A);
   comm_.allreduce_mean(&loss, 1);
@@ -140,7 +184,7 @@ void Trainer::save_checkpoint() {
     s.adam_v = opt_->v_to_host();
     s.adam_step = opt_->t();
     s.loader_seed = cfg_.train.seed;
-    s.loader_next_sample = sample_base_ + static_cast<uint64_t>(step_ - step_base_) * global_batch_;
+    s.loader_next_sample = next_sample();
     // Training draws no random numbers after init (no dropout); the data order is a function of
     // (seed, epoch). The RNG state stored is therefore the seed everything derives from.
     s.rng_state = cfg_.train.seed;
@@ -155,6 +199,22 @@ void Trainer::restore(const CheckpointState& s) {
     throw std::runtime_error("checkpoint at step " + std::to_string(s.step) + " was trained with seed " +
                              std::to_string(s.loader_seed) + ", the config says train.seed " +
                              std::to_string(cfg_.train.seed));
+  // The position is a global sample index, valid on any world size with the same global batch.
+  // The checkpoint's resolved config holds its per-rank batch (derived if global_batch was set).
+  int64_t ckpt_batch = 0;
+  try {
+    const RunConfig c = parse_run_config(s.config_yaml, {}, "checkpoint at step " + std::to_string(s.step));
+    ckpt_batch = static_cast<int64_t>(c.train.batch_size) * c.train.grad_accum * s.world_size;
+  } catch (const std::invalid_argument&) {
+    // a config this version cannot read: nothing to compare against
+  }
+  if (ckpt_batch > 0 && ckpt_batch != global_batch_)
+    throw std::runtime_error(
+        "checkpoint at step " + std::to_string(s.step) + " was trained with a global batch of " +
+        std::to_string(ckpt_batch) + " sequences on " + std::to_string(s.world_size) +
+        " rank(s); this run's is " + std::to_string(global_batch_) + " on " +
+        std::to_string(comm_.world()) + " rank(s): set train.global_batch: " +
+        std::to_string(ckpt_batch) + " to resume with the same data order and schedule");
   model_->params_from_host(s.params);
   opt_->load(s.adam_m, s.adam_v, s.adam_step);
   step_ = step_base_ = s.step;

@@ -27,7 +27,9 @@ struct StepResult {
 
 class Trainer {
  public:
-  // Builds the model (initialised from train.seed, rank 0's parameters broadcast), the loaders
+  // Checks that every rank has rank 0's config (config_hash; a mismatch throws on every rank,
+  // naming the rank), derives the per-rank batch from train.global_batch (per_rank_batch_size),
+  // builds the model (initialised from train.seed, rank 0's parameters broadcast), the loaders
   // and the optimizer. Writes nothing to disk.
   Trainer(const RunConfig& cfg, Communicator& comm);
   ~Trainer();
@@ -43,7 +45,9 @@ class Trainer {
   // Loads the newest checkpoint of output.dir that verifies (damaged ones are reported to `out`
   // and skipped). Returns false when there is none.
   bool resume_latest(std::ostream& out);
-  // Restores everything a checkpoint holds: parameters, optimizer, step, data position.
+  // Restores everything a checkpoint holds: parameters, optimizer, step, data position. The
+  // checkpoint may come from any world size; its global batch (its batch_size x grad_accum x
+  // world_size) must equal this run's, else it throws saying which train.global_batch resumes.
   void restore(const CheckpointState& s);
   // Writes ckpt_<step>.h5 (rank 0; all ranks call it).
   void save_checkpoint();
@@ -57,6 +61,12 @@ class Trainer {
   int64_t steps_done() const { return step_; }
   int64_t tokens_seen() const { return step_ * global_batch_ * cfg_.train.seq_len; }
   int64_t global_batch() const { return global_batch_; }
+  // The loader cursor: the global sample index the next step starts at (what checkpoints store).
+  uint64_t next_sample() const {
+    return sample_base_ + static_cast<uint64_t>(step_ - step_base_) * static_cast<uint64_t>(global_batch_);
+  }
+  // The global sample indices this rank read in the last step(), in reading order.
+  const std::vector<uint64_t>& last_step_samples() const { return last_samples_; }
   Transformer& model() { return *model_; }
   AdamW& optimizer() { return *opt_; }
   const RunConfig& config() const { return cfg_; }
@@ -76,9 +86,17 @@ class Trainer {
   uint64_t sample_base_ = 0;
   int64_t step_base_ = 0;
   std::vector<int32_t> windows_, inputs_, targets_;
+  std::vector<uint64_t> last_samples_;
 };
 
-// Sets OpenMP (and so OpenBLAS) threads: `threads` if > 0, else max(1, cores / local_ranks).
+// Sequences per rank per micro-step: train.batch_size, or, when train.global_batch > 0,
+// global_batch / (grad_accum x world); throws std::invalid_argument naming train.global_batch
+// and the numbers when world does not divide it.
+int per_rank_batch_size(const TrainConfig& t, int world);
+
+// Sets OpenMP (and so OpenBLAS) threads and returns the count: `threads` if > 0; else
+// OMP_NUM_THREADS if set; else max(1, min(cores / local_ranks, cores this process may run on)) —
+// the second term follows a launcher's binding (mpirun binds each rank to one core when np <= 2).
 int configure_threads(int threads, int local_ranks);
 
 }  // namespace kvt

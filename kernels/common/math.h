@@ -13,8 +13,36 @@
 
 namespace kvt::math {
 
+// e^x for float, branch-free so compilers vectorise loops over it (libm's expf does not).
+// x = n ln2 + r with |r| <= ln2/2 (+ rounding) (ln2 split in two for exactness); e^r by the Cephes expf
+// polynomial (about 1 ulp); 2^n built in the exponent bits. x is clamped to [-87.3, 88.7], so the
+// result is always a normal float (e^-87.3 ~ 1.2e-38 stands in for 0).
+KVT_HD float exp_fast(float x) {
+  x = x < -87.3f ? -87.3f : x;  // compares, not fminf/fmaxf: those stay libm calls
+  x = x > 88.7f ? 88.7f : x;
+  // n = round(x / ln2): adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+#if defined(__CUDA_ARCH__)
+  scale = __int_as_float(bits);
+#else
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+#endif
+  return p * scale;
+}
+
 // sigmoid(a) = 1 / (1 + e^-a)
-KVT_HD float sigmoid(float a) { return 1.0f / (1.0f + expf(-a)); }
+KVT_HD float sigmoid(float a) { return 1.0f / (1.0f + exp_fast(-a)); }
 
 // silu(a) = a * sigmoid(a)
 KVT_HD float silu(float a) { return a * sigmoid(a); }

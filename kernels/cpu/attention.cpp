@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/math.h"
+#include "kernels/cpu/rowops.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace kvt {
@@ -38,14 +40,8 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
                   s.ldq, k + hd.k_off(b, g), s.ldk, 0.0f, P, T);
       for (int t = 0; t < T; t++) {
         float* row = P + static_cast<int64_t>(t) * T;
-        float mx = row[0];
-        for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
-        for (int j = 0; j <= t; j++) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = 1.0f / sum;
+        const float mx = cpu::row_max(row, t + 1);
+        const float inv = 1.0f / cpu::row_sum_exp(row, t + 1, mx, row);
         for (int j = 0; j <= t; j++) row[j] *= inv;
         for (int j = t + 1; j < T; j++) row[j] = 0.0f;
       }
@@ -79,8 +75,7 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
           for (int t = 0; t < T; t++) {
             const float* p = P + static_cast<int64_t>(t) * T;
             float* d = dS.data() + static_cast<int64_t>(t) * T;
-            float dot = 0.0f;
-            for (int j = 0; j <= t; j++) dot += p[j] * d[j];
+            const float dot = cpu::row_dot(p, d, t + 1);
             for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
             for (int j = t + 1; j < T; j++) d[j] = 0.0f;
           }

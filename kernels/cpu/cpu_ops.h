@@ -40,6 +40,18 @@ class CpuOps final : public Ops {
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
                           const float* q, const float* k, const float* v,
                           const AttnShape& s) override;
+  void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
+                       int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,
+                       int D, bool pair_tied) override;
+  void kv_fuse_backward(float* dfirst, float* dlast, float* dw_first, float* dw_last,
+                        const float* dout, int ldo, const float* first, int ld_first,
+                        const float* last, int ld_last, const float* w_first,
+                        const float* w_last, int64_t N, int Hkv, int D, bool pair_tied) override;
+  void lrkv_expand_forward(float* out, int ldo, const float* shared, int lds, const float* lat,
+                           int ldl, const float* up, int64_t N, int H, int D, int R) override;
+  void lrkv_expand_backward(float* dshared, int lds, float* dlat, float* dup, const float* dout,
+                            int ldo, const float* lat, int ldl, const float* up, int64_t N, int H,
+                            int D, int R) override;
   void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override;
   void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
                        int F) override;

@@ -1,19 +1,18 @@
 // Fused softmax cross-entropy, forward and backward.
 #include <cmath>
 
+#include "kernels/common/math.h"
+#include "kernels/cpu/rowops.h"
+
 #include "kernels/cpu/cpu_ops.h"
 
 namespace kvt {
 
 namespace {
-// max and sum_j exp(x_j - max) of one row, in order
+// max and sum_j exp(x_j - max) of one row
 inline void row_stats(const float* x, int V, float* mx, float* sum) {
-  float m = x[0];
-  for (int j = 1; j < V; j++) m = x[j] > m ? x[j] : m;
-  float s = 0.0f;
-  for (int j = 0; j < V; j++) s += std::exp(x[j] - m);
-  *mx = m;
-  *sum = s;
+  *mx = cpu::row_max(x, V);
+  *sum = cpu::row_sum_exp(x, V, *mx, nullptr);
 }
 }  // namespace
 
@@ -42,7 +41,7 @@ void CpuOps::cross_entropy_backward(float* dlogits, const float* logits, const i
     const float inv = 1.0f / sum;
     const int tgt = targets[n];
     for (int j = 0; j < V; j++) {
-      const float p = std::exp(x[j] - mx) * inv;
+      const float p = math::exp_fast(x[j] - mx) * inv;
       d[j] = (p - (j == tgt ? 1.0f : 0.0f)) * dloss;
     }
   }

@@ -3,6 +3,7 @@
 
 #include "kernels/common/math.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/rowops.h"
 
 namespace kvt {
 
@@ -12,9 +13,7 @@ void CpuOps::rmsnorm_forward(float* out, float* rstd, const float* x, const floa
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++) {
     const float* xr = x + n * C;
-    float ss = 0.0f;
-    for (int c = 0; c < C; c++) ss += xr[c] * xr[c];
-    const float r = math::rms_rstd(ss / C, eps);
+    const float r = math::rms_rstd(cpu::row_dot(xr, xr, C) / C, eps);
     rstd[n] = r;
     float* o = out + n * C;
     for (int c = 0; c < C; c++) o[c] = xr[c] * r * w[c];

@@ -156,6 +156,29 @@ class CudaOps final : public Ops {
                           const AttnShape& s) override {
     cuda::attention_backward(stream_, scratch_, dq, dk, dv, dout, att, q, k, v, s);
   }
+  void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
+                       int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,
+                       int D, bool pair_tied) override {
+    cuda::kv_fuse_forward(stream_, out, ldo, first, ld_first, last, ld_last, w_first, w_last, N,
+                          Hkv, D, pair_tied);
+  }
+  void kv_fuse_backward(float* dfirst, float* dlast, float* dw_first, float* dw_last,
+                        const float* dout, int ldo, const float* first, int ld_first,
+                        const float* last, int ld_last, const float* w_first,
+                        const float* w_last, int64_t N, int Hkv, int D, bool pair_tied) override {
+    cuda::kv_fuse_backward(stream_, scratch_, dfirst, dlast, dw_first, dw_last, dout, ldo, first,
+                           ld_first, last, ld_last, w_first, w_last, N, Hkv, D, pair_tied);
+  }
+  void lrkv_expand_forward(float* out, int ldo, const float* shared, int lds, const float* lat,
+                           int ldl, const float* up, int64_t N, int H, int D, int R) override {
+    cuda::lrkv_expand_forward(stream_, out, ldo, shared, lds, lat, ldl, up, N, H, D, R);
+  }
+  void lrkv_expand_backward(float* dshared, int lds, float* dlat, float* dup, const float* dout,
+                            int ldo, const float* lat, int ldl, const float* up, int64_t N, int H,
+                            int D, int R) override {
+    cuda::lrkv_expand_backward(stream_, scratch_, dshared, lds, dlat, dup, dout, ldo, lat, ldl, up,
+                               N, H, D, R);
+  }
   void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override {
     cuda::swiglu_forward(stream_, out, gate_up, N, F);
   }

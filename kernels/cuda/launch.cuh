@@ -40,6 +40,24 @@ void attention_backward(cudaStream_t stream, Scratch& scratch, float* dq, float*
                         const float* dout, const float* att, const float* q, const float* k,
                         const float* v, const AttnShape& s);
 
+// kv_fuse.cu (FusedKV); weight gradients reduced through `scratch` in a fixed order.
+void kv_fuse_forward(cudaStream_t stream, float* out, int ldo, const float* first, int ld_first,
+                     const float* last, int ld_last, const float* w_first, const float* w_last,
+                     int64_t N, int Hkv, int D, bool pair_tied);
+void kv_fuse_backward(cudaStream_t stream, Scratch& scratch, float* dfirst, float* dlast,
+                      float* dw_first, float* dw_last, const float* dout, int ldo,
+                      const float* first, int ld_first, const float* last, int ld_last,
+                      const float* w_first, const float* w_last, int64_t N, int Hkv, int D,
+                      bool pair_tied);
+
+// lrkv.cu (LRKV); dup reduced through `scratch` in a fixed order.
+void lrkv_expand_forward(cudaStream_t stream, float* out, int ldo, const float* shared, int lds,
+                         const float* lat, int ldl, const float* up, int64_t N, int H, int D,
+                         int R);
+void lrkv_expand_backward(cudaStream_t stream, Scratch& scratch, float* dshared, int lds,
+                          float* dlat, float* dup, const float* dout, int ldo, const float* lat,
+                          int ldl, const float* up, int64_t N, int H, int D, int R);
+
 // elementwise.cu
 void swiglu_forward(cudaStream_t stream, float* out, const float* gate_up, int64_t N, int F);
 void swiglu_backward(cudaStream_t stream, float* dgate_up, const float* dout,

@@ -6,8 +6,8 @@ The model: token embedding, L blocks of (RMSNorm -> attention -> residual, RMSNo
 stored [out, in] (y = x W^T) and keyed by the Hugging Face LLaMA names.
 
 Attention reads its keys and values through `kv_of_layer`, the one place that decides where a
-layer's (post-RoPE) K and V come from; cross-layer sharing schemes (CLA, YOCO, FusedKV, LRKV)
-extend that function and `param_shapes`, nothing else.
+layer's (post-RoPE) K and V come from: its own projections, LRKV's shared + low-rank projections,
+or the cached K/V of storage layers (CLA, YOCO, FusedKV-Lite, FusedKV; DESIGN.md §3).
 
 Also a minimal safetensors reader (json + numpy), so the tests need no `safetensors` package.
 """
@@ -36,11 +36,18 @@ class RefConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     max_seq_len: int = 256
-    kv_sharing: str = "none"  # where each layer's K/V come from; only "none" is defined so far
+    kv_sharing: str = "none"  # none | cla | yoco | fusedkv_lite | fusedkv
+    storage_layers: int = 0   # n for yoco / fusedkv(_lite); 0 = L // 2
+    lrkv_rank: int = 0        # r > 0: LRKV projections (one KV head per query head)
 
     @property
     def head_dim(self):
         return self.d_model // self.n_heads
+
+    @property
+    def n_storage(self):
+        """n of DESIGN.md §3 for the schemes whose storage layers are 0..n-1."""
+        return self.storage_layers if self.storage_layers > 0 else self.n_layers // 2
 
     @staticmethod
     def from_dict(d):
@@ -59,8 +66,21 @@ class RefConfig:
             raise ValueError(f"n_heads {self.n_heads} not divisible by n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} is odd")
-        if self.kv_sharing != "none":
-            raise ValueError(f"kv_sharing {self.kv_sharing!r} is not implemented in the reference")
+        if self.kv_sharing not in SCHEMES:
+            raise ValueError(f"kv_sharing {self.kv_sharing!r} is not one of {SCHEMES}")
+        if self.kv_sharing in ("yoco", "fusedkv_lite", "fusedkv"):
+            lo = 2 if self.kv_sharing == "fusedkv" else 1
+            if not lo <= self.n_storage <= self.n_layers:
+                raise ValueError(f"storage_layers {self.n_storage} must be in [{lo}, "
+                                 f"{self.n_layers}] for {self.kv_sharing}")
+        if self.lrkv_rank > 0:
+            if self.kv_sharing != "none":
+                raise ValueError("LRKV with cross-layer sharing is not defined")
+            if self.n_kv_heads != self.n_heads:
+                raise ValueError("LRKV needs n_kv_heads == n_heads")
+
+
+SCHEMES = ("none", "cla", "yoco", "fusedkv_lite", "fusedkv")
 
 
 def layer_prefix(i):
@@ -76,9 +96,20 @@ def param_shapes(cfg):
         p = layer_prefix(i)
         shapes[p + "input_layernorm.weight"] = (C,)
         shapes[p + "self_attn.q_proj.weight"] = (H * D, C)
-        if layer_stores_kv(cfg, i):
+        r = cfg.lrkv_rank
+        if r > 0:
+            for kv in "kv":
+                shapes[p + f"self_attn.{kv}_shared.weight"] = (D, C)
+                shapes[p + f"self_attn.{kv}_down.weight"] = (H * r, C)
+                shapes[p + f"self_attn.{kv}_up.weight"] = (H, D, r)
+        elif layer_stores_kv(cfg, i):
             shapes[p + "self_attn.k_proj.weight"] = (Hkv * D, C)
             shapes[p + "self_attn.v_proj.weight"] = (Hkv * D, C)
+        elif cfg.kv_sharing == "fusedkv":
+            shapes[p + "self_attn.fuse_k_first"] = (Hkv, D // 2)
+            shapes[p + "self_attn.fuse_k_last"] = (Hkv, D // 2)
+            shapes[p + "self_attn.fuse_v_first"] = (Hkv, D)
+            shapes[p + "self_attn.fuse_v_last"] = (Hkv, D)
         shapes[p + "self_attn.o_proj.weight"] = (C, H * D)
         shapes[p + "post_attention_layernorm.weight"] = (C,)
         shapes[p + "mlp.gate_proj.weight"] = (F_, C)
@@ -156,22 +187,53 @@ def swiglu_mlp(x, w_gate, w_up, w_down):
 # ---- where each layer's K and V come from --------------------------------------------------
 
 def layer_stores_kv(cfg, i):
-    """Whether layer i computes (and caches) its own K and V. Without sharing, every layer does."""
-    return True
+    """Whether layer i computes (and caches) its own K and V (DESIGN.md §3's table)."""
+    if cfg.kv_sharing == "none":
+        return True
+    if cfg.kv_sharing == "cla":
+        return i % 2 == 0
+    return i < cfg.n_storage  # yoco, fusedkv_lite, fusedkv
+
+
+def lrkv_project(params, prefix, kv, h, H, D, r):
+    """LRKV: per head, X W_shared + (X U_h) B_h^T  -> [B, T, H, D] (before RoPE)."""
+    B, T, _ = h.shape
+    shared = h @ params[prefix + f"self_attn.{kv}_shared.weight"].T                  # [B, T, D]
+    latent = (h @ params[prefix + f"self_attn.{kv}_down.weight"].T).view(B, T, H, r)  # X U_h
+    up = params[prefix + f"self_attn.{kv}_up.weight"]                                 # [H, D, r]
+    return shared[:, :, None, :] + torch.einsum("bthr,hdr->bthd", latent, up)
 
 
 def kv_of_layer(cfg, params, i, h, cos, sin, kv_store):
     """Post-RoPE K and V [B, T, Hkv, D] that layer i attends to. h is the normalised input of
-    layer i; kv_store maps storage layers already run to their (K, V), so a sharing scheme can
-    read earlier layers' keys and values from it."""
+    layer i; kv_store maps the storage layers already run to their (K, V), which reusing layers
+    read (autograd then sums every consumer's gradient into the source, as DESIGN.md §3 asks)."""
     B, T, _ = h.shape
     Hkv, D = cfg.n_kv_heads, cfg.head_dim
     p = layer_prefix(i)
-    k = (h @ params[p + "self_attn.k_proj.weight"].T).view(B, T, Hkv, D)
-    v = (h @ params[p + "self_attn.v_proj.weight"].T).view(B, T, Hkv, D)
-    k = apply_rope(k, cos, sin)
-    kv_store[i] = (k, v)
-    return k, v
+    if layer_stores_kv(cfg, i):
+        if cfg.lrkv_rank > 0:
+            k = lrkv_project(params, p, "k", h, Hkv, D, cfg.lrkv_rank)
+            v = lrkv_project(params, p, "v", h, Hkv, D, cfg.lrkv_rank)
+        else:
+            k = (h @ params[p + "self_attn.k_proj.weight"].T).view(B, T, Hkv, D)
+            v = (h @ params[p + "self_attn.v_proj.weight"].T).view(B, T, Hkv, D)
+        k = apply_rope(k, cos, sin)
+        kv_store[i] = (k, v)
+        return k, v
+    n = cfg.n_storage
+    if cfg.kv_sharing == "cla":
+        return kv_store[i - 1]
+    if cfg.kv_sharing == "yoco":
+        return kv_store[n - 1]
+    if cfg.kv_sharing == "fusedkv_lite":
+        return kv_store[n - 1][0], kv_store[0][1]
+    # fusedkv: per (KV head, channel) weights; one K weight per RoPE pair (j, j + D/2).
+    (k0, v0), (kn, vn) = kv_store[0], kv_store[n - 1]
+    pair = lambda a: torch.cat([a, a], dim=-1)  # noqa: E731  [Hkv, D/2] -> [Hkv, D]
+    a0, an = pair(params[p + "self_attn.fuse_k_first"]), pair(params[p + "self_attn.fuse_k_last"])
+    b0, bn = params[p + "self_attn.fuse_v_first"], params[p + "self_attn.fuse_v_last"]
+    return a0 * k0 + an * kn, b0 * v0 + bn * vn
 
 
 # ---- the model -----------------------------------------------------------------------------
