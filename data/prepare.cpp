@@ -176,33 +176,52 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
   }
   st.documents = texts.size();
 
+  // Split the stream: every k-th block of val_block tokens to validation (or the tail).
   const uint64_t total = stream.size();
-  uint64_t n_val = 0;
-  if (opt.val_fraction > 0.0)
-    n_val = std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(opt.val_fraction * total)));
-  if (n_val >= total)
+  std::vector<uint32_t> train, val;
+  if (opt.val_fraction > 0.0 && opt.val_block > 0) {
+    const uint64_t blk = static_cast<uint64_t>(opt.val_block);
+    const uint64_t k = std::max<uint64_t>(2, static_cast<uint64_t>(std::llround(1.0 / opt.val_fraction)));
+    for (uint64_t b = 0, i = 0; b < total; b += blk, ++i) {
+      auto& dst = (i % k == k - 1) ? val : train;
+      dst.insert(dst.end(), stream.begin() + b, stream.begin() + std::min(total, b + blk));
+    }
+  } else {
+    uint64_t n_val = 0;
+    if (opt.val_fraction > 0.0)
+      n_val = std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(opt.val_fraction * total)));
+    n_val = std::min(n_val, total);
+    train.assign(stream.begin(), stream.end() - n_val);
+    val.assign(stream.end() - n_val, stream.end());
+  }
+  std::vector<uint32_t>().swap(stream);
+  if (train.empty())
     throw std::runtime_error("prepare: val fraction " + std::to_string(opt.val_fraction) +
                              " leaves no training tokens (" + std::to_string(total) +
                              " tokens in all)");
-  st.train_tokens = total - n_val;
-  st.val_tokens = n_val;
+  if (opt.val_fraction > 0.0 && val.empty())
+    throw std::runtime_error("prepare: the corpus (" + std::to_string(total) +
+                             " tokens) is too small for a validation block of " +
+                             std::to_string(opt.val_block) + " tokens; lower --val-block");
+  st.train_tokens = train.size();
+  st.val_tokens = val.size();
 
   remove_stale_shards(dir, opt.name, log);
-  const std::span<const uint32_t> all(stream);
   const uint64_t per = static_cast<uint64_t>(opt.shard_tokens);
   for (uint64_t b = 0, i = 0; b < st.train_tokens; b += per, ++i) {
     const std::string fname = shard_name(opt.name, "train", i);
-    write_shard((dir / fname).string(), all.subspan(b, std::min(per, st.train_tokens - b)),
+    write_shard((dir / fname).string(),
+                std::span<const uint32_t>(train).subspan(b, std::min(per, st.train_tokens - b)),
                 version);
     st.train_shards.push_back(fname);
   }
-  if (n_val > 0) {
+  if (!val.empty()) {
     st.val_shard = shard_name(opt.name, "val", 0);
-    write_shard((dir / st.val_shard).string(), all.subspan(st.train_tokens), version);
+    write_shard((dir / st.val_shard).string(), val, version);
   }
 
   BigramCounter counts;
-  counts.add(all.subspan(0, st.train_tokens));
+  counts.add(train);
   st.unigram_entropy = counts.unigram_entropy();
   st.bigram_entropy = counts.bigram_entropy();
 

@@ -37,7 +37,11 @@ struct PrepareOptions {
   std::string out_dir;
   int vocab_size = 0;               // train a tokenizer of this size, or
   std::string tokenizer;            // use this existing SentencePiece model
-  double val_fraction = 0.05;       // the last fraction of the token stream
+  double val_fraction = 0.05;       // fraction of the token stream held out for validation
+  // Held-out tokens are every k-th block of val_block tokens (k = round(1 / val_fraction)), so
+  // validation samples the whole corpus rather than its end (a book's last chapters differ from
+  // the rest); 0 takes the last val_fraction of the stream instead.
+  int64_t val_block = 8192;
   int64_t shard_tokens = 100000000; // tokens per train shard
   std::string format = "auto";      // auto | u16 | u32
   std::string name = "data";        // shard prefix: <name>_train_000000.bin, <name>_val_000000.bin

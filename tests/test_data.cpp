@@ -470,6 +470,7 @@ TEST(dataPrepare, EndToEndShardsDecodeToInputAndStats) {
   opt.out_dir = dir / "out";
   opt.vocab_size = 320;
   opt.val_fraction = 0.1;
+  opt.val_block = 0;  // the tail split; the block split is tested below
   opt.shard_tokens = 3000;
   const CorpusStats st = prepare_corpus(opt);
 
@@ -597,4 +598,37 @@ TEST(dataPrepare, CommandLine) {
     for (auto& a : args) argv.push_back(a.data());
     EXPECT_THROW(app.parse(static_cast<int>(argv.size()), argv.data()), CLI::ParseError);
   }
+}
+
+// The block split: with val_fraction 1/4 and blocks of 64 tokens, validation is blocks 3, 7, 11,
+// ... of the stream and training the others, in order.
+TEST(dataPrepare, ValidationIsEveryKthBlock) {
+  TmpDir dir;
+  write_file(dir / "one.txt", generated_text(5, 1200));
+  PrepareOptions opt;
+  opt.inputs = {dir / "one.txt"};
+  opt.out_dir = dir / "tail";
+  opt.vocab_size = 300;
+  opt.val_fraction = 0.25;
+  opt.val_block = 0;
+  prepare_corpus(opt);
+  std::vector<uint32_t> stream = read_stream({dir / "tail/data_train_000000.bin"}, 300);
+  const std::vector<uint32_t> tail = read_stream({dir / "tail/data_val_000000.bin"}, 300);
+  stream.insert(stream.end(), tail.begin(), tail.end());
+
+  opt.out_dir = dir / "blocks";
+  opt.tokenizer = dir / "tail/tokenizer.model";
+  opt.vocab_size = 0;
+  opt.val_block = 64;
+  const CorpusStats st = prepare_corpus(opt);
+  std::vector<uint32_t> want_train, want_val;
+  for (size_t b = 0, i = 0; b < stream.size(); b += 64, ++i) {
+    auto& dst = i % 4 == 3 ? want_val : want_train;
+    dst.insert(dst.end(), stream.begin() + b, stream.begin() + std::min(stream.size(), b + 64));
+  }
+  ASSERT_GT(want_val.size(), 64u);
+  EXPECT_EQ(read_stream({dir / "blocks/data_train_000000.bin"}, 300), want_train);
+  EXPECT_EQ(read_stream({dir / "blocks/data_val_000000.bin"}, 300), want_val);
+  EXPECT_EQ(st.val_tokens, want_val.size());
+  EXPECT_NEAR(st.bigram_entropy, reference_bigram_entropy(want_train), 1e-9);
 }

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/kv_sharing.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
 #include "train/checkpoint.h"
@@ -69,6 +70,7 @@ void inspect(const std::string& path) {
   try {
     const RunConfig cfg = parse_run_config(s.config_yaml, {}, path + ": /config");
     print_model_section(cfg);
+    std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
     if (intact) {
       checkpoint_read(path, build_param_table(cfg.model, cfg.train.decay_embeddings));
       table_check = "; every tensor matches the config's parameter table";
@@ -82,14 +84,41 @@ void inspect(const std::string& path) {
   std::printf("verification: %s%s\n", why.c_str(), table_check.c_str());
 }
 
+// `inspect --config X [--set k=v]`: what a config would build, without training — its model
+// section, KV cache per token and parameter table.
+void inspect_config(const std::string& path, const std::vector<std::string>& overrides) {
+  const RunConfig cfg = load_run_config(path, overrides);
+  std::printf("config:      %s\n", path.c_str());
+  print_model_section(cfg);
+  std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
+  const ParamTable table = build_param_table(cfg.model, cfg.train.decay_embeddings);
+  std::vector<CheckpointTensor> tensors;
+  for (const ParamInfo& p : table.entries())
+    tensors.push_back({p.name, p.shape, p.numel});
+  print_tensors(tensors);
+}
+
 }  // namespace
 
 void add_inspect(CLI::App& app) {
-  auto path = std::make_shared<std::string>();
+  struct Args {
+    std::string checkpoint, config;
+    std::vector<std::string> overrides;
+  };
+  auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "inspect", "Print a checkpoint's step, config, tensors and verification result (fails if damaged)");
-  cmd->add_option("checkpoint", *path, "Checkpoint file (ckpt_<step>.h5)")->required();
-  cmd->callback([path] { inspect(*path); });
+      "inspect",
+      "Print a checkpoint's step, config, KV cache size, tensors and verification result (fails if "
+      "damaged), or with --config what a config would build");
+  auto* ck = cmd->add_option("checkpoint", a->checkpoint, "Checkpoint file (ckpt_<step>.h5)");
+  auto* cf = cmd->add_option("--config", a->config, "a YAML config instead of a checkpoint");
+  cmd->add_option("--set", a->overrides, "with --config: override a key (section.key=value)");
+  ck->excludes(cf);
+  cmd->callback([a] {
+    if (!a->config.empty()) inspect_config(a->config, a->overrides);
+    else if (!a->checkpoint.empty()) inspect(a->checkpoint);
+    else throw std::runtime_error("inspect: give a checkpoint file or --config FILE");
+  });
 }
 
 }  // namespace kvt::cli

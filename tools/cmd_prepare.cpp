@@ -21,8 +21,12 @@ void add_prepare(CLI::App& app) {
   vocab->excludes(tok);
   tok->excludes(vocab);
   cmd->add_option("--val-fraction", opt->val_fraction,
-                  "Fraction of the token stream (its end) held out for validation")
+                  "Fraction of the token stream held out for validation")
       ->capture_default_str();
+  cmd->add_option("--val-block", opt->val_block,
+                  "Validation is every k-th block of this many tokens, k = 1/val-fraction "
+                  "(0: the stream's last val-fraction)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--shard-tokens", opt->shard_tokens, "Tokens per train shard")
       ->capture_default_str();
   cmd->add_option("--format", opt->format,

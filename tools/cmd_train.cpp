@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "model/kv_sharing.h"
 #include "tools/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -16,9 +17,9 @@ struct TrainArgs {
   int64_t stop_after = 0;
 };
 
-void print_banner(const RunConfig& cfg, const Trainer& tr, int threads, int world) {
+void print_banner(const RunConfig& cfg, Trainer& tr, int threads, int world) {
   const ModelConfig& m = cfg.model;
-  const size_t np = const_cast<Trainer&>(tr).model().params().total();
+  const size_t np = tr.model().params().total();
   std::printf("kvtrain %s | %s backend | %d rank(s) x %d thread(s)\n", KVT_VERSION,
               cfg.train.backend.c_str(), world, threads);
   std::printf("model: %d layers, d_model %d, heads %d (kv %d), head_dim %d, d_ff %d, vocab %d, %s embeddings\n",
@@ -27,6 +28,7 @@ void print_banner(const RunConfig& cfg, const Trainer& tr, int threads, int worl
   std::printf("params: %zu (%.2fM) | global batch %lld x %d tokens | %lld steps | run dir %s\n", np,
               np * 1e-6, static_cast<long long>(tr.global_batch()), cfg.train.seq_len,
               static_cast<long long>(cfg.train.steps), cfg.output.dir.c_str());
+  std::printf("%s\n", kv_cache_summary(m).c_str());
   std::fflush(stdout);
 }
 }  // namespace
