@@ -39,6 +39,9 @@ class RefConfig:
     kv_sharing: str = "none"  # none | cla | yoco | fusedkv_lite | fusedkv
     storage_layers: int = 0   # n for yoco / fusedkv(_lite); 0 = L // 2
     lrkv_rank: int = 0        # r > 0: LRKV projections (one KV head per query head)
+    # fusedkv's init (normal: N(0,1) | lite: a_in = b_i0 = 1, others 0). Init only: the reference
+    # takes its parameters from outside, so this key is validated and otherwise unused.
+    fusion_init: str = "normal"
 
     @property
     def head_dim(self):
@@ -73,6 +76,12 @@ class RefConfig:
             if not lo <= self.n_storage <= self.n_layers:
                 raise ValueError(f"storage_layers {self.n_storage} must be in [{lo}, "
                                  f"{self.n_layers}] for {self.kv_sharing}")
+        if self.fusion_init not in ("normal", "lite"):
+            raise ValueError(f"fusion_init {self.fusion_init!r} is not normal or lite")
+        if self.kv_sharing in ("none", "cla") and self.storage_layers != 0:
+            raise ValueError("storage_layers applies to yoco and fusedkv(_lite) only")
+        if self.lrkv_rank < 0:
+            raise ValueError(f"lrkv_rank {self.lrkv_rank} < 0")
         if self.lrkv_rank > 0:
             if self.kv_sharing != "none":
                 raise ValueError("LRKV with cross-layer sharing is not defined")

@@ -6,8 +6,10 @@
 //   logits        F32 [B, T, V]    of the first micro-batch (before its backward)
 //   param/<name>  F32              every parameter-table entry
 //   grad/<name>   F32              its gradient after A micro-steps of backward(1/A)
-//   __metadata__: "model" (the resolved model keys as JSON), "config_yaml", batch, seq, accum,
-//                 seed, perturb_norms.
+//   __metadata__: "model" (the resolved model keys as JSON, KV-lean keys included:
+//                 kv_sharing, storage_layers as resolve() leaves it (L/2 filled in for yoco and
+//                 fusedkv(_lite), 0 for none and cla), fusion_init, lrkv_rank), "config_yaml",
+//                 batch, seq, accum, seed, perturb_norms.
 //
 //   refdump --config FILE [--set section.key=value ...] --out FILE.safetensors
 //           [--batch B] [--seq T] [--accum A] [--seed S] [--perturb-norms SIGMA]
@@ -43,7 +45,9 @@ nlohmann::json model_json(const kvt::ModelConfig& m) {
           {"n_kv_heads", m.kv_heads()},         {"d_ff", m.ffn_dim()},
           {"max_seq_len", m.max_seq_len},       {"rope_theta", m.rope_theta},
           {"norm_eps", m.norm_eps},             {"tie_embeddings", m.tie_embeddings},
-          {"init_std", m.init_std}};
+          {"init_std", m.init_std},             {"kv_sharing", m.kv_sharing},
+          {"storage_layers", m.storage_layers}, {"fusion_init", m.fusion_init},
+          {"lrkv_rank", m.lrkv_rank}};
 }
 
 struct Options {
