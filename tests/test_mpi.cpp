@@ -28,12 +28,15 @@
 #include "data/shard.h"
 #include "kernels/common/rng.h"
 #include "train/checkpoint.h"
+#include "model_checks.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
 
 namespace kvt {
 namespace {
+
+using namespace kvt::testutil;
 
 using Clock = std::chrono::steady_clock;
 
@@ -49,16 +52,6 @@ std::string slurp(const fs::path& p) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-// Second-order Markov tokens over V symbols (as in test_train.cpp): something to learn.
-std::vector<uint32_t> markov2_corpus(size_t n, int V, uint64_t seed) {
-  Rng r(seed);
-  std::vector<uint32_t> t(n);
-  t[0] = 1;
-  t[1] = 2;
-  for (size_t i = 2; i < n; i++)
-    t[i] = r.uniform() < 0.9 ? (t[i - 1] + 3 * t[i - 2] + 1) % V : static_cast<uint32_t>(r.below(V));
-  return t;
-}
 
 // A tiny model; data.train and output.dir as given (relative paths resolve in each rank's cwd).
 void write_config(const fs::path& file, const std::string& train_glob, const std::string& out_dir,

@@ -18,12 +18,15 @@
 #include "data/shard.h"
 #include "kernels/common/rng.h"
 #include "train/checkpoint.h"
+#include "model_checks.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
 
 namespace kvt {
 namespace {
+
+using namespace kvt::testutil;
 
 fs::path fresh_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("kvt_test_train_" + name + "_" + std::to_string(getpid()));
@@ -32,18 +35,6 @@ fs::path fresh_dir(const std::string& name) {
   return d;
 }
 
-// A second-order Markov "language" over V symbols: x_t = (x_{t-1} + 3 x_{t-2} + 1) mod V with
-// probability 0.9, else uniform. A bigram model cannot see x_{t-2}, so its entropy stays high;
-// a transformer that learns the rule goes well below it.
-std::vector<uint32_t> markov2_corpus(size_t n, int V, uint64_t seed) {
-  Rng r(seed);
-  std::vector<uint32_t> t(n);
-  t[0] = 1;
-  t[1] = 2;
-  for (size_t i = 2; i < n; i++)
-    t[i] = r.uniform() < 0.9 ? (t[i - 1] + 3 * t[i - 2] + 1) % V : static_cast<uint32_t>(r.below(V));
-  return t;
-}
 
 RunConfig small_run(const fs::path& dir, int V) {
   RunConfig c;

@@ -20,11 +20,14 @@
 #include "kernels/common/rng.h"
 #include "model/kv_sharing.h"
 #include "model/transformer.h"
+#include "model_checks.h"
 #include "op_cases.h"
 #include "train/config.h"
 
 namespace kvt {
 namespace {
+
+using namespace kvt::testutil;
 
 using Kind = KvSource::Kind;
 
@@ -479,12 +482,6 @@ INSTANTIATE_TEST_SUITE_P(ops, variant_ops_cuda, testing::ValuesIn(variant_op_cas
 
 // ---- whole model --------------------------------------------------------------------------------
 
-std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
-  Rng r(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(r.below(V));
-  return t;
-}
 
 struct VariantCase {
   const char* name;
@@ -523,78 +520,11 @@ const VariantCase kVariants[] = {
 
 class VariantGrad : public ::testing::TestWithParam<VariantCase> {};
 
-// As tests/test_model.cpp: for every named tensor W and a random unit direction U,
-//   (L(W + hU) - L(W - hU)) / 2h == <dL/dW, U>.
 TEST_P(VariantGrad, DirectionalFiniteDifferencesPerTensor) {
-  const VariantCase vc = GetParam();
-  auto ops = make_ops("cpu");
-  const int B = 2, T = 7;
-  const ModelConfig cfg = config_of(vc);
-  Transformer model(cfg, *ops, B, T, true);
-  model.init_parameters(11);
-  const auto inputs = random_tokens(B * T, cfg.vocab_size, 1);
-  const auto targets = random_tokens(B * T, cfg.vocab_size, 2);
-
-  model.zero_grads();
-  model.forward(inputs.data(), targets.data(), B, T);
-  model.backward(1.0f);
-  const std::vector<float> grads = model.grads_to_host();
-  const std::vector<float> p0 = model.params_to_host();
-
-  Rng rng(99);
-  const double h = 2e-3;
-  for (const ParamInfo& e : model.params().entries()) {
-    std::vector<double> u(e.numel);
-    double nrm = 0;
-    for (auto& x : u) {
-      x = rng.normal();
-      nrm += x * x;
-    }
-    nrm = std::sqrt(nrm);
-    double analytic = 0;
-    for (size_t i = 0; i < e.numel; i++) {
-      u[i] /= nrm;
-      analytic += grads[e.offset + i] * u[i];
-    }
-    auto loss_at = [&](double s) {
-      std::vector<float> p = p0;
-      for (size_t i = 0; i < e.numel; i++)
-        p[e.offset + i] = static_cast<float>(p0[e.offset + i] + s * u[i]);
-      model.params_from_host(p);
-      return static_cast<double>(model.forward(inputs.data(), targets.data(), B, T));
-    };
-    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
-    EXPECT_NEAR(analytic, numeric, 2e-4 + 0.02 * std::fabs(numeric))
-        << vc.name << ": " << e.name << " analytic " << analytic << " numeric " << numeric;
-  }
-  model.params_from_host(p0);
+  expect_directional_grads_match(config_of(GetParam()), GetParam().name);
 }
 
-// Changing token t+1 leaves the logits at positions <= t bitwise unchanged.
-TEST_P(VariantGrad, CausalityIsBitwise) {
-  const VariantCase vc = GetParam();
-  auto ops = make_ops("cpu");
-  const int B = 2, T = 12, t = 5;
-  const ModelConfig cfg = config_of(vc);
-  Transformer model(cfg, *ops, B, T, false);
-  model.init_parameters(3);
-  auto tokens = random_tokens(B * T, cfg.vocab_size, 4);
-  model.forward(tokens.data(), nullptr, B, T);
-  const auto before = model.logits_to_host();
-  for (int b = 0; b < B; b++) tokens[b * T + t + 1] = (tokens[b * T + t + 1] + 7) % cfg.vocab_size;
-  model.forward(tokens.data(), nullptr, B, T);
-  const auto after = model.logits_to_host();
-  const int V = cfg.vocab_size;
-  bool later_changed = false;
-  for (int b = 0; b < B; b++)
-    for (int s = 0; s < T; s++)
-      for (int v = 0; v < V; v++) {
-        const size_t i = (static_cast<size_t>(b) * T + s) * V + v;
-        if (s <= t) ASSERT_EQ(before[i], after[i]) << vc.name << ": logit at b=" << b << " s=" << s << " moved";
-        else later_changed |= before[i] != after[i];
-      }
-  EXPECT_TRUE(later_changed) << vc.name << ": changing a token changed no later logit";
-}
+TEST_P(VariantGrad, CausalityIsBitwise) { expect_causal_bitwise(config_of(GetParam()), GetParam().name); }
 
 // Two micro-batches with loss scale 1/2 equal one doubled batch (the per-storage-layer dK/dV
 // buffers must restart from zero in every backward), and a rerun is bitwise identical.

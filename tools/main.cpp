@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   kvt::cli::add_train(app);
   kvt::cli::add_bench(app);
   kvt::cli::add_inspect(app);
+  kvt::cli::add_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,107 @@
+// tests/model_checks.h — whole-model checks and test data shared by the model, variant, trainer
+// and MPI tests (header-only: every tests/test_*.cpp is its own program).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/common/rng.h"
+#include "model/transformer.h"
+
+namespace kvt::testutil {
+
+inline std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
+  Rng r(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(r.below(V));
+  return t;
+}
+
+// A second-order Markov "language" over V symbols: x_t = (x_{t-1} + 3 x_{t-2} + 1) mod V with
+// probability 0.9, else uniform. A bigram model cannot see x_{t-2}, so its entropy stays high;
+// a transformer that learns the rule goes well below it.
+inline std::vector<uint32_t> markov2_corpus(size_t n, int V, uint64_t seed) {
+  Rng r(seed);
+  std::vector<uint32_t> t(n);
+  t[0] = 1;
+  t[1] = 2;
+  for (size_t i = 2; i < n; i++)
+    t[i] = r.uniform() < 0.9 ? (t[i - 1] + 3 * t[i - 2] + 1) % V : static_cast<uint32_t>(r.below(V));
+  return t;
+}
+
+// For every named tensor W and a random direction U (unit norm over that tensor):
+//   (L(W + hU) - L(W - hU)) / 2h  ==  <dL/dW, U>
+// A directional derivative sums over all elements of the tensor, so its float32 error is small
+// and any wrong index in a backward (which changes many elements) shows up as a large error.
+// Tolerance: 2% relative, with a floor of 2e-4 absolute for tensors whose directional derivative
+// is tiny (float32 loss noise / 2h is about 1e-4).
+inline void expect_directional_grads_match(const ModelConfig& cfg, const std::string& label) {
+  auto ops = make_ops("cpu");
+  const int B = 2, T = 7;
+  Transformer model(cfg, *ops, B, T, true);
+  model.init_parameters(11);
+  const auto inputs = random_tokens(B * T, cfg.vocab_size, 1);
+  const auto targets = random_tokens(B * T, cfg.vocab_size, 2);
+  model.zero_grads();
+  model.forward(inputs.data(), targets.data(), B, T);
+  model.backward(1.0f);
+  const std::vector<float> grads = model.grads_to_host();
+  const std::vector<float> p0 = model.params_to_host();
+
+  Rng rng(99);
+  const double h = 2e-3;
+  for (const ParamInfo& e : model.params().entries()) {
+    std::vector<double> u(e.numel);
+    double nrm = 0;
+    for (auto& x : u) {
+      x = rng.normal();
+      nrm += x * x;
+    }
+    nrm = std::sqrt(nrm);
+    double analytic = 0;
+    for (size_t i = 0; i < e.numel; i++) {
+      u[i] /= nrm;
+      analytic += grads[e.offset + i] * u[i];
+    }
+    auto loss_at = [&](double s) {
+      std::vector<float> p = p0;
+      for (size_t i = 0; i < e.numel; i++) p[e.offset + i] = static_cast<float>(p0[e.offset + i] + s * u[i]);
+      model.params_from_host(p);
+      return static_cast<double>(model.forward(inputs.data(), targets.data(), B, T));
+    };
+    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
+    EXPECT_NEAR(analytic, numeric, 2e-4 + 0.02 * std::fabs(numeric))
+        << label << ": " << e.name << " analytic " << analytic << " numeric " << numeric;
+  }
+}
+
+// Changing token t+1 leaves the logits at positions <= t bitwise unchanged (and some later one
+// changes, so the check saw something).
+inline void expect_causal_bitwise(const ModelConfig& cfg, const std::string& label) {
+  auto ops = make_ops("cpu");
+  const int B = 2, T = 12, t = 5;
+  Transformer model(cfg, *ops, B, T, false);
+  model.init_parameters(3);
+  auto tokens = random_tokens(B * T, cfg.vocab_size, 4);
+  model.forward(tokens.data(), nullptr, B, T);
+  const auto before = model.logits_to_host();
+  for (int b = 0; b < B; b++) tokens[b * T + t + 1] = (tokens[b * T + t + 1] + 7) % cfg.vocab_size;
+  model.forward(tokens.data(), nullptr, B, T);
+  const auto after = model.logits_to_host();
+  const int V = cfg.vocab_size;
+  bool later_changed = false;
+  for (int b = 0; b < B; b++)
+    for (int s = 0; s < T; s++)
+      for (int v = 0; v < V; v++) {
+        const size_t i = (static_cast<size_t>(b) * T + s) * V + v;
+        if (s <= t) ASSERT_EQ(before[i], after[i]) << label << ": logit at b=" << b << " s=" << s << " moved";
+        else later_changed |= before[i] != after[i];
+      }
+  EXPECT_TRUE(later_changed) << label << ": changing a token changed no later logit";
+}
+
+}  // namespace kvt::testutil

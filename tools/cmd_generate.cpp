@@ -1,0 +1,135 @@
+// kvtrain generate --checkpoint ckpt.h5 --prompt "..." [--tokenizer P] [--max-new-tokens N]
+//                  [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda]
+//
+// Loads the checkpoint's resolved config and weights, encodes BOS + prompt with the run's
+// SentencePiece tokenizer (as `kvtrain prepare` starts every document with BOS), prefills the
+// cache (model/inference.h), then samples one token at a time. Prints the text (prompt and
+// continuation), then the timings and the KV-cache bytes measured from the cache. Generation ends
+// after --max-new-tokens, at EOS, or when the cache is full (model.max_seq_len), with a message.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "model/inference.h"
+#include "model/kv_sharing.h"
+#include "model/sampling.h"
+#include "model/transformer.h"
+#include "tools/commands.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace kvt::cli {
+
+namespace {
+struct GenerateArgs {
+  std::string checkpoint, prompt, tokenizer, backend = "cpu";
+  int max_new_tokens = 100;
+  SamplingParams sampling;
+  uint64_t seed = 0;
+  int threads = 0;
+  bool print_ids = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void run_generate(const GenerateArgs& a) {
+  if (dist_context().world() > 1)
+    throw std::runtime_error("generate runs as one process: start it without mpirun");
+  a.sampling.validate();
+  if (a.max_new_tokens < 0) throw std::invalid_argument("--max-new-tokens must be >= 0");
+  configure_threads(a.threads, 1);
+
+  const RunConfig cfg = parse_run_config(read_checkpoint_config(a.checkpoint), {}, a.checkpoint);
+  const ModelConfig& m = cfg.model;
+  const ParamTable table = build_param_table(m);
+  const CheckpointWeights w = read_model_weights(a.checkpoint, table);
+
+  const std::string tok_path = a.tokenizer.empty() ? cfg.data.tokenizer : a.tokenizer;
+  if (tok_path.empty())
+    throw std::invalid_argument(a.checkpoint + ": its config has no data.tokenizer; give --tokenizer");
+  const Tokenizer tok(tok_path);
+  if (tok.vocab_size() > m.vocab_size)
+    throw std::invalid_argument("tokenizer " + tok_path + " has " + std::to_string(tok.vocab_size()) +
+                                " pieces, more than the model's vocab_size " +
+                                std::to_string(m.vocab_size));
+  std::vector<int32_t> ids{tok.bos_id()};
+  const std::vector<int32_t> enc = tok.encode(a.prompt);
+  ids.insert(ids.end(), enc.begin(), enc.end());
+  if (static_cast<int64_t>(ids.size()) > m.max_seq_len)
+    throw std::length_error("the prompt is " + std::to_string(ids.size()) +
+                            " tokens (BOS included), longer than model.max_seq_len " +
+                            std::to_string(m.max_seq_len) + " of " + a.checkpoint);
+
+  auto ops = make_ops(a.backend);
+  InferenceModel inf(m, *ops, w.params);
+  Rng rng(a.seed);
+
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> logits = inf.prefill(ids);
+  const double prefill_s = seconds_since(t0);
+  std::vector<int32_t> gen;
+  std::string stop_reason = "max-new-tokens reached";
+  t0 = std::chrono::steady_clock::now();
+  while (static_cast<int>(gen.size()) < a.max_new_tokens) {
+    const int32_t next = sample_token(logits, a.sampling, rng);
+    gen.push_back(next);
+    if (next == tok.eos_id()) { stop_reason = "end of sequence"; break; }
+    if (static_cast<int>(gen.size()) == a.max_new_tokens) break;
+    if (inf.length() == inf.capacity()) {
+      stop_reason = "stopped: the cache is full at model.max_seq_len " + std::to_string(m.max_seq_len);
+      break;
+    }
+    logits = inf.decode(next);
+  }
+  const double decode_s = seconds_since(t0);
+
+  std::vector<int32_t> text_ids(ids.begin() + 1, ids.end());
+  text_ids.insert(text_ids.end(), gen.begin(), gen.end());
+  std::cout << tok.decode(text_ids) << "\n";
+  if (a.print_ids) {
+    std::cout << "generate: ids:";
+    for (int32_t t : gen) std::cout << ' ' << t;
+    std::cout << "\n";
+  }
+  const int decoded = inf.length() - static_cast<int>(ids.size());  // tokens fed through decode
+  std::printf("generate: %s (%zu new tokens)\n", stop_reason.c_str(), gen.size());
+  std::printf("generate: prefill %zu tokens in %.3f s (%.1f tokens/s); %zu new tokens in %.3f s "
+              "(%.1f tokens/s, %d decode steps)\n",
+              ids.size(), prefill_s, ids.size() / std::max(prefill_s, 1e-9), gen.size(), decode_s,
+              gen.size() / std::max(decode_s, 1e-9), decoded);
+  std::printf("generate: KV cache %zu bytes used for %d positions (%zu bytes/token, %zu allocated); %s\n",
+              inf.kv_bytes(), inf.length(), inf.kv_bytes_per_token(), inf.kv_capacity_bytes(),
+              kv_cache_summary(m).c_str());
+  std::fflush(stdout);
+}
+}  // namespace
+
+void add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* sub = app.add_subcommand("generate", "sample text from a checkpoint with the KV cache");
+  sub->add_option("--checkpoint", a->checkpoint, "checkpoint .h5")->required();
+  sub->add_option("--prompt", a->prompt, "text to continue (BOS is prepended)")->required();
+  sub->add_option("--tokenizer", a->tokenizer,
+                  "SentencePiece .model (default: the checkpoint config's data.tokenizer)");
+  sub->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate")->capture_default_str();
+  sub->add_option("--temperature", a->sampling.temperature, "0 = greedy; > 0 samples softmax(logits / T)")
+      ->capture_default_str();
+  sub->add_option("--top-k", a->sampling.top_k, "sample among the k most likely tokens (0 = all)")
+      ->capture_default_str();
+  sub->add_option("--top-p", a->sampling.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str();
+  sub->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  sub->add_option("--backend", a->backend, "cpu | cuda")->capture_default_str();
+  sub->add_option("--threads", a->threads, "OpenMP threads (0 = all cores)")->capture_default_str();
+  sub->add_flag("--print-ids", a->print_ids, "also print the generated token ids");
+  sub->callback([a]() { run_generate(*a); });
+}
+
+}  // namespace kvt::cli
