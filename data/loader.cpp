@@ -25,6 +25,9 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
   ::globfree(&g);
   if (rc == GLOB_NOMATCH || (rc == 0 && files.empty()))
     throw std::runtime_error("no file matches the pattern '" + pattern + "'");
+  if (rc == GLOB_ABORTED)
+    throw std::runtime_error("no file matches the pattern '" + pattern +
+                             "' (a directory in it is missing or unreadable)");
   if (rc != 0)
     throw std::runtime_error("cannot expand the pattern '" + pattern + "' (glob error " +
                              std::to_string(rc) + ")");

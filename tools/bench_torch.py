@@ -114,7 +114,7 @@ def load_config(path, overrides):
         if k in model:
             model[k] = v
         elif v not in OFF_VALUES:
-            sys.exit(f"bench_torch: {path}: model.{k} = {v!r} is not implemented here "
+            sys.exit(f"bench_torch: {path}: model.{k} = {v!r} is not supported by this benchmark "
                      "(baseline LLaMA-style model only)")
     train = dict(TRAIN_DEFAULTS)
     for k, v in (doc.get("train") or {}).items():

@@ -1,18 +1,35 @@
 // kvtrain bench --config X [--set k=v] [--steps N] [--warmup W]
+// kvtrain bench --inference --config X [--config Y ...] [--set k=v] [--contexts 256,1024,max]
+//               [--decode-tokens 32] [--repeats 3] [--json FILE]
 // Times full training steps (forward + backward + AdamW) on random tokens of the config's shape
 // and reports the median step time, tokens/s, achieved GFLOP/s (DESIGN.md §11 FLOPs) and the
 // process's peak resident memory. Under mpirun every rank runs the step on its share of the
 // global batch and the gradients are all-reduced as in training; rank 0 reports, adding the time
 // spent in the all-reduce per step and, separately, the time waiting for the slowest rank first.
+//
+// With --inference it times kvtrain's own inference path (model/inference.h, DESIGN.md §9) for
+// each config (variant) with random init (train.seed): prefill of a random prompt of each context
+// length (median of --repeats), per-token decode averaged over --decode-tokens steps from that
+// context, and the KV bytes measured from the cache; one Markdown table for all configs.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "kernels/common/rng.h"
+#include "model/inference.h"
+#include "model/kv_sharing.h"
+#include "model/transformer.h"
 #include "tools/commands.h"
 #include "train/adamw.h"
 #include "train/config.h"
@@ -23,8 +40,12 @@ namespace kvt::cli {
 namespace {
 struct BenchArgs {
   std::string config, json_out;
+  std::vector<std::string> configs;  // --config (one for the training bench)
   std::vector<std::string> overrides;
   int steps = 5, warmup = 1;
+  bool inference = false;
+  std::string contexts = "256,1024,max";
+  int decode_tokens = 32, repeats = 3;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -122,17 +143,271 @@ void run_bench(const BenchArgs& a) {
     std::ofstream(a.json_out) << j.dump(2) << "\n";
   }
 }
+
+// ---- bench --inference -------------------------------------------------------------------------
+
+// "256,1024,max" -> {256, 1024, -1} (-1 = the config's max_seq_len), in the given order.
+std::vector<int> parse_contexts(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (item.empty()) continue;
+    if (item == "max") {
+      out.push_back(-1);
+      continue;
+    }
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v < 1 || v > (1L << 30))
+      throw std::invalid_argument("--contexts: '" + item +
+                                  "' is not a positive integer or 'max' (e.g. 256,1024,max)");
+    out.push_back(static_cast<int>(v));
+  }
+  if (out.empty()) throw std::invalid_argument("--contexts: no context lengths given");
+  return out;
+}
+
+// A short name for a row: the config file's stem and what its KV cache is.
+std::string variant_label(const std::string& path, const ModelConfig& m) {
+  std::string kind;
+  if (m.lrkv()) {
+    kind = "LRKV r=" + std::to_string(m.lrkv_rank);
+  } else if (m.kv_sharing != "none") {
+    kind = m.kv_sharing;
+  } else if (m.n_kv_heads == m.n_heads) {
+    kind = "MHA";
+  } else if (m.n_kv_heads == 1) {
+    kind = "MQA";
+  } else {
+    kind = "GQA " + std::to_string(m.n_kv_heads) + " KV heads";
+  }
+  return std::filesystem::path(path).stem().string() + " (" + kind + ")";
+}
+
+struct InferenceRow {
+  std::string config, variant;
+  size_t params = 0;
+  int context = 0, decode_start = 0, decode_steps = 0;
+  double prefill_ms = 0, decode_ms = 0, decode_median_ms = 0;
+  std::vector<double> prefill_runs_ms;
+  size_t kv_bytes_per_token = 0, kv_bytes = 0;
+};
+
+std::string loadavg_text() {
+  double l[3] = {0, 0, 0};
+  if (getloadavg(l, 3) != 3) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", l[0], l[1], l[2]);
+  return buf;
+}
+
+// One variant under test: its backend, the randomly initialised model and its inference cache.
+struct InferenceSubject {
+  std::string path, label;
+  ModelConfig model;
+  Ops* ops = nullptr;  // shared by all subjects of one backend
+  std::unique_ptr<Transformer> transformer;
+  std::unique_ptr<InferenceModel> inf;
+  std::vector<int32_t> prompt, dec_tokens;
+};
+
+void run_inference_bench(const BenchArgs& a) {
+  if (dist_context().world() > 1)
+    throw std::runtime_error("bench --inference runs as one process: start it without mpirun");
+  if (a.decode_tokens < 1) throw std::invalid_argument("--decode-tokens must be >= 1");
+  if (a.repeats < 1) throw std::invalid_argument("--repeats must be >= 1");
+  const std::vector<int> wanted = parse_contexts(a.contexts);
+  std::vector<InferenceRow> rows;
+  std::vector<std::string> notes;
+  std::string backend;
+  int threads = 0;
+  // Build every variant first: the timings below interleave them (per repeat and per decode
+  // step), so drift in a shared machine's load spreads over all variants instead of favouring
+  // the first configs.
+  // One Ops per backend, shared by every subject (declared first: destroyed after them).
+  std::vector<std::pair<std::string, std::unique_ptr<Ops>>> backends;
+  std::vector<InferenceSubject> subs;
+  std::vector<int> all_contexts;
+  for (const std::string& path : a.configs) {
+    const RunConfig cfg = load_run_config(path, a.overrides);
+    InferenceSubject s;
+    s.path = path;
+    s.model = cfg.model;
+    const int L = s.model.max_seq_len;
+    if (a.decode_tokens >= L)
+      throw std::invalid_argument("--decode-tokens " + std::to_string(a.decode_tokens) +
+                                  " must be below model.max_seq_len " + std::to_string(L) +
+                                  " of " + path);
+    threads = configure_threads(cfg.train.threads, 1);
+    backend = cfg.train.backend;
+    auto it = std::find_if(backends.begin(), backends.end(),
+                           [&](const auto& b) { return b.first == cfg.train.backend; });
+    if (it == backends.end()) {
+      backends.emplace_back(cfg.train.backend, make_ops(cfg.train.backend));
+      it = std::prev(backends.end());
+    }
+    s.ops = it->second.get();
+    // Random init with the model's own seed; the Transformer's activations are sized for one
+    // token (it only holds the parameters the InferenceModel shares).
+    s.transformer = std::make_unique<Transformer>(s.model, *s.ops, 1, 1, false);
+    s.transformer->init_parameters(cfg.train.seed);
+    s.inf = std::make_unique<InferenceModel>(*s.transformer);
+    s.label = variant_label(path, s.model);
+    Rng rng(cfg.train.seed + 1);
+    s.prompt.resize(static_cast<size_t>(L));
+    for (auto& t : s.prompt) t = static_cast<int32_t>(rng.below(s.model.vocab_size));
+    s.dec_tokens.resize(static_cast<size_t>(a.decode_tokens));
+    for (auto& t : s.dec_tokens) t = static_cast<int32_t>(rng.below(s.model.vocab_size));
+    for (int c : wanted) {
+      const int ctx = c < 0 ? L : c;
+      if (ctx > L)
+        notes.push_back(s.label + ": context " + std::to_string(ctx) + " skipped (above " +
+                        "model.max_seq_len " + std::to_string(L) +
+                        "; raise it with --set model.max_seq_len=N)");
+      else if (std::find(all_contexts.begin(), all_contexts.end(), ctx) == all_contexts.end())
+        all_contexts.push_back(ctx);
+    }
+    // Untimed warm-up: touches the cache, the scratch and the arena once.
+    s.inf->prefill(s.prompt.data(), std::min(L, 64));
+    s.inf->decode(s.dec_tokens[0]);
+    s.ops->synchronize();
+    subs.push_back(std::move(s));
+  }
+  const std::string load_start = loadavg_text();
+
+  for (const int ctx : all_contexts) {
+    std::vector<InferenceSubject*> active;
+    for (auto& s : subs)
+      if (ctx <= s.model.max_seq_len) active.push_back(&s);
+    std::vector<InferenceRow> ctx_rows(active.size());
+    for (int rep = 0; rep < a.repeats; rep++) {
+      for (size_t k = 0; k < active.size(); k++) {
+        InferenceSubject& s = *active[k];
+        s.inf->reset();
+        s.ops->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        s.inf->prefill(s.prompt.data(), ctx);
+        s.ops->synchronize();
+        ctx_rows[k].prefill_runs_ms.push_back(seconds_since(t0) * 1e3);
+      }
+    }
+    for (size_t k = 0; k < active.size(); k++) {
+      InferenceSubject& s = *active[k];
+      InferenceRow& r = ctx_rows[k];
+      const int L = s.model.max_seq_len;
+      r.config = s.path;
+      r.variant = s.label;
+      r.params = s.transformer->params().total();
+      r.context = ctx;
+      r.prefill_ms = median(r.prefill_runs_ms);
+      r.kv_bytes = s.inf->kv_bytes();  // measured from the cache at length ctx
+      r.kv_bytes_per_token = r.kv_bytes / static_cast<size_t>(s.inf->length());
+      // Decode from position ctx; a full cache has no room, so there the window ends at ctx.
+      r.decode_start = std::min(ctx, L - a.decode_tokens);
+      if (r.decode_start != ctx) {
+        s.inf->reset();
+        s.inf->prefill(s.prompt.data(), r.decode_start);
+        notes.push_back(s.label + ", context " + std::to_string(ctx) +
+                        ": decode timed over positions [" + std::to_string(r.decode_start) + ", " +
+                        std::to_string(r.decode_start + a.decode_tokens) +
+                        ") (the cache holds model.max_seq_len positions)");
+      }
+      r.decode_steps = a.decode_tokens;
+    }
+    std::vector<std::vector<double>> steps(active.size());
+    for (int i = 0; i < a.decode_tokens; i++) {
+      for (size_t k = 0; k < active.size(); k++) {
+        InferenceSubject& s = *active[k];
+        const auto t0 = std::chrono::steady_clock::now();
+        s.inf->decode(s.dec_tokens[static_cast<size_t>(i)]);
+        s.ops->synchronize();
+        steps[k].push_back(seconds_since(t0) * 1e3);
+      }
+    }
+    for (size_t k = 0; k < active.size(); k++) {
+      InferenceRow& r = ctx_rows[k];
+      double sum = 0;
+      for (double v : steps[k]) sum += v;
+      r.decode_ms = sum / static_cast<double>(steps[k].size());
+      r.decode_median_ms = median(steps[k]);
+      std::fprintf(stderr, "  %s context %d: prefill %.1f ms, decode %.3f ms/token\n",
+                   r.variant.c_str(), ctx, r.prefill_ms, r.decode_ms);
+      rows.push_back(std::move(r));
+    }
+  }
+  const std::string load_end = loadavg_text();
+  // Side by side: grouped by context (in the order given), configs in the order given.
+  std::printf("bench --inference | %s | %d thread(s) | prefill: median of %d | decode: mean of %d "
+              "steps | load average %s at start, %s at end\n\n",
+              backend.c_str(), threads, a.repeats, a.decode_tokens, load_start.c_str(),
+              load_end.c_str());
+  std::printf("| variant | params | context | prefill ms | prefill tokens/s | decode ms/token | "
+              "KV bytes/token | KV MiB at context |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const auto& r : rows)
+    std::printf("| %s | %.3fM | %d | %.1f | %.0f | %.3f | %zu | %.2f |\n", r.variant.c_str(),
+                r.params * 1e-6, r.context, r.prefill_ms, r.context / (r.prefill_ms * 1e-3),
+                r.decode_ms, r.kv_bytes_per_token, r.kv_bytes / 1048576.0);
+  if (!notes.empty()) {
+    std::printf("\n");
+    for (const auto& n : notes) std::printf("- %s\n", n.c_str());
+  }
+  if (!a.json_out.empty()) {
+    nlohmann::json j = {{"mode", "inference"}, {"backend", backend}, {"threads", threads},
+                        {"repeats", a.repeats}, {"decode_tokens", a.decode_tokens},
+                        {"loadavg_start", load_start}, {"loadavg_end", load_end},
+                        {"notes", notes}, {"rows", nlohmann::json::array()}};
+    for (const auto& r : rows)
+      j["rows"].push_back({{"config", r.config}, {"variant", r.variant}, {"params", r.params},
+                           {"context", r.context}, {"prefill_ms", r.prefill_ms},
+                           {"prefill_runs_ms", r.prefill_runs_ms},
+                           {"prefill_tokens_per_s", r.context / (r.prefill_ms * 1e-3)},
+                           {"decode_start", r.decode_start}, {"decode_steps", r.decode_steps},
+                           {"decode_ms_per_token", r.decode_ms},
+                           {"decode_median_ms_per_token", r.decode_median_ms},
+                           {"kv_bytes_per_token", r.kv_bytes_per_token},
+                           {"kv_bytes", r.kv_bytes}});
+    std::ofstream(a.json_out) << j.dump(2) << "\n";
+  }
+}
 }  // namespace
 
 void add_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
-  CLI::App* sub = app.add_subcommand("bench", "time training steps: tokens/s, GFLOP/s, peak memory");
-  sub->add_option("--config", args->config, "YAML config")->required();
+  CLI::App* sub = app.add_subcommand(
+      "bench", "time training steps: tokens/s, GFLOP/s, peak memory (--inference: prefill/decode)");
+  sub->add_option("--config", args->configs,
+                  "YAML config (repeatable with --inference: one table row group per config)")
+      ->required();
   sub->add_option("--set", args->overrides, "override a key: section.key=value (repeatable)");
   sub->add_option("--steps", args->steps, "timed steps")->check(CLI::PositiveNumber);
   sub->add_option("--warmup", args->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   sub->add_option("--json", args->json_out, "also write the result as JSON");
-  sub->callback([args]() { run_bench(*args); });
+  sub->add_flag("--inference", args->inference,
+                "time prefill, per-token decode and KV bytes of the inference path instead");
+  sub->add_option("--contexts", args->contexts,
+                  "--inference: context lengths, comma-separated; 'max' = model.max_seq_len "
+                  "(default 256,1024,max)");
+  sub->add_option("--decode-tokens", args->decode_tokens,
+                  "--inference: decode steps averaged per context (default 32)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--repeats", args->repeats, "--inference: prefill repeats, median (default 3)")
+      ->check(CLI::PositiveNumber);
+  sub->callback([args]() {
+    if (args->inference) return run_inference_bench(*args);
+    if (args->configs.size() != 1)
+      throw std::invalid_argument("bench: give one --config (several only with --inference)");
+    args->config = args->configs.front();
+    run_bench(*args);
+  });
 }
 
 }  // namespace kvt::cli

@@ -17,5 +17,6 @@ void add_train(CLI::App& app);    // tools/cmd_train.cpp
 void add_bench(CLI::App& app);    // tools/cmd_bench.cpp
 void add_inspect(CLI::App& app);  // tools/cmd_inspect.cpp
 void add_generate(CLI::App& app);  // tools/cmd_generate.cpp
+void add_export(CLI::App& app);    // tools/cmd_export.cpp
 
 }  // namespace kvt::cli

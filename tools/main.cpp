@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   kvt::cli::add_bench(app);
   kvt::cli::add_inspect(app);
   kvt::cli::add_generate(app);
+  kvt::cli::add_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/tiny.yaml}
 RUN=${RUN:-runs/tiny}
 bash tools/setup.sh
-bash tools/build.sh
+BUILD_TARGET=kvtrain bash tools/build.sh
 KVTRAIN=${BUILD_DIR:-build}/kvtrain
 
 if [ ! -f datasets/kjv/stats.json ]; then

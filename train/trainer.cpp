@@ -20,8 +20,6 @@
 namespace kvt {
 
 namespace {
-std::vector<std::string> files_of(const std::string& pattern) { return expand_glob(pattern); }
-
 std::string fmt_duration(double s) {
   char b[32];
   const long t = static_cast<long>(s + 0.5);
@@ -99,10 +97,18 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   model_->params_from_host(p);
   opt_ = std::make_unique<AdamW>(*ops_, model_->params(), t);
 
-  train_data_ = std::make_unique<WindowLoader>(files_of(cfg_.data.train), t.seq_len,
+  // Data errors name the config key they came from.
+  auto files_of = [](const std::string& key, const std::string& pattern) {
+    try {
+      return expand_glob(pattern);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(key + ": " + e.what());
+    }
+  };
+  train_data_ = std::make_unique<WindowLoader>(files_of("data.train", cfg_.data.train), t.seq_len,
                                                cfg_.model.vocab_size, t.seed, /*shuffle*/ true);
   if (!cfg_.data.val.empty())
-    val_data_ = std::make_unique<WindowLoader>(files_of(cfg_.data.val), t.seq_len,
+    val_data_ = std::make_unique<WindowLoader>(files_of("data.val", cfg_.data.val), t.seq_len,
                                                cfg_.model.vocab_size, t.seed, /*shuffle*/ false);
   const size_t n = static_cast<size_t>(t.batch_size) * t.seq_len;
   windows_.resize(static_cast<size_t>(t.batch_size) * (t.seq_len + 1));

@@ -1,0 +1,350 @@
+// Tests of `kvtrain export` (tools/cmd_export.cpp, DESIGN.md §9), CPU only, no transformers:
+//  * checkpoints are written directly (checkpoint_write_atomic of a randomly initialised
+//    Transformer, a tokenizer trained here), then exported by the kvtrain binary (KVT_BINARY);
+//  * fp32: every tensor of model.safetensors equals the checkpoint's parameter bitwise, under the
+//    parameter table's names, metadata format "pt"; tied embeddings write no lm_head;
+//  * bf16: every tensor is the round-to-nearest-even bf16 of the parameter;
+//  * config.json: LlamaForCausalLM keys for MHA/GQA, model_type kvtrain + auto_map + the
+//    variant's keys (and the Python files) for a sharing scheme and LRKV; tokenizer files;
+//  * --merge-lrkv: a plain MHA Transformer loaded with the merged weights gives the LRKV
+//    Transformer's logits to 1e-5;
+//  * bad input: a non-empty directory without --force, an unknown variant in a checkpoint, a
+//    missing tokenizer, --merge-lrkv on a non-LRKV checkpoint: clear one-line errors.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "kernels/common/rng.h"
+#include "kernels/ops.h"
+#include "model/transformer.h"
+#include "tools/safetensors.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+
+namespace kvt {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct CmdResult {
+  int rc = -1;
+  std::string out;
+};
+CmdResult run_kvtrain(const std::string& args) {
+  const std::string cmd = std::string("OMP_NUM_THREADS=1 ") + KVT_BINARY + " " + args + " 2>&1";
+  CmdResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+std::string q(const fs::path& p) {
+  std::string s(1, '\'');
+  s += p.string();
+  s += '\'';
+  return s;
+}
+
+json read_json(const fs::path& p) {
+  std::ifstream f(p);
+  return json::parse(f);
+}
+
+class Export : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("kvt_test_export_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    {
+      std::ofstream t(dir_ / "text.txt");
+      const char* words[] = {"the", "lord", "said", "unto", "moses", "and", "his", "people",
+                             "went", "into", "land", "of", "light", "water", "earth", "day"};
+      Rng r(5);
+      for (int line = 0; line < 400; line++) {
+        for (int w = 0; w < 12; w++) t << (w ? " " : "") << words[r.below(16)];
+        t << ".\n";
+      }
+    }
+    Tokenizer::train({(dir_ / "text.txt").string()}, 280, (dir_ / "tok").string());
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  // Writes a checkpoint of a random-init model with this `model:` YAML flow mapping body; returns
+  // its path. `edit` may rewrite the stored config text (to plant an unknown variant).
+  static std::string make_checkpoint(const std::string& name, const std::string& model,
+                                     const std::string& from = "", const std::string& to = "") {
+    const std::string yaml = "model: {vocab_size: 290, d_model: 32, n_heads: 4, max_seq_len: 24, "
+                             "init_std: 0.2, " + model + "}\n"
+                             "train: {seq_len: 16}\n"
+                             "data: {train: 'unused/*train*.bin', val: 'unused/*val*.bin', tokenizer: '" +
+                             (dir_ / "tok.model").string() + "'}\n";
+    const RunConfig cfg = parse_run_config(yaml, {}, name);
+    auto ops = make_ops("cpu");
+    Transformer t(cfg.model, *ops, 1, 8, false);
+    t.init_parameters(17);
+    CheckpointState st;
+    st.step = 3;
+    st.config_yaml = to_yaml(cfg);
+    if (!from.empty()) {
+      const size_t at = st.config_yaml.find(from);
+      if (at == std::string::npos) throw std::runtime_error("no '" + from + "' in " + st.config_yaml);
+      st.config_yaml.replace(at, from.size(), to);
+    }
+    st.params = t.params_to_host();
+    st.adam_m.assign(st.params.size(), 0.0f);
+    st.adam_v.assign(st.params.size(), 0.0f);
+    st.kvtrain_version = "test";
+    st.utc_time = "2025-01-01T00:00:00Z";
+    return checkpoint_write_atomic((dir_ / ("run_" + name)).string(), t.params(), st, RetentionPolicy{});
+  }
+
+  static RunConfig config_of(const std::string& ckpt) {
+    return parse_run_config(read_checkpoint_config(ckpt), {}, ckpt);
+  }
+
+  static fs::path dir_;
+};
+fs::path Export::dir_;
+
+// Logits of a forward over fixed tokens for a config and parameters.
+std::vector<float> logits_of(const ModelConfig& m, const std::vector<float>& params) {
+  auto ops = make_ops("cpu");
+  Transformer t(m, *ops, 1, 12, false);
+  t.params_from_host(params);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 12; i++) tokens.push_back((i * 37 + 5) % m.vocab_size);
+  t.forward(tokens.data(), nullptr, 1, 12);
+  return t.logits_to_host();
+}
+
+TEST_F(Export, LlamaFp32IsBitwiseAndConfigIsLlama) {
+  const std::string ck = make_checkpoint("gqa", "n_layers: 2, n_kv_heads: 2, tie_embeddings: false");
+  const fs::path out = dir_ / "out_gqa";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out));
+  ASSERT_EQ(r.rc, 0) << r.out;
+
+  const RunConfig cfg = config_of(ck);
+  const ParamTable table = build_param_table(cfg.model);
+  const CheckpointWeights w = read_model_weights(ck, table);
+  SafetensorsReader st((out / "model.safetensors").string());
+  EXPECT_EQ(st.metadata("format"), "pt");
+  ASSERT_EQ(st.names().size(), table.entries().size());
+  EXPECT_TRUE(st.contains("lm_head.weight"));
+  for (const ParamInfo& p : table.entries()) {
+    ASSERT_TRUE(st.contains(p.name)) << p.name;
+    const TensorView& v = st.tensor(p.name);
+    EXPECT_EQ(v.dtype, DType::F32) << p.name;
+    EXPECT_EQ(v.shape, p.shape) << p.name;
+    ASSERT_EQ(v.nbytes, p.numel * 4) << p.name;
+    EXPECT_EQ(std::memcmp(v.data, w.params.data() + p.offset, v.nbytes), 0) << p.name;
+  }
+
+  const json c = read_json(out / "config.json");
+  EXPECT_EQ(c["architectures"], json::array({"LlamaForCausalLM"}));
+  EXPECT_EQ(c["model_type"], "llama");
+  EXPECT_EQ(c["hidden_size"], 32);
+  EXPECT_EQ(c["intermediate_size"], cfg.model.ffn_dim());
+  EXPECT_EQ(c["num_hidden_layers"], 2);
+  EXPECT_EQ(c["num_attention_heads"], 4);
+  EXPECT_EQ(c["num_key_value_heads"], 2);
+  EXPECT_EQ(c["max_position_embeddings"], 24);
+  EXPECT_EQ(c["vocab_size"], 290);
+  EXPECT_EQ(c["tie_word_embeddings"], false);
+  EXPECT_EQ(c["hidden_act"], "silu");
+  EXPECT_EQ(c["attention_bias"], false);
+  EXPECT_EQ(c["mlp_bias"], false);
+  EXPECT_EQ(c["torch_dtype"], "float32");
+  EXPECT_FLOAT_EQ(c["rms_norm_eps"].get<float>(), cfg.model.norm_eps);
+  EXPECT_FLOAT_EQ(c["rope_theta"].get<float>(), cfg.model.rope_theta);
+  EXPECT_FALSE(c.contains("auto_map"));
+  EXPECT_FALSE(c.contains("kv_sharing"));
+  EXPECT_FALSE(fs::exists(out / "modeling_kvtrain.py"));
+
+  const Tokenizer tok((dir_ / "tok.model").string());
+  EXPECT_EQ(c["bos_token_id"], tok.bos_id());
+  EXPECT_EQ(c["eos_token_id"], tok.eos_id());
+  const json g = read_json(out / "generation_config.json");
+  EXPECT_EQ(g["bos_token_id"], tok.bos_id());
+  EXPECT_EQ(g["eos_token_id"], tok.eos_id());
+  ASSERT_TRUE(fs::exists(out / "tokenizer.model"));
+  EXPECT_EQ(fs::file_size(out / "tokenizer.model"), fs::file_size(dir_ / "tok.model"));
+  const json tc = read_json(out / "tokenizer_config.json");
+  EXPECT_EQ(tc["tokenizer_class"], "LlamaTokenizer");
+  EXPECT_EQ(tc["bos_token"], tok.piece(tok.bos_id()));
+  EXPECT_EQ(tc["eos_token"], tok.piece(tok.eos_id()));
+  EXPECT_EQ(tc["unk_token"], tok.piece(0));
+  EXPECT_EQ(tc["add_bos_token"], true);
+  EXPECT_EQ(tc["legacy"], false);
+}
+
+TEST_F(Export, TiedEmbeddingsWriteNoLmHead) {
+  const std::string ck = make_checkpoint("mqa", "n_layers: 2, n_kv_heads: 1");
+  const fs::path out = dir_ / "out_mqa";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  SafetensorsReader st((out / "model.safetensors").string());
+  EXPECT_TRUE(st.contains("model.embed_tokens.weight"));
+  EXPECT_FALSE(st.contains("lm_head.weight"));
+  const json c = read_json(out / "config.json");
+  EXPECT_EQ(c["tie_word_embeddings"], true);
+  EXPECT_EQ(c["num_key_value_heads"], 1);
+}
+
+TEST_F(Export, Bf16IsTheRoundedParameters) {
+  const std::string ck = make_checkpoint("bf16", "n_layers: 2");
+  const fs::path out = dir_ / "out_bf16";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out) + " --dtype bf16");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const ParamTable table = build_param_table(config_of(ck).model);
+  const CheckpointWeights w = read_model_weights(ck, table);
+  SafetensorsReader st((out / "model.safetensors").string());
+  size_t inexact = 0;
+  for (const ParamInfo& p : table.entries()) {
+    const TensorView& v = st.tensor(p.name);
+    ASSERT_EQ(v.dtype, DType::BF16) << p.name;
+    ASSERT_EQ(v.nbytes, p.numel * 2) << p.name;
+    std::vector<uint16_t> got(p.numel);
+    std::memcpy(got.data(), v.data, v.nbytes);
+    for (size_t i = 0; i < p.numel; i++) {
+      const float x = w.params[p.offset + i];
+      ASSERT_EQ(got[i], float_to_bf16(x)) << p.name << "[" << i << "]";
+      inexact += bf16_to_float(got[i]) != x;
+    }
+  }
+  EXPECT_GT(inexact, 0u) << "random weights are not all bf16-representable";
+  EXPECT_EQ(read_json(out / "config.json")["torch_dtype"], "bfloat16");
+}
+
+TEST_F(Export, SharingSchemeShipsRemoteCode) {
+  const std::string ck = make_checkpoint("fusedkv", "n_layers: 4, n_kv_heads: 2, kv_sharing: fusedkv");
+  const fs::path out = dir_ / "out_fusedkv";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const json c = read_json(out / "config.json");
+  EXPECT_EQ(c["model_type"], "kvtrain");
+  EXPECT_EQ(c["architectures"], json::array({"KvtrainForCausalLM"}));
+  EXPECT_EQ(c["auto_map"]["AutoConfig"], "configuration_kvtrain.KvtrainConfig");
+  EXPECT_EQ(c["auto_map"]["AutoModelForCausalLM"], "modeling_kvtrain.KvtrainForCausalLM");
+  EXPECT_EQ(c["kv_sharing"], "fusedkv");
+  EXPECT_EQ(c["storage_layers"], 2);
+  EXPECT_EQ(c["fusion_init"], "normal");
+  EXPECT_EQ(c["lrkv_rank"], 0);
+  EXPECT_EQ(c["num_key_value_heads"], 2);
+  EXPECT_TRUE(fs::is_regular_file(out / "modeling_kvtrain.py"));
+  EXPECT_TRUE(fs::is_regular_file(out / "configuration_kvtrain.py"));
+  SafetensorsReader st((out / "model.safetensors").string());
+  EXPECT_TRUE(st.contains("model.layers.3.self_attn.fuse_k_first"));
+  EXPECT_EQ(st.tensor("model.layers.3.self_attn.fuse_k_first").shape, (std::vector<int64_t>{2, 4}));
+  EXPECT_FALSE(st.contains("model.layers.3.self_attn.k_proj.weight"));
+
+  const std::string ck2 = make_checkpoint("lrkv", "n_layers: 2, lrkv_rank: 3");
+  const fs::path out2 = dir_ / "out_lrkv";
+  const CmdResult r2 = run_kvtrain("export --checkpoint " + q(ck2) + " --out " + q(out2));
+  ASSERT_EQ(r2.rc, 0) << r2.out;
+  const json c2 = read_json(out2 / "config.json");
+  EXPECT_EQ(c2["model_type"], "kvtrain");
+  EXPECT_EQ(c2["lrkv_rank"], 3);
+  EXPECT_EQ(c2["kv_sharing"], "none");
+  SafetensorsReader st2((out2 / "model.safetensors").string());
+  EXPECT_EQ(st2.tensor("model.layers.1.self_attn.k_up.weight").shape, (std::vector<int64_t>{4, 8, 3}));
+}
+
+TEST_F(Export, MergedLrkvGivesTheLrkvLogits) {
+  const std::string ck = make_checkpoint("lrkv_merge", "n_layers: 2, lrkv_rank: 3, tie_embeddings: false");
+  const fs::path out = dir_ / "out_lrkv_merged";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out) + " --merge-lrkv");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("warning"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cache saving is lost"), std::string::npos) << r.out;
+  const json c = read_json(out / "config.json");
+  EXPECT_EQ(c["model_type"], "llama");
+  EXPECT_EQ(c["num_key_value_heads"], 4);
+  EXPECT_FALSE(c.contains("lrkv_rank"));
+
+  const RunConfig cfg = config_of(ck);
+  const CheckpointWeights w = read_model_weights(ck, build_param_table(cfg.model));
+  const std::vector<float> want = logits_of(cfg.model, w.params);
+
+  ModelConfig mha = cfg.model;
+  mha.lrkv_rank = 0;
+  const ParamTable table = build_param_table(mha);
+  SafetensorsReader st((out / "model.safetensors").string());
+  ASSERT_EQ(st.names().size(), table.entries().size());
+  std::vector<float> params(table.total());
+  for (const ParamInfo& p : table.entries()) {
+    const std::vector<float> v = st.to_f32(p.name, &p.shape);
+    std::copy(v.begin(), v.end(), params.begin() + p.offset);
+  }
+  const std::vector<float> got = logits_of(mha, params);
+  ASSERT_EQ(got.size(), want.size());
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    max_diff = std::max(max_diff, double(std::fabs(got[i] - want[i])));
+    max_abs = std::max(max_abs, double(std::fabs(want[i])));
+  }
+  EXPECT_LT(max_diff, 1e-5) << "max |logit| " << max_abs;
+  EXPECT_GT(max_abs, 0.1);
+}
+
+TEST_F(Export, BadInputIsAClearError) {
+  const std::string ck = make_checkpoint("bad", "n_layers: 2");
+  const fs::path out = dir_ / "out_bad";
+  fs::create_directories(out);
+  std::ofstream(out / "keep.txt") << "x";
+  CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("not empty"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--force"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+  r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out) + " --force");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(fs::exists(out / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(out / "keep.txt"));
+
+  r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(dir_ / "out_notok") + " --tokenizer " +
+                  q(dir_ / "absent.model"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("absent.model"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out_notok" / "model.safetensors"));
+
+  r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(dir_ / "out_nomerge") + " --merge-lrkv");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("lrkv_rank"), std::string::npos) << r.out;
+
+  r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(dir_ / "out_dtype") + " --dtype fp16");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("fp16"), std::string::npos) << r.out;
+
+  const std::string unknown = make_checkpoint("unknown", "n_layers: 2", "kv_sharing: \"none\"",
+                                               "kv_sharing: \"mla\"");
+  r = run_kvtrain("export --checkpoint " + q(unknown) + " --out " + q(dir_ / "out_unknown"));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("mla"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("kv_sharing"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out_unknown" / "model.safetensors"));
+
+  // One line on stderr, from main.
+  size_t lines = 0;
+  for (char ch : r.out) lines += ch == '\n';
+  EXPECT_EQ(lines, 1u) << r.out;
+}
+
+}  // namespace
+}  // namespace kvt
