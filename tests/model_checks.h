@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,19 @@ inline std::vector<uint32_t> markov2_corpus(size_t n, int V, uint64_t seed) {
   for (size_t i = 2; i < n; i++)
     t[i] = r.uniform() < 0.9 ? (t[i - 1] + 3 * t[i - 2] + 1) % V : static_cast<uint32_t>(r.below(V));
   return t;
+}
+
+// A small English-like text: `lines` lines of 12 words drawn from 16, for tokenizer training
+// and end-to-end CLI tests.
+inline void write_word_text(const std::string& path, int lines, uint64_t seed) {
+  std::ofstream t(path);
+  const char* words[] = {"the", "lord", "said", "unto", "moses", "and", "his", "people",
+                         "went", "into", "land", "of", "light", "water", "earth", "day"};
+  Rng r(seed);
+  for (int line = 0; line < lines; line++) {
+    for (int w = 0; w < 12; w++) t << (w ? " " : "") << words[r.below(16)];
+    t << ".\n";
+  }
 }
 
 // For every named tensor W and a random direction U (unit norm over that tensor):

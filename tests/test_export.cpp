@@ -31,6 +31,7 @@
 #include "tools/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "model_checks.h"
 
 namespace kvt {
 namespace {
@@ -72,16 +73,7 @@ class Export : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("kvt_test_export_" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    {
-      std::ofstream t(dir_ / "text.txt");
-      const char* words[] = {"the", "lord", "said", "unto", "moses", "and", "his", "people",
-                             "went", "into", "land", "of", "light", "water", "earth", "day"};
-      Rng r(5);
-      for (int line = 0; line < 400; line++) {
-        for (int w = 0; w < 12; w++) t << (w ? " " : "") << words[r.below(16)];
-        t << ".\n";
-      }
-    }
+    testutil::write_word_text((dir_ / "text.txt").string(), 400, 5);
     Tokenizer::train({(dir_ / "text.txt").string()}, 280, (dir_ / "tok").string());
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }

@@ -36,6 +36,7 @@
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "model_checks.h"
 
 namespace kvt {
 namespace {
@@ -573,16 +574,7 @@ class Generate : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     // A small text with repeated structure (the tokenizer needs some material for 300 pieces).
-    {
-      std::ofstream t(dir_ / "text.txt");
-      const char* words[] = {"the", "lord", "said", "unto", "moses", "and", "his", "people",
-                             "went", "into", "land", "of", "light", "water", "earth", "day"};
-      Rng r(3);
-      for (int line = 0; line < 600; line++) {
-        for (int w = 0; w < 12; w++) t << (w ? " " : "") << words[r.below(16)];
-        t << ".\n";
-      }
-    }
+    testutil::write_word_text((dir_ / "text.txt").string(), 600, 3);
     const CmdResult prep = run_kvtrain("prepare --input " + quote((dir_ / "text.txt").string()) +
                                  " --out " + quote((dir_ / "data").string()) +
                                  " --vocab-size 300 --val-fraction 0.1 --val-block 0");
