@@ -21,17 +21,12 @@
 
 namespace kvt {
 
-namespace {
-std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
-}  // namespace
-
-struct InferenceModel::Layer {
+// A layer's parameter offsets (kv_width: floats per position of a storage layer's cache block,
+// 0 for a layer that reads another's) plus where its K/V live.
+struct InferenceModel::Layer : LayerParamOffsets {
   KvSource src;
-  size_t ln1 = 0, q = 0, kv = 0, o = 0, ln2 = 0, gate_up = 0, down = 0;
-  size_t k_up = 0, v_up = 0;
-  size_t fuse_k_first = 0, fuse_k_last = 0, fuse_v_first = 0, fuse_v_last = 0;
+  size_t kv = 0;         // the K/V block of the input projection (after q_proj)
   size_t cache_off = 0;  // storage layers: float offset of the layer's block in cache_
-  int W = 0;             // storage layers: floats per position in the block
 };
 
 InferenceModel::InferenceModel(Transformer& model, InferenceOptions opt)
@@ -62,52 +57,25 @@ InferenceModel::~InferenceModel() = default;
 
 void InferenceModel::setup(InferenceOptions opt) {
   const int L = cfg_.n_layers, T = cfg_.max_seq_len;
-  const int64_t C = cfg_.d_model, H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),
-                R = cfg_.lrkv_rank, F = cfg_.ffn_dim(), V = cfg_.vocab_size;
+  const int64_t C = cfg_.d_model, H = cfg_.n_heads, D = cfg_.head_dim(), F = cfg_.ffn_dim(),
+                V = cfg_.vocab_size;
   chunk_ = opt.max_chunk > 0 ? std::min(opt.max_chunk, T) : std::min(T, 256);
   host_direct_ = ops_.name() == "cpu" && !opt.stage_through_host;
 
-  // Parameter offsets and cache blocks. The cached projections ([Wk;Wv], or LRKV's
-  // [Wk_sh;Wv_sh;Uk;Uv]) must be one matrix right after q_proj, as the training forward assumes.
+  // Parameter offsets (layer_param_offsets checks that the cached projections, [Wk;Wv] or LRKV's
+  // [Wk_sh;Wv_sh;Uk;Uv], are one matrix right after q_proj) and cache blocks.
   layers_.assign(L, Layer{});
   size_t cache_floats = 0;
   bool need_scratch = false;
   for (int l = 0; l < L; l++) {
-    const std::string p = layer_prefix(l);
     Layer& ly = layers_[l];
+    static_cast<LayerParamOffsets&>(ly) = layer_param_offsets(table_, cfg_, l);
     ly.src = kv_source_of_layer(cfg_, l);
-    ly.ln1 = table_.find(p + "input_layernorm.weight").offset;
-    ly.q = table_.find(p + "self_attn.q_proj.weight").offset;
-    ly.o = table_.find(p + "self_attn.o_proj.weight").offset;
-    ly.ln2 = table_.find(p + "post_attention_layernorm.weight").offset;
-    ly.gate_up = table_.find(p + "mlp.gate_proj.weight").offset;
-    ly.down = table_.find(p + "mlp.down_proj.weight").offset;
-    if (table_.find(p + "mlp.up_proj.weight").offset != ly.gate_up + static_cast<size_t>(F * C))
-      throw std::logic_error("parameter table layout breaks the fused gate/up matrix");
     ly.kv = ly.q + static_cast<size_t>(H * D * C);
-    std::string last;
-    int64_t last_rows = 0;
-    if (cfg_.lrkv()) {
-      ly.W = static_cast<int>(2 * D + 2 * H * R);
-      ly.k_up = table_.find(p + "self_attn.k_up.weight").offset;
-      ly.v_up = table_.find(p + "self_attn.v_up.weight").offset;
-      last = "self_attn.v_down.weight", last_rows = H * R;
-      need_scratch = true;
-    } else if (ly.src.kind == KvSource::Kind::own) {
-      ly.W = static_cast<int>(2 * Hkv * D);
-      last = "self_attn.v_proj.weight", last_rows = Hkv * D;
-    } else if (ly.src.kind == KvSource::Kind::fused) {
-      ly.fuse_k_first = table_.find(p + "self_attn.fuse_k_first").offset;
-      ly.fuse_k_last = table_.find(p + "self_attn.fuse_k_last").offset;
-      ly.fuse_v_first = table_.find(p + "self_attn.fuse_v_first").offset;
-      ly.fuse_v_last = table_.find(p + "self_attn.fuse_v_last").offset;
-      need_scratch = true;
-    }
-    if (ly.W > 0) {
-      if (table_.find(p + last).offset != ly.kv + static_cast<size_t>((ly.W - last_rows) * C))
-        throw std::logic_error("parameter table layout breaks the fused K/V projection");
+    if (cfg_.lrkv() || ly.src.kind == KvSource::Kind::fused) need_scratch = true;
+    if (ly.kv_width > 0) {
       ly.cache_off = cache_floats * static_cast<size_t>(T);
-      cache_floats += static_cast<size_t>(ly.W);
+      cache_floats += static_cast<size_t>(ly.kv_width);
     }
   }
   cache_floats_per_pos_ = cache_floats;
@@ -187,13 +155,13 @@ void check_mask_index(const ModelConfig& cfg, int layer, int head, int heads, in
 
 void InferenceModel::set_keep(int layer, int head, int pos, bool keep) {
   check_mask_index(cfg_, layer, head, mask_heads(), pos,
-                   layer >= 0 && layer < cfg_.n_layers && layers_[layer].W > 0);
+                   layer >= 0 && layer < cfg_.n_layers && layers_[layer].kv_width > 0);
   keep_[(static_cast<size_t>(layer) * mask_heads() + head) * cfg_.max_seq_len + pos] = keep;
 }
 
 bool InferenceModel::kept(int layer, int head, int pos) const {
   check_mask_index(cfg_, layer, head, mask_heads(), pos,
-                   layer >= 0 && layer < cfg_.n_layers && layers_[layer].W > 0);
+                   layer >= 0 && layer < cfg_.n_layers && layers_[layer].kv_width > 0);
   return keep_[(static_cast<size_t>(layer) * mask_heads() + head) * cfg_.max_seq_len + pos];
 }
 
@@ -218,8 +186,8 @@ size_t InferenceModel::kv_bytes_kept() const {
   const int mh = mask_heads();
   for (int l = 0; l < cfg_.n_layers; l++) {
     const Layer& ly = layers_[l];
-    if (ly.W == 0) continue;
-    const size_t per_entry = static_cast<size_t>(ly.W / mh);  // 2 d_h (a KV head) or all of W
+    if (ly.kv_width == 0) continue;
+    const size_t per_entry = static_cast<size_t>(ly.kv_width / mh);  // 2 d_h (a KV head) or all of W
     for (int h = 0; h < mh; h++)
       for (int p = 0; p < len_; p++)
         floats += keep_[(static_cast<size_t>(l) * mh + h) * cfg_.max_seq_len + p] ? per_entry : 0;
@@ -266,38 +234,38 @@ void InferenceModel::forward_chunk(const int32_t* tokens, int n, bool all_logits
     ops_.rmsnorm_forward(ln_, rstd_, x_, P + ly.ln1, n, C, cfg_.norm_eps);
     ops_.matmul_forward(q_, ln_, P + ly.q, n, C, HD);
     ops_.rope_forward(q_, HD, 1, n, H, D, p0, rope_cos_, rope_sin_);
-    if (ly.W > 0) {  // store this chunk's rows
-      float* rows = cache + ly.cache_off + static_cast<size_t>(p0) * ly.W;
-      ops_.matmul_forward(rows, ln_, P + ly.kv, n, C, ly.W);
-      if (!cfg_.lrkv()) ops_.rope_forward(rows, ly.W, 1, n, Hkv, D, p0, rope_cos_, rope_sin_);
+    if (ly.kv_width > 0) {  // store this chunk's rows
+      float* rows = cache + ly.cache_off + static_cast<size_t>(p0) * ly.kv_width;
+      ops_.matmul_forward(rows, ln_, P + ly.kv, n, C, ly.kv_width);
+      if (!cfg_.lrkv()) ops_.rope_forward(rows, ly.kv_width, 1, n, Hkv, D, p0, rope_cos_, rope_sin_);
     }
     const float *k = nullptr, *v = nullptr;
     int ldk = 0, ldv = 0, kv_heads = Hkv;
     if (cfg_.lrkv()) {
       // Rebuild K_h, V_h for every position from the cached shared parts and latents; rotate K.
       const float* blk = cache + ly.cache_off;
-      const int W = ly.W;
+      const int W = ly.kv_width;
       ops_.lrkv_expand_forward(scratch_, 2 * HD, blk, W, blk + 2 * D, W, P + ly.k_up, Tq, H, D, R);
       ops_.lrkv_expand_forward(scratch_ + HD, 2 * HD, blk + D, W, blk + 2 * D + H * R, W,
                                P + ly.v_up, Tq, H, D, R);
       ops_.rope_forward(scratch_, 2 * HD, 1, Tq, H, D, 0, rope_cos_, rope_sin_);
       k = scratch_, v = scratch_ + HD, ldk = ldv = 2 * HD, kv_heads = H;
     } else if (ly.src.kind == KvSource::Kind::own) {
-      k = cache + ly.cache_off, v = k + Hkv * D, ldk = ldv = ly.W;
+      k = cache + ly.cache_off, v = k + Hkv * D, ldk = ldv = ly.kv_width;
     } else if (ly.src.kind == KvSource::Kind::reuse) {
       const Layer& a = layers_[ly.src.k_layer];
       const Layer& b = layers_[ly.src.v_layer];
-      k = cache + a.cache_off, ldk = a.W;
-      v = cache + b.cache_off + Hkv * D, ldv = b.W;
+      k = cache + a.cache_off, ldk = a.kv_width;
+      v = cache + b.cache_off + Hkv * D, ldv = b.kv_width;
     } else {  // fused: K = a_first ⊙ K_first + a_last ⊙ K_last, V likewise, read time
       const Layer& f = layers_[ly.src.first()];
       const Layer& g = layers_[ly.src.last()];
       const float* kf = cache + f.cache_off;
       const float* kl = cache + g.cache_off;
       const int ldo = 2 * Hkv * D;
-      ops_.kv_fuse_forward(scratch_, ldo, kf, f.W, kl, g.W, P + ly.fuse_k_first,
+      ops_.kv_fuse_forward(scratch_, ldo, kf, f.kv_width, kl, g.kv_width, P + ly.fuse_k_first,
                            P + ly.fuse_k_last, Tq, Hkv, D, true);
-      ops_.kv_fuse_forward(scratch_ + Hkv * D, ldo, kf + Hkv * D, f.W, kl + Hkv * D, g.W,
+      ops_.kv_fuse_forward(scratch_ + Hkv * D, ldo, kf + Hkv * D, f.kv_width, kl + Hkv * D, g.kv_width,
                            P + ly.fuse_v_first, P + ly.fuse_v_last, Tq, Hkv, D, false);
       k = scratch_, v = scratch_ + Hkv * D, ldk = ldv = ldo;
     }

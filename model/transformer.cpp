@@ -95,11 +95,40 @@ double train_flops_per_token(const ModelConfig& cfg_in, int T) {
 // Offsets (in floats) of one layer's tensors in the parameter/gradient buffers. qkv is the fused
 // input projection (q|k|v, q alone for a reusing layer, q|k_shared|v_shared|k_down|v_down for
 // LRKV); k_up/v_up (LRKV) and the fusion weights (fusedkv) are 0 where absent.
-struct LayerParams {
-  size_t ln1, qkv, o, ln2, gate_up, down;
-  size_t k_up = 0, v_up = 0;
-  size_t fuse_k_first = 0, fuse_k_last = 0, fuse_v_first = 0, fuse_v_last = 0;
-};
+LayerParamOffsets layer_param_offsets(const ParamTable& t, const ModelConfig& cfg, int l) {
+  const std::string p = layer_prefix(l);
+  const int64_t C = cfg.d_model, H = cfg.n_heads, Hkv = cfg.kv_heads(), D = cfg.head_dim(),
+                F = cfg.ffn_dim(), R = cfg.lrkv_rank;
+  const KvSource src = kv_source_of_layer(cfg, l);
+  LayerParamOffsets o;
+  o.ln1 = t.find(p + "input_layernorm.weight").offset;
+  o.q = t.find(p + "self_attn.q_proj.weight").offset;
+  o.o = t.find(p + "self_attn.o_proj.weight").offset;
+  o.ln2 = t.find(p + "post_attention_layernorm.weight").offset;
+  o.gate_up = t.find(p + "mlp.gate_proj.weight").offset;
+  o.down = t.find(p + "mlp.down_proj.weight").offset;
+  std::string last = "self_attn.q_proj.weight";  // the last block of the input projection
+  int64_t last_rows = H * D;
+  if (cfg.lrkv()) {
+    o.k_up = t.find(p + "self_attn.k_up.weight").offset;
+    o.v_up = t.find(p + "self_attn.v_up.weight").offset;
+    o.kv_width = static_cast<int>(2 * D + 2 * H * R);
+    last = "self_attn.v_down.weight", last_rows = H * R;
+  } else if (src.kind == KvSource::Kind::own) {
+    o.kv_width = static_cast<int>(2 * Hkv * D);
+    last = "self_attn.v_proj.weight", last_rows = Hkv * D;
+  } else if (src.kind == KvSource::Kind::fused) {
+    o.fuse_k_first = t.find(p + "self_attn.fuse_k_first").offset;
+    o.fuse_k_last = t.find(p + "self_attn.fuse_k_last").offset;
+    o.fuse_v_first = t.find(p + "self_attn.fuse_v_first").offset;
+    o.fuse_v_last = t.find(p + "self_attn.fuse_v_last").offset;
+  }
+  if (t.find(p + last).offset != o.q + static_cast<size_t>((H * D + o.kv_width - last_rows) * C) ||
+      t.find(p + "mlp.up_proj.weight").offset != o.gate_up + static_cast<size_t>(F * C))
+    throw std::logic_error("parameter table layout breaks the fused q/K/V or gate/up matrices of layer " +
+                           std::to_string(l));
+  return o;
+}
 
 // How one layer's attention reads and writes its q, K, V (fixed at construction; row strides
 // do not depend on the batch shape).
@@ -136,7 +165,7 @@ struct Transformer::Acts {
   float *rope_cos, *rope_sin;
   Buffer<float> arena;
   Buffer<int32_t> tokens;
-  std::vector<LayerParams> layers;
+  std::vector<LayerParamOffsets> layers;
   std::vector<LayerAttn> attn;
   size_t wte, normf, head;
 };
@@ -266,35 +295,9 @@ void Transformer::alloc_activations() {
   a.normf = table_.find("model.norm.weight").offset;
   a.head = cfg_.tie_embeddings ? a.wte : table_.find("lm_head.weight").offset;
   for (int l = 0; l < cfg_.n_layers; l++) {
-    const std::string p = layer_prefix(l);
-    LayerParams lp{};
-    lp.ln1 = table_.find(p + "input_layernorm.weight").offset;
-    lp.qkv = table_.find(p + "self_attn.q_proj.weight").offset;
-    lp.o = table_.find(p + "self_attn.o_proj.weight").offset;
-    lp.ln2 = table_.find(p + "post_attention_layernorm.weight").offset;
-    lp.gate_up = table_.find(p + "mlp.gate_proj.weight").offset;
-    lp.down = table_.find(p + "mlp.down_proj.weight").offset;
-    // The last block of the fused projection must end where the [proj, C] matrix ends.
-    std::string last_block;
-    int64_t last_rows = 0;
-    if (cfg_.lrkv()) {
-      lp.k_up = table_.find(p + "self_attn.k_up.weight").offset;
-      lp.v_up = table_.find(p + "self_attn.v_up.weight").offset;
-      last_block = "self_attn.v_down.weight", last_rows = H * R;
-    } else if (a.attn[l].src.kind == KvSource::Kind::own) {
-      last_block = "self_attn.v_proj.weight", last_rows = Hkv * D;
-    } else {
-      last_block = "self_attn.q_proj.weight", last_rows = H * D;
-      if (a.attn[l].src.kind == KvSource::Kind::fused) {
-        lp.fuse_k_first = table_.find(p + "self_attn.fuse_k_first").offset;
-        lp.fuse_k_last = table_.find(p + "self_attn.fuse_k_last").offset;
-        lp.fuse_v_first = table_.find(p + "self_attn.fuse_v_first").offset;
-        lp.fuse_v_last = table_.find(p + "self_attn.fuse_v_last").offset;
-      }
-    }
-    if (table_.find(p + last_block).offset != lp.qkv + static_cast<size_t>((proj[l] - last_rows) * C) ||
-        table_.find(p + "mlp.up_proj.weight").offset != lp.gate_up + static_cast<size_t>(F * C))
-      throw std::logic_error("parameter table layout breaks the fused q/k/v or gate/up matrices");
+    const LayerParamOffsets lp = layer_param_offsets(table_, cfg_, l);
+    if (H * D + lp.kv_width != proj[l])
+      throw std::logic_error("input projection width of layer " + std::to_string(l) + " disagrees");
     a.layers.push_back(lp);
   }
 }
@@ -392,12 +395,12 @@ float Transformer::forward(const int32_t* inputs, const int32_t* targets, int B,
 
   ops_.embedding_forward(a.res[0], a.inputs, P + a.wte, N, C);
   for (int l = 0; l < cfg_.n_layers; l++) {
-    const LayerParams& lp = a.layers[l];
+    const LayerParamOffsets& lp = a.layers[l];
     const LayerAttn& la = a.attn[l];
     const int PROJ = la.proj;
     float* qkv = a.qkv[l];
     ops_.rmsnorm_forward(a.ln1[l], a.rstd1[l], a.res[l], P + lp.ln1, N, C, cfg_.norm_eps);
-    ops_.matmul_forward(qkv, a.ln1[l], P + lp.qkv, N, C, PROJ);
+    ops_.matmul_forward(qkv, a.ln1[l], P + lp.q, N, C, PROJ);
     ops_.rope_forward(qkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
     if (cfg_.lrkv()) {
       // qkv = [q | ks | vs | zk | zv]; K|V = shared + per-head low rank, then RoPE on K.
@@ -469,7 +472,7 @@ void Transformer::backward(float loss_scale) {
   ops_.rmsnorm_backward(a.dres, G + a.normf, a.dln, a.res[L], P + a.normf, a.rstdf, N, C);
 
   for (int l = L - 1; l >= 0; l--) {
-    const LayerParams& lp = a.layers[l];
+    const LayerParamOffsets& lp = a.layers[l];
     const LayerAttn& la = a.attn[l];
     const int PROJ = la.proj;
     const float* qkv = a.qkv[l];
@@ -514,7 +517,7 @@ void Transformer::backward(float loss_scale) {
                             a.dkv + Hkv * D, 2 * Hkv * D, kf + Hkv * D, ldf, kl + Hkv * D, ldl,
                             P + lp.fuse_v_first, P + lp.fuse_v_last, N, Hkv, D, false);
     }
-    ops_.matmul_backward(a.dln, G + lp.qkv, dqkv, a.ln1[l], P + lp.qkv, N, C, PROJ, false);
+    ops_.matmul_backward(a.dln, G + lp.q, dqkv, a.ln1[l], P + lp.q, N, C, PROJ, false);
     ops_.rmsnorm_backward(a.dres, G + lp.ln1, a.dln, a.res[l], P + lp.ln1, a.rstd1[l], N, C);
   }
   ops_.embedding_backward(G + a.wte, a.dres, a.inputs, N, C, V);

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -32,6 +34,24 @@ inline std::vector<uint32_t> markov2_corpus(size_t n, int V, uint64_t seed) {
   for (size_t i = 2; i < n; i++)
     t[i] = r.uniform() < 0.9 ? (t[i - 1] + 3 * t[i - 2] + 1) % V : static_cast<uint32_t>(r.below(V));
   return t;
+}
+
+// Runs the kvtrain binary (KVT_BINARY, one OpenMP thread) with `args`; stdout and stderr together.
+struct CmdResult {
+  int rc = -1;
+  std::string out;
+};
+inline CmdResult run_kvtrain(const std::string& args) {
+  const std::string cmd = std::string("OMP_NUM_THREADS=1 ") + KVT_BINARY + " " + args + " 2>&1";
+  CmdResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
 }
 
 // A small English-like text: `lines` lines of 12 words drawn from 16, for tokenizer training

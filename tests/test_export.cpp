@@ -39,22 +39,8 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-struct CmdResult {
-  int rc = -1;
-  std::string out;
-};
-CmdResult run_kvtrain(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 ") + KVT_BINARY + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testutil::CmdResult;
+using testutil::run_kvtrain;
 std::string q(const fs::path& p) {
   std::string s(1, '\'');
   s += p.string();

@@ -531,22 +531,8 @@ TEST(Sampling, GreedyTopKTopPAndSeeds) {
 
 namespace fs = std::filesystem;
 
-struct CmdResult {
-  int rc = -1;
-  std::string out;  // stdout and stderr
-};
-CmdResult run_kvtrain(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 ") + KVT_BINARY + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testutil::CmdResult;
+using testutil::run_kvtrain;
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 std::vector<int32_t> parse_ids(const std::string& out) {
