@@ -126,6 +126,34 @@ class Ops {
                                     const float* dout, int ldo, const float* lat, int ldl,
                                     const float* up, int64_t N, int H, int D, int R) = 0;
 
+  // ---- Fast KVzip gates (DESIGN.md §4) ----------------------------------------------------
+  // x[n, c] += bias[c]   (x [N, C])
+  virtual void bias_add_forward(float* x, const float* bias, int64_t N, int C) = 0;
+  // dbias[c] += sum_n dout[n, c]   (summed in increasing n)
+  virtual void bias_add_backward(float* dbias, const float* dout, int64_t N, int C) = 0;
+  // Gate score of one token and KV head h, from the normalised gate query q [N, Hkv, G, Dg],
+  // key k [N, Hkv, Dg], sink keys sinks [Hkv, S, Dg] and logit bias [Hkv, G]:
+  //   l_g = q_g·k / sqrt(Dg) + bias[h,g],   l_gs = q_g·sinks[h,s] / sqrt(Dg)
+  //   p_g = softmax over the S+1 logits (l_g, l_g1, ..., l_gS), entry 0 = 1 / (1 + sum_s e^(l_gs - l_g))
+  //   score[n, h] = mean_g p_g   in (0, 1)
+  virtual void gate_score_forward(float* score, const float* q, const float* k,
+                                  const float* sinks, const float* bias, int64_t N, int Hkv,
+                                  int G, int Dg, int S) = 0;
+  // With P_gs the softmax entry of sink s:  dl_g = dscore/G p_g (1 - p_g),  dl_gs = -dscore/G p_g P_gs
+  //   dq_g = (dl_g k + sum_s dl_gs sinks_s) / sqrt(Dg)              (dq, dk overwritten)
+  //   dk   = sum_g dl_g q_g / sqrt(Dg)
+  //   dsinks[h,s] += sum_n sum_g dl_gs q_g / sqrt(Dg);  dbias[h,g] += sum_n dl_g   (increasing n)
+  virtual void gate_score_backward(float* dq, float* dk, float* dsinks, float* dbias,
+                                   const float* dscore, const float* q, const float* k,
+                                   const float* sinks, const float* bias, int64_t N, int Hkv,
+                                   int G, int Dg, int S) = 0;
+  // KVzip score of a position: the largest attention probability any query t in [t0, t1) of any
+  // query head of KV-head group g puts on it, from att [B, H, T, T] (attention_forward's):
+  //   out[b, g, p] = max_{t in [t0,t1), h in [g H/Hg, (g+1) H/Hg)} att[b, h, t, p],  p in [0, P)
+  // Hg divides H (Hkv, or 1 for one score over all heads).
+  virtual void kvzip_score(float* out, const float* att, int B, int H, int Hg, int T, int t0,
+                           int t1, int P) = 0;
+
   // ---- SwiGLU -----------------------------------------------------------------------------
   // gate_up[n] = [gate (F) | up (F)] (one row of the fused gate/up projection)
   // out[n, f] = silu(gate[n,f]) * up[n,f],  silu(a) = a * sigmoid(a)
@@ -163,6 +191,11 @@ class Ops {
   virtual void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n,
                             float lr, float beta1, float beta2, float eps, float weight_decay,
                             int64_t t, float grad_scale) = 0;
+  // SGD with momentum and L2 weight decay (PyTorch's SGD, dampening 0, not Nesterov), one tensor:
+  //   g = grad * grad_scale + wd * p;  buf = momentum * buf + g;  p -= lr * buf
+  // (buf starts at zero, so the first step is PyTorch's buf = g.)
+  virtual void sgd_update(float* p, const float* grad, float* buf, int64_t n, float lr,
+                          float momentum, float weight_decay, float grad_scale) = 0;
 };
 
 // Backend factory: "cpu", or "cuda" (throws when not compiled in or no device is present).

@@ -131,6 +131,17 @@ void InferenceModel::reset() {
   std::fill(keep_.begin(), keep_.end(), uint8_t{1});
 }
 
+void InferenceModel::truncate(int len) {
+  if (len < 0 || len > len_)
+    throw std::out_of_range("truncate: length " + std::to_string(len) + " outside [0, " +
+                            std::to_string(len_) + "]");
+  const size_t rows = keep_.size() / cfg_.max_seq_len;
+  for (size_t r = 0; r < rows; r++)
+    std::fill(keep_.begin() + r * cfg_.max_seq_len + len, keep_.begin() + r * cfg_.max_seq_len + len_,
+              uint8_t{1});
+  len_ = len;
+}
+
 // ---- keep-mask ------------------------------------------------------------------------------
 
 int InferenceModel::mask_heads() const { return cfg_.lrkv() ? 1 : cfg_.kv_heads(); }
@@ -232,6 +243,7 @@ void InferenceModel::forward_chunk(const int32_t* tokens, int n, bool all_logits
   for (int l = 0; l < cfg_.n_layers; l++) {
     const Layer& ly = layers_[l];
     ops_.rmsnorm_forward(ln_, rstd_, x_, P + ly.ln1, n, C, cfg_.norm_eps);
+    if (observer_ && ly.kv_width > 0) observer_(l, ln_, p0, n);
     ops_.matmul_forward(q_, ln_, P + ly.q, n, C, HD);
     ops_.rope_forward(q_, HD, 1, n, H, D, p0, rope_cos_, rope_sin_);
     if (ly.kv_width > 0) {  // store this chunk's rows

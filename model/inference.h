@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -74,6 +75,15 @@ class InferenceModel {
   std::vector<float> decode(int32_t token);
   // Empties the cache (length 0) and keeps every position again.
   void reset();
+  // Drops positions [len, length()): the next token goes to position len, and those positions
+  // are kept again. Throws std::out_of_range unless 0 <= len <= length().
+  void truncate(int len);
+
+  // Called during forward with the normalised hidden state entering each storage layer's
+  // attention: h is [n, d_model] in backend memory for positions [pos0, pos0 + n), valid during
+  // the call only (the Fast KVzip gates score new KV pairs from it). Empty = none.
+  using HiddenObserver = std::function<void(int layer, const float* h, int pos0, int n)>;
+  void set_hidden_observer(HiddenObserver f) { observer_ = std::move(f); }
 
   // ---- keep-mask (eviction) ---------------------------------------------------------------
   // One flag per (storage layer, mask head, position), all kept initially. mask_heads() is H_kv,
@@ -124,6 +134,7 @@ class InferenceModel {
         *tmp_ = nullptr, *gate_up_ = nullptr, *swi_ = nullptr, *logits_ = nullptr,
         *scratch_ = nullptr, *rope_cos_ = nullptr, *rope_sin_ = nullptr;
   std::vector<uint8_t> keep_;  // [L, mask_heads, max_seq_len]
+  HiddenObserver observer_;
 };
 
 }  // namespace kvt

@@ -441,6 +441,16 @@ float Transformer::forward(const int32_t* inputs, const int32_t* targets, int B,
   return static_cast<float>(ops_.sum(a.losses, N) / static_cast<double>(N));
 }
 
+const float* Transformer::attention_input(int layer) const {
+  if (layer < 0 || layer >= cfg_.n_layers) throw std::out_of_range("layer " + std::to_string(layer) + " out of range");
+  return acts_->ln1[layer];
+}
+
+const float* Transformer::attention_probs(int layer) const {
+  if (layer < 0 || layer >= cfg_.n_layers) throw std::out_of_range("layer " + std::to_string(layer) + " out of range");
+  return acts_->att[layer];
+}
+
 std::vector<float> Transformer::logits_to_host() const {
   const size_t n = static_cast<size_t>(cur_B_) * cur_T_ * cfg_.vocab_size;
   std::vector<float> h(n);

@@ -77,6 +77,12 @@ class Transformer {
 
   size_t activation_bytes() const;
 
+  // Activations of the last forward, in backend memory (Fast KVzip, DESIGN.md §4):
+  // the normalised hidden state entering layer l's attention [B, T, C], and its attention
+  // probabilities [B, H, T, T] (row t is query t; entries past t are 0).
+  const float* attention_input(int layer) const;
+  const float* attention_probs(int layer) const;
+
  private:
   struct Acts;
   void alloc_activations();

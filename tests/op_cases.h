@@ -835,6 +835,134 @@ struct LrkvCase : OpCase {
   }
 };
 
+// ---- bias_add: out = x + bias (broadcast over rows);  dbias += sum_n dout ----------------------
+// The case copies x to out and adds the bias there in place (as the gate's q projection does);
+// x's gradient would be the identity, so x is a constant and only dbias is checked.
+struct BiasAddCase : OpCase {
+  int64_t N;
+  int C;
+  BiasAddCase(std::string n, int64_t N_, int C_, uint64_t seed) : N(N_), C(C_) {
+    name = std::move(n);
+    Rng rng(seed);
+    add_const("x", normal_values(rng, static_cast<size_t>(N) * C));
+    add_input("bias", normal_values(rng, static_cast<size_t>(C)), Grad::Accumulate);
+    add_output("out", static_cast<size_t>(N) * C, rng);
+    forward_tol = {1e-7, 0};  // one float addition
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.copy(b.out[0].data(), b.in[0].data(), b.in[0].bytes());
+    ops.bias_add_forward(b.out[0].data(), b.in[1].data(), N, C);
+  }
+  void backward(Ops& ops, Buffers& b) const override {
+    ops.bias_add_backward(b.grad[1].data(), b.dout[0].data(), N, C);
+  }
+  Expected reference() const override {
+    const auto &x = inputs[0].values, &bias = inputs[1].values;
+    Expected e{{std::vector<double>(x.size())}, {}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c)
+        e.outputs[0][n * C + c] = static_cast<double>(x[n * C + c]) + bias[c];
+    return e;
+  }
+};
+
+// ---- gate score: score[n,h] = mean_g 1 / (1 + sum_s e^(l_gs - l_g)) ---------------------------
+// l_g = q_g·k / sqrt(Dg) + bias[h,g], l_gs = q_g·sinks[h,s] / sqrt(Dg). q, k are N(0, 1) (the
+// gate normalises them to rms 1), so the logits are O(1) and the probabilities stay away from 0
+// and 1: finite differences see a smooth function. dq, dk are overwritten, dsinks, dbias += .
+struct GateScoreCase : OpCase {
+  int64_t N;
+  int Hkv, G, Dg, S;
+  GateScoreCase(std::string n, int64_t N_, int Hkv_, int G_, int Dg_, int S_, uint64_t seed)
+      : N(N_), Hkv(Hkv_), G(G_), Dg(Dg_), S(S_) {
+    name = std::move(n);
+    Rng rng(seed);
+    add_input("q", normal_values(rng, static_cast<size_t>(N) * Hkv * G * Dg), Grad::Overwrite);
+    add_input("k", normal_values(rng, static_cast<size_t>(N) * Hkv * Dg), Grad::Overwrite);
+    add_input("sinks", normal_values(rng, static_cast<size_t>(Hkv) * S * Dg), Grad::Accumulate);
+    add_input("bias", normal_values(rng, static_cast<size_t>(Hkv) * G, 0.5), Grad::Accumulate);
+    add_output("score", static_cast<size_t>(N) * Hkv, rng);
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.gate_score_forward(b.out[0].data(), b.in[0].data(), b.in[1].data(), b.in[2].data(),
+                           b.in[3].data(), N, Hkv, G, Dg, S);
+  }
+  void backward(Ops& ops, Buffers& b) const override {
+    ops.gate_score_backward(b.grad[0].data(), b.grad[1].data(), b.grad[2].data(), b.grad[3].data(),
+                            b.dout[0].data(), b.in[0].data(), b.in[1].data(), b.in[2].data(),
+                            b.in[3].data(), N, Hkv, G, Dg, S);
+  }
+  Expected reference() const override {
+    const auto &q = inputs[0].values, &k = inputs[1].values;
+    const auto &sinks = inputs[2].values, &bias = inputs[3].values;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(Dg));
+    Expected e{{std::vector<double>(static_cast<size_t>(N) * Hkv)}, {}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int h = 0; h < Hkv; ++h) {
+        double mean = 0;
+        for (int g = 0; g < G; ++g) {
+          const size_t qo = ((static_cast<size_t>(n) * Hkv + h) * G + g) * Dg;
+          const size_t ko = (static_cast<size_t>(n) * Hkv + h) * Dg;
+          double lg = 0;
+          for (int d = 0; d < Dg; ++d) lg += static_cast<double>(q[qo + d]) * k[ko + d];
+          lg = lg * scale + bias[static_cast<size_t>(h) * G + g];
+          double denom = 1;
+          for (int s = 0; s < S; ++s) {
+            double ls = 0;
+            for (int d = 0; d < Dg; ++d)
+              ls += static_cast<double>(q[qo + d]) * sinks[(static_cast<size_t>(h) * S + s) * Dg + d];
+            denom += std::exp(ls * scale - lg);
+          }
+          mean += 1.0 / denom;
+        }
+        e.outputs[0][n * Hkv + h] = mean / G;
+      }
+    return e;
+  }
+};
+
+// ---- KVzip score: out[b,g,p] = max_{t in [t0,t1), h of group g} att[b,h,t,p], p < P --------
+// att is a causal softmax-like tensor (rows of random positive weights normalised to sum 1,
+// zeros above the diagonal), as attention_forward saves it. Forward only.
+struct KvzipScoreCase : OpCase {
+  int B, H, Hg, T, t0, t1, P;
+  KvzipScoreCase(std::string n, int B_, int H_, int Hg_, int T_, int t0_, int t1_, int P_,
+                 uint64_t seed)
+      : B(B_), H(H_), Hg(Hg_), T(T_), t0(t0_), t1(t1_), P(P_) {
+    name = std::move(n);
+    Rng rng(seed);
+    std::vector<float> att(static_cast<size_t>(B) * H * T * T, 0.0f);
+    std::vector<double> w(T);
+    for (size_t row = 0; row < static_cast<size_t>(B) * H * T; ++row) {
+      const int t = static_cast<int>(row % T);
+      double sum = 0;
+      for (int s = 0; s <= t; ++s) sum += w[s] = std::exp(2.0 * rng.normal());
+      for (int s = 0; s <= t; ++s) att[row * T + s] = static_cast<float>(w[s] / sum);
+    }
+    add_const("att", std::move(att));
+    add_result("out", static_cast<size_t>(B) * Hg * P);
+    forward_tol = {0, 0};  // a max: exact
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.kvzip_score(b.out[0].data(), b.in[0].data(), B, H, Hg, T, t0, t1, P);
+  }
+  Expected reference() const override {
+    const auto& att = inputs[0].values;
+    const int hpg = H / Hg;
+    Expected e{{std::vector<double>(static_cast<size_t>(B) * Hg * P)}, {}};
+    for (int b = 0; b < B; ++b)
+      for (int g = 0; g < Hg; ++g)
+        for (int p = 0; p < P; ++p) {
+          double m = -1;
+          for (int h = g * hpg; h < (g + 1) * hpg; ++h)
+            for (int t = t0; t < t1; ++t)
+              m = std::max(m, static_cast<double>(att[((static_cast<size_t>(b) * H + h) * T + t) * T + p]));
+          e.outputs[0][(static_cast<size_t>(b) * Hg + g) * P + p] = m;
+        }
+    return e;
+  }
+};
+
 // ---- SwiGLU: out = silu(gate) * up on rows [gate | up] ---------------------------------------
 struct SwiGluCase : OpCase {
   int64_t N;
@@ -1052,6 +1180,43 @@ struct AdamWCase : OpCase {
   }
 };
 
+// ---- SGD with momentum on one tensor (PyTorch SGD, dampening 0) ------------------------------
+// Inputs p, grad, buf; outputs the updated p and buf.
+struct SgdCase : OpCase {
+  int64_t n;
+  float lr, momentum, wd, grad_scale;
+  SgdCase(std::string nm, int64_t n_, float lr_, float momentum_, float wd_, float grad_scale_,
+          uint64_t seed)
+      : n(n_), lr(lr_), momentum(momentum_), wd(wd_), grad_scale(grad_scale_) {
+    name = std::move(nm);
+    Rng rng(seed);
+    add_const("p", normal_values(rng, n));
+    add_const("grad", normal_values(rng, n, 2.0));
+    add_const("buf", normal_values(rng, n, 0.5));
+    for (const char* o : {"p", "buf"}) {
+      add_result(o, n);
+      outputs.back().compare = Tolerance{1e-6, 1e-7};
+    }
+    forward_tol = {1e-6, 1e-7};
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.copy(b.out[0].data(), b.in[0].data(), b.in[0].bytes());
+    ops.copy(b.out[1].data(), b.in[2].data(), b.in[2].bytes());
+    ops.sgd_update(b.out[0].data(), b.in[1].data(), b.out[1].data(), n, lr, momentum, wd, grad_scale);
+  }
+  Expected reference() const override {
+    Expected e{{std::vector<double>(n), std::vector<double>(n)}, {}};
+    for (int64_t i = 0; i < n; ++i) {
+      const double p = inputs[0].values[i];
+      const double g = static_cast<double>(inputs[1].values[i]) * grad_scale + wd * p;
+      const double buf = momentum * static_cast<double>(inputs[2].values[i]) + g;
+      e.outputs[0][i] = p - lr * buf;
+      e.outputs[1][i] = buf;
+    }
+    return e;
+  }
+};
+
 // ================================================================================================
 // Case lists
 // ================================================================================================
@@ -1080,6 +1245,13 @@ inline std::vector<CaseParam> small_cases() {
   add<KvFuseCase>(c, "kv_fuse_keys_pair_tied", true, 6, 2, 6, true, 122);
   add<KvFuseCase>(c, "kv_fuse_values", true, 5, 3, 4, false, 123);
   add<LrkvCase>(c, "lrkv_expand", true, 5, 3, 4, 2, 124);
+  add<BiasAddCase>(c, "bias_add", true, 7, 5, 125);
+  add<BiasAddCase>(c, "bias_add_chunks", true, 150, 3, 126);  // 3 row chunks
+  add<GateScoreCase>(c, "gate_score", true, 7, 2, 2, 4, 3, 127);
+  add<GateScoreCase>(c, "gate_score_chunks", true, 70, 1, 3, 2, 2, 128);  // 2 row chunks
+  add<KvzipScoreCase>(c, "kvzip_score_groups", false, 2, 4, 2, 9, 5, 9, 5, 129);
+  add<KvzipScoreCase>(c, "kvzip_score_all_heads", false, 1, 6, 1, 8, 3, 7, 6, 130);
+  add<KvzipScoreCase>(c, "kvzip_score_per_head", false, 2, 3, 3, 6, 2, 6, 4, 131);
   add<SwiGluCase>(c, "swiglu", true, 5, 7, 113);
   add<ResidualCase>(c, "residual", true, 23, false, 114);
   add<ResidualCase>(c, "residual_aliased", true, 23, true, 115);
@@ -1089,6 +1261,8 @@ inline std::vector<CaseParam> small_cases() {
   add<ReductionCase>(c, "sum_and_sum_squares", false, 1001, 119);
   add<AdamWCase>(c, "adamw_t1", false, 33, 1, 0.05f, 0.1f, 1.0f, 120);
   add<AdamWCase>(c, "adamw_t3_grad_scale", false, 33, 3, 0.05f, 0.1f, 0.5f, 121);
+  add<SgdCase>(c, "sgd_momentum", false, 33, 0.2f, 0.9f, 0.0f, 1.0f, 132);
+  add<SgdCase>(c, "sgd_momentum_decay_scale", false, 33, 0.05f, 0.5f, 0.1f, 0.5f, 133);
   return c;
 }
 
@@ -1107,6 +1281,11 @@ inline std::vector<CaseParam> large_cases() {
   add<KvFuseCase>(c, "large_kv_fuse_keys_pair_tied", true, 256, 4, 64, true, 218);
   add<KvFuseCase>(c, "large_kv_fuse_values", true, 256, 2, 128, false, 219);
   add<LrkvCase>(c, "large_lrkv_expand", true, 256, 8, 64, 24, 220);
+  add<BiasAddCase>(c, "large_bias_add", true, 1000, 768, 221);
+  add<GateScoreCase>(c, "large_gate_score", true, 1024, 4, 4, 16, 16, 222);
+  add<GateScoreCase>(c, "large_gate_score_odd", true, 777, 2, 3, 16, 16, 223);
+  add<KvzipScoreCase>(c, "large_kvzip_score_groups", false, 2, 8, 2, 256, 160, 256, 128, 224);
+  add<KvzipScoreCase>(c, "large_kvzip_score_all_heads", false, 1, 8, 1, 300, 100, 290, 96, 225);
   add<SwiGluCase>(c, "large_swiglu", true, 256, 1024, 210);
   add<ResidualCase>(c, "large_residual", true, 1 << 18, false, 211);
   add<ResidualCase>(c, "large_residual_aliased", true, (1 << 18) + 5, true, 212);
@@ -1115,6 +1294,7 @@ inline std::vector<CaseParam> large_cases() {
   add<ScaleCase>(c, "large_scale", true, (1 << 20) + 3, 0.125f, 215);
   add<ReductionCase>(c, "large_sum_and_sum_squares", false, (1 << 22) + 3, 216);
   add<AdamWCase>(c, "large_adamw_t3", false, (1 << 20) + 5, 3, 3e-4f, 0.1f, 0.25f, 217);
+  add<SgdCase>(c, "large_sgd_momentum", false, (1 << 20) + 5, 0.2f, 0.9f, 0.01f, 0.5f, 226);
   return c;
 }
 

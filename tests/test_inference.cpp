@@ -37,6 +37,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "model_checks.h"
+#include "reference_forward.h"
 
 namespace kvt {
 namespace {
@@ -235,146 +236,11 @@ TEST(Inference, KvBytesEqualHandComputedNumbers) {
 // keep[l][g][s]: the mask of storage layer l (g over mask heads: H_kv, or 1 for LRKV).
 using Mask = std::vector<std::vector<std::vector<bool>>>;
 
-// Plain double-precision forward of the model family (DESIGN.md §3), written from the document:
-// attention of layer l, KV head g skips position s unless every layer it reads K or V from kept
-// (g, s). Returns logits [T, V].
 std::vector<double> reference_logits(const ModelConfig& cfg, const ParamTable& table,
                                      const std::vector<float>& prm, const std::vector<int32_t>& tok,
                                      const Mask& keep) {
-  const int T = static_cast<int>(tok.size()), C = cfg.d_model, H = cfg.n_heads,
-            Hkv = cfg.kv_heads(), D = cfg.head_dim(), F = cfg.ffn_dim(), V = cfg.vocab_size,
-            R = cfg.lrkv_rank, L = cfg.n_layers, half = D / 2;
-  using Mat = std::vector<std::vector<double>>;
-  auto W = [&](const std::string& name) { return prm.data() + table.find(name).offset; };
-  auto linear = [&](const Mat& x, const float* w, int out, int in) {  // x [T, in] -> [T, out]
-    Mat y(x.size(), std::vector<double>(out, 0.0));
-    for (size_t t = 0; t < x.size(); t++)
-      for (int o = 0; o < out; o++) {
-        double s = 0;
-        for (int i = 0; i < in; i++) s += x[t][i] * w[static_cast<size_t>(o) * in + i];
-        y[t][o] = s;
-      }
-    return y;
-  };
-  auto rmsnorm = [&](const Mat& x, const float* w) {
-    Mat y = x;
-    for (auto& row : y) {
-      double ss = 0;
-      for (double v : row) ss += v * v;
-      const double r = 1.0 / std::sqrt(ss / C + cfg.norm_eps);
-      for (int c = 0; c < C; c++) row[c] = row[c] * r * w[c];
-    }
-    return y;
-  };
-  auto rope = [&](Mat& x, int heads) {  // rotate-half, position = row
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < heads; h++)
-        for (int j = 0; j < half; j++) {
-          const double ang = t * std::pow(static_cast<double>(cfg.rope_theta), -2.0 * j / D);
-          double& a = x[t][h * D + j];
-          double& b = x[t][h * D + j + half];
-          const double a0 = a, b0 = b;
-          a = a0 * std::cos(ang) - b0 * std::sin(ang);
-          b = b0 * std::cos(ang) + a0 * std::sin(ang);
-        }
-  };
-  Mat x(T, std::vector<double>(C));
-  for (int t = 0; t < T; t++)
-    for (int c = 0; c < C; c++) x[t][c] = W("model.embed_tokens.weight")[static_cast<size_t>(tok[t]) * C + c];
-  std::vector<Mat> Ks(L), Vs(L);  // post-RoPE K, V of each layer as its attention reads them
-  for (int l = 0; l < L; l++) {
-    const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
-    const KvSource src = kv_source_of_layer(cfg, l);
-    const Mat a = rmsnorm(x, W("model.layers." + std::to_string(l) + ".input_layernorm.weight"));
-    Mat q = linear(a, W(p + "q_proj.weight"), H * D, C);
-    rope(q, H);
-    int kvh = Hkv;
-    std::vector<int> sources = {l};
-    if (cfg.lrkv()) {
-      kvh = H;
-      const Mat ks = linear(a, W(p + "k_shared.weight"), D, C), vs = linear(a, W(p + "v_shared.weight"), D, C);
-      const Mat zk = linear(a, W(p + "k_down.weight"), H * R, C), zv = linear(a, W(p + "v_down.weight"), H * R, C);
-      const float *bk = W(p + "k_up.weight"), *bv = W(p + "v_up.weight");
-      Ks[l] = Vs[l] = Mat(T, std::vector<double>(H * D));
-      for (int t = 0; t < T; t++)
-        for (int h = 0; h < H; h++)
-          for (int d = 0; d < D; d++) {
-            double k = ks[t][d], v = vs[t][d];
-            for (int r = 0; r < R; r++) {
-              k += zk[t][h * R + r] * bk[(static_cast<size_t>(h) * D + d) * R + r];
-              v += zv[t][h * R + r] * bv[(static_cast<size_t>(h) * D + d) * R + r];
-            }
-            Ks[l][t][h * D + d] = k;
-            Vs[l][t][h * D + d] = v;
-          }
-      rope(Ks[l], H);
-    } else if (src.kind == KvSource::Kind::own) {
-      Ks[l] = linear(a, W(p + "k_proj.weight"), Hkv * D, C);
-      Vs[l] = linear(a, W(p + "v_proj.weight"), Hkv * D, C);
-      rope(Ks[l], Hkv);
-    } else if (src.kind == KvSource::Kind::reuse) {
-      Ks[l] = Ks[src.k_layer];
-      Vs[l] = Vs[src.v_layer];
-      sources = {src.k_layer, src.v_layer};
-    } else {
-      const int f = src.first(), g = src.last();
-      const float *akf = W(p + "fuse_k_first"), *akl = W(p + "fuse_k_last"),
-                  *bvf = W(p + "fuse_v_first"), *bvl = W(p + "fuse_v_last");
-      Ks[l] = Vs[l] = Mat(T, std::vector<double>(Hkv * D));
-      for (int t = 0; t < T; t++)
-        for (int h = 0; h < Hkv; h++)
-          for (int j = 0; j < D; j++) {
-            const int i = h * D + j;
-            Ks[l][t][i] = akf[h * half + j % half] * Ks[f][t][i] + akl[h * half + j % half] * Ks[g][t][i];
-            Vs[l][t][i] = bvf[h * D + j] * Vs[f][t][i] + bvl[h * D + j] * Vs[g][t][i];
-          }
-      sources = {f, g};
-    }
-    Mat y(T, std::vector<double>(H * D, 0.0));
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < H; h++) {
-        const int g = h / (H / kvh), mg = cfg.lrkv() ? 0 : g;
-        std::vector<double> sc(t + 1);
-        std::vector<bool> vis(t + 1);
-        double mx = -1e300;
-        bool any = false;
-        for (int s = 0; s <= t; s++) {
-          vis[s] = true;
-          for (int srcl : sources) vis[s] = vis[s] && keep[srcl][mg][s];
-          if (!vis[s]) continue;
-          double d = 0;
-          for (int j = 0; j < D; j++) d += q[t][h * D + j] * Ks[l][s][g * D + j];
-          sc[s] = d / std::sqrt(static_cast<double>(D));
-          mx = std::max(mx, sc[s]);
-          any = true;
-        }
-        if (!any) continue;
-        double z = 0;
-        for (int s = 0; s <= t; s++)
-          if (vis[s]) z += (sc[s] = std::exp(sc[s] - mx));
-        for (int s = 0; s <= t; s++)
-          if (vis[s])
-            for (int j = 0; j < D; j++) y[t][h * D + j] += sc[s] / z * Vs[l][s][g * D + j];
-      }
-    const Mat o = linear(y, W(p + "o_proj.weight"), C, H * D);
-    for (int t = 0; t < T; t++)
-      for (int c = 0; c < C; c++) x[t][c] += o[t][c];
-    const std::string m = "model.layers." + std::to_string(l) + ".";
-    const Mat b = rmsnorm(x, W(m + "post_attention_layernorm.weight"));
-    const Mat gt = linear(b, W(m + "mlp.gate_proj.weight"), F, C);
-    const Mat up = linear(b, W(m + "mlp.up_proj.weight"), F, C);
-    Mat s(T, std::vector<double>(F));
-    for (int t = 0; t < T; t++)
-      for (int i = 0; i < F; i++) s[t][i] = gt[t][i] / (1.0 + std::exp(-gt[t][i])) * up[t][i];
-    const Mat dn = linear(s, W(m + "mlp.down_proj.weight"), C, F);
-    for (int t = 0; t < T; t++)
-      for (int c = 0; c < C; c++) x[t][c] += dn[t][c];
-  }
-  const Mat xf = rmsnorm(x, W("model.norm.weight"));
-  const Mat lg = linear(xf, W(cfg.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), V, C);
-  std::vector<double> out;
-  for (const auto& row : lg) out.insert(out.end(), row.begin(), row.end());
-  return out;
+  return testutil::reference_logits(cfg, table, prm, tok,
+                                     [&](int l, int g, int s, int) { return keep[l][g][s]; });
 }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {

@@ -47,10 +47,9 @@ void run_generate(const GenerateArgs& a) {
   if (a.max_new_tokens < 0) throw std::invalid_argument("--max-new-tokens must be >= 0");
   configure_threads(a.threads, 1);
 
-  const RunConfig cfg = parse_run_config(read_checkpoint_config(a.checkpoint), {}, a.checkpoint);
+  const ModelCheckpoint w = load_model_checkpoint(a.checkpoint);
+  const RunConfig& cfg = w.config;
   const ModelConfig& m = cfg.model;
-  const ParamTable table = build_param_table(m);
-  const CheckpointWeights w = read_model_weights(a.checkpoint, table);
 
   const std::string tok_path = a.tokenizer.empty() ? cfg.data.tokenizer : a.tokenizer;
   if (tok_path.empty())

@@ -58,7 +58,7 @@ void inspect(const std::string& path) {
     throw std::runtime_error("checkpoint " + path + " is damaged: " + (intact ? std::string(e.what()) : why));
   }
   std::printf("checkpoint:  %s\n", path.c_str());
-  std::printf("format:      %s version %d\n", kCheckpointFormatName, s.format_version);
+  std::printf("format:      %s version %d\n", s.format.c_str(), s.format_version);
   std::printf("step:        %lld\n", static_cast<long long>(s.step));
   std::printf("tokens seen: %lld\n", static_cast<long long>(s.tokens_seen));
   std::printf("world size:  %d\n", s.world_size);

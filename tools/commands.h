@@ -18,5 +18,7 @@ void add_bench(CLI::App& app);    // tools/cmd_bench.cpp
 void add_inspect(CLI::App& app);  // tools/cmd_inspect.cpp
 void add_generate(CLI::App& app);  // tools/cmd_generate.cpp
 void add_export(CLI::App& app);    // tools/cmd_export.cpp
+void add_gates(CLI::App& app);     // tools/cmd_gates.cpp
+void add_eval(CLI::App& app);      // tools/cmd_eval.cpp
 
 }  // namespace kvt::cli

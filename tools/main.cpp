@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   kvt::cli::add_inspect(app);
   kvt::cli::add_generate(app);
   kvt::cli::add_export(app);
+  kvt::cli::add_gates(app);
+  kvt::cli::add_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "model/transformer.h"
 #include "train/sha256.h"
 
 #ifndef KVT_VERSION
@@ -240,7 +241,7 @@ void write_checkpoint_file(const std::string& path, const ParamTable& table, con
   const int32_t world_size = s.world_size;
 
   // Attributes for people and h5dump; the same values in checksummed datasets under /meta.
-  w.string_attribute(root, "format", kCheckpointFormatName);
+  w.string_attribute(root, "format", s.format);
   w.attribute(root, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &format_version);
   w.attribute(root, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &s.step);
   w.attribute(root, "tokens_seen", H5T_STD_I64LE, H5T_NATIVE_INT64, &s.tokens_seen);
@@ -249,7 +250,7 @@ void write_checkpoint_file(const std::string& path, const ParamTable& table, con
   w.string_attribute(root, "kvtrain_version", version);
   {
     H5Handle meta = w.create_group(root, "meta");
-    w.string_dataset(meta.get(), "format", kCheckpointFormatName);
+    w.string_dataset(meta.get(), "format", s.format);
     w.scalar_dataset(meta.get(), "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, format_version);
     w.scalar_dataset(meta.get(), "step", H5T_STD_I64LE, H5T_NATIVE_INT64, s.step);
     w.scalar_dataset(meta.get(), "tokens_seen", H5T_STD_I64LE, H5T_NATIVE_INT64, s.tokens_seen);
@@ -285,6 +286,10 @@ void write_checkpoint_file(const std::string& path, const ParamTable& table, con
   {
     H5Handle rng = w.create_group(root, "rng");
     w.scalar_dataset(rng.get(), "state", H5T_STD_U64LE, H5T_NATIVE_UINT64, s.rng_state);
+  }
+  if (!s.texts.empty()) {
+    H5Handle text = w.create_group(root, "text");
+    for (const auto& [name, value] : s.texts) w.string_dataset(text.get(), name, value);
   }
   check_status(H5Fflush(root, H5F_SCOPE_GLOBAL), path, "H5Fflush");
   // Close with a checked call: a failure on the last metadata write (disk full) must throw.
@@ -341,8 +346,9 @@ std::pair<std::string, std::string> read_hash_line(const std::string& path) {
   return {hex, name};
 }
 
-// Whole-file SHA-256 against the sidecar; throws naming the checkpoint on any mismatch.
-void verify_sidecar(const std::string& path) {
+// Whole-file SHA-256 against the sidecar; throws naming the checkpoint on any mismatch. Returns
+// the hash.
+std::string verify_sidecar(const std::string& path) {
   if (!fs::exists(path)) fail(path, "no such checkpoint file");
   std::pair<std::string, std::string> expected;
   try {
@@ -354,6 +360,7 @@ void verify_sidecar(const std::string& path) {
   if (actual != expected.first)
     fail(path, "SHA-256 mismatch (file " + actual + ", sidecar " + expected.first +
                    "): the file is damaged or incomplete");
+  return actual;
 }
 
 struct StepFile {
@@ -531,10 +538,26 @@ class Reader {
   }
 
   // Format name and version from the checksummed /meta datasets.
-  void check_format() const {
+  // /meta/format must be `expected` (a kvtrain file of another kind is named as such).
+  void check_format(const std::string& expected) const {
     const std::string format = string("/meta/format");
-    if (format != kCheckpointFormatName)
+    if (format != expected) {
+      if (format == kCheckpointFormatName || format == kGatesFormatName)
+        fail(path_, "is a " + format + " file, expected a " + expected + " file (" +
+                        (format == kGatesFormatName ? "Fast KVzip gates, see kvtrain gates"
+                                                    : "a model checkpoint, see kvtrain train") + ")");
       fail(path_, "not a kvtrain checkpoint (/meta/format is '" + format + "')");
+    }
+    check_version();
+  }
+  // Either kind of kvtrain file (verify, inspect).
+  void check_any_format() const {
+    const std::string format = string("/meta/format");
+    if (format != kCheckpointFormatName && format != kGatesFormatName)
+      fail(path_, "not a kvtrain checkpoint (/meta/format is '" + format + "')");
+    check_version();
+  }
+  void check_version() const {
     const int32_t version = scalar<int32_t>("/meta/format_version", H5T_NATIVE_INT32, H5T_INTEGER);
     if (version != kCheckpointFormatVersion)
       fail(path_, "checkpoint format_version " + std::to_string(version) + " is not supported (this kvtrain reads " +
@@ -619,14 +642,13 @@ std::string checkpoint_file_name(int64_t step) {
   return buf;
 }
 
-std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable& table,
-                                    const CheckpointState& state, const RetentionPolicy& policy) {
-  const std::string name = checkpoint_file_name(state.step);
-  const std::string final_path = run_dir + "/" + name;
+namespace {
+// Checks the state against the table, then writes dir/name atomically (temporary, fsync, sidecar,
+// rename, fsync the directory). Returns the sidecar's line "<sha256>  <name>\n".
+std::string write_committed(const std::string& dir, const std::string& name, const ParamTable& table,
+                            const CheckpointState& state) {
+  const std::string final_path = dir + "/" + name;
   if (state.step < 0) fail(final_path, "negative step " + std::to_string(state.step));
-  if (policy.keep_last < 1)
-    fail(final_path, "retention keep_last must be at least 1 (got " + std::to_string(policy.keep_last) + ")");
-  if (policy.keep_every < 0) fail(final_path, "retention keep_every must be >= 0");
   for (const auto* buf : {&state.params, &state.adam_m, &state.adam_v})
     if (buf->size() != table.total())
       fail(final_path, "state buffer holds " + std::to_string(buf->size()) + " floats, the parameter table " +
@@ -640,35 +662,62 @@ std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable
   }
 
   std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (!fs::is_directory(run_dir)) fail(run_dir, "cannot create the run directory: " + ec.message());
-  remove_stale_temporaries(run_dir);
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir)) fail(dir, "cannot create the run directory: " + ec.message());
+  remove_stale_temporaries(dir);
 
-  const std::string tmp = run_dir + "/." + name + ".tmp";
+  const std::string tmp = dir + "/." + name + ".tmp";
   write_checkpoint_file(tmp, table, state);
   fsync_path(tmp, false);
   checkpoint_fault_point("after_tmp_write");
 
   const std::string hex = sha256_file_hex(tmp);
   const std::string hash_line = hex + "  " + name + "\n";  // `sha256sum -c` format
-  write_text_atomic(run_dir, name + ".sha256", hash_line);
+  write_text_atomic(dir, name + ".sha256", hash_line);
   checkpoint_fault_point("before_rename");
 
   rename_or_throw(tmp, final_path);
-  fsync_path(run_dir, true);
-  checkpoint_fault_point("before_latest");
+  fsync_path(dir, true);
+  return hash_line;
+}
+}  // namespace
 
+std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable& table,
+                                    const CheckpointState& state, const RetentionPolicy& policy) {
+  const std::string name = checkpoint_file_name(state.step);
+  if (policy.keep_last < 1)
+    fail(run_dir + "/" + name, "retention keep_last must be at least 1 (got " + std::to_string(policy.keep_last) + ")");
+  if (policy.keep_every < 0) fail(run_dir + "/" + name, "retention keep_every must be >= 0");
+  const std::string hash_line = write_committed(run_dir, name, table, state);
+  checkpoint_fault_point("before_latest");
   write_text_atomic(run_dir, "latest", hash_line);
   prune(run_dir, state.step, policy);
-  return final_path;
+  return run_dir + "/" + name;
 }
 
-CheckpointState checkpoint_read(const std::string& path, const ParamTable& expected) {
+std::string checkpoint_write_file_atomic(const std::string& dir, const std::string& file_name,
+                                         const ParamTable& table, const CheckpointState& state) {
+  if (file_name.empty() || file_name.find('/') != std::string::npos || file_name == "latest" ||
+      parse_checkpoint_name(file_name))
+    fail(dir + "/" + file_name, "not a name for a file beside the run's checkpoints");
+  write_committed(dir, file_name, table, state);
+  return dir + "/" + file_name;
+}
+
+const std::string* find_text(const NamedTexts& texts, const std::string& name) {
+  for (const auto& [n, v] : texts)
+    if (n == name) return &v;
+  return nullptr;
+}
+
+CheckpointState checkpoint_read(const std::string& path, const ParamTable& expected,
+                                const std::string& format) {
   verify_sidecar(path);
   QuietH5Errors quiet;
   Reader r(path);
-  r.check_format();
+  r.check_format(format);
   CheckpointState s;
+  s.format = format;
   s.step = r.scalar<int64_t>("/meta/step", H5T_NATIVE_INT64, H5T_INTEGER);
   s.tokens_seen = r.scalar<int64_t>("/meta/tokens_seen", H5T_NATIVE_INT64, H5T_INTEGER);
   s.world_size = r.scalar<int32_t>("/meta/world_size", H5T_NATIVE_INT32, H5T_INTEGER);
@@ -682,15 +731,18 @@ CheckpointState checkpoint_read(const std::string& path, const ParamTable& expec
   s.loader_seed = r.scalar<uint64_t>("/loader/seed", H5T_NATIVE_UINT64, H5T_INTEGER);
   s.loader_next_sample = r.scalar<uint64_t>("/loader/next_sample", H5T_NATIVE_UINT64, H5T_INTEGER);
   s.rng_state = r.scalar<uint64_t>("/rng/state", H5T_NATIVE_UINT64, H5T_INTEGER);
+  if (r.exists("/text"))
+    for (const std::string& name : r.links("/text")) s.texts.emplace_back(name, r.string("/text/" + name));
   return s;
 }
 
 CheckpointWeights read_model_weights(const std::string& path, const ParamTable& table) {
-  verify_sidecar(path);
+  const std::string sha256 = verify_sidecar(path);
   QuietH5Errors quiet;
   Reader r(path);
-  r.check_format();
+  r.check_format(kCheckpointFormatName);
   CheckpointWeights w;
+  w.sha256 = sha256;
   w.step = r.scalar<int64_t>("/meta/step", H5T_NATIVE_INT64, H5T_INTEGER);
   w.config_yaml = r.string("/config");
   read_tensors(r, "/model", table, w.params);
@@ -701,8 +753,19 @@ std::string read_checkpoint_config(const std::string& path) {
   verify_sidecar(path);
   QuietH5Errors quiet;
   Reader r(path);
-  r.check_format();
+  r.check_format(kCheckpointFormatName);
   return r.string("/config");
+}
+
+ModelCheckpoint load_model_checkpoint(const std::string& path) {
+  ModelCheckpoint m;
+  m.path = path;
+  m.config = parse_run_config(read_checkpoint_config(path), {}, path + ": /config");
+  CheckpointWeights w = read_model_weights(path, build_param_table(m.config.model));
+  m.sha256 = std::move(w.sha256);
+  m.step = w.step;
+  m.params = std::move(w.params);
+  return m;
 }
 
 std::vector<std::string> list_checkpoints(const std::string& run_dir) {
@@ -712,14 +775,15 @@ std::vector<std::string> list_checkpoints(const std::string& run_dir) {
 }
 
 std::optional<std::string> find_latest_valid(const std::string& run_dir, const ParamTable& table,
-                                             std::vector<std::string>* skipped) {
+                                             std::vector<std::string>* skipped,
+                                             const std::string& format) {
   // `latest` is written after the checkpoint is committed, so the newest committed file is at
   // least as new as the one it names; it is still checked that it exists.
   if (auto latest = read_latest_pointer(run_dir, skipped); latest && !fs::exists(run_dir + "/" + latest->second))
     if (skipped) skipped->push_back(run_dir + "/latest: names " + latest->second + ", which does not exist");
   for (const std::string& path : list_checkpoints(run_dir)) {
     try {
-      checkpoint_read(path, table);
+      checkpoint_read(path, table, format);
       return path;
     } catch (const std::exception& e) {
       if (skipped) skipped->push_back(e.what());
@@ -733,7 +797,7 @@ bool checkpoint_verify(const std::string& path, std::string* why) {
     verify_sidecar(path);
     QuietH5Errors quiet;
     Reader r(path);
-    r.check_format();
+    r.check_any_format();
     size_t datasets = 0;
     read_all_datasets(r, "/", &datasets);
     // The optimizer moments must mirror the model tensors one for one.
@@ -768,6 +832,7 @@ CheckpointSummary read_checkpoint_summary(const std::string& path) {
   QuietH5Errors quiet;
   Reader r(path);
   CheckpointSummary s;
+  s.format = r.string("/meta/format");
   s.format_version = r.scalar<int32_t>("/meta/format_version", H5T_NATIVE_INT32, H5T_INTEGER);
   s.step = r.scalar<int64_t>("/meta/step", H5T_NATIVE_INT64, H5T_INTEGER);
   s.tokens_seen = r.scalar<int64_t>("/meta/tokens_seen", H5T_NATIVE_INT64, H5T_INTEGER);
@@ -784,7 +849,10 @@ CheckpointSummary read_checkpoint_summary(const std::string& path) {
     for (int64_t dim : t.shape) t.numel *= size_t(dim);
     s.tensors.push_back(std::move(t));
   }
+  if (r.exists("/text"))
+    for (const std::string& name : r.links("/text")) s.texts.emplace_back(name, r.string("/text/" + name));
   return s;
 }
+
 
 }  // namespace kvt

@@ -10,15 +10,22 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/params.h"
+#include "train/config.h"
 
 namespace kvt {
+
+// (name, text) pairs stored as /text/<name>; find_text gives the text of a name, or null.
+using NamedTexts = std::vector<std::pair<std::string, std::string>>;
+const std::string* find_text(const NamedTexts& texts, const std::string& name);
 
 // Everything a resumed run needs. params, adam_m and adam_v are laid out by the ParamTable:
 // tensor i at [offset, offset + numel).
 struct CheckpointState {
+  std::string format = "kvtrain-checkpoint";  // kCheckpointFormatName, or kGatesFormatName
   int64_t step = 0;           // optimizer steps completed
   int64_t tokens_seen = 0;
   int world_size = 1;
@@ -29,6 +36,9 @@ struct CheckpointState {
   uint64_t rng_state = 0;
   std::string kvtrain_version;
   std::string utc_time;       // ISO 8601, e.g. 2025-01-31T12:00:00Z
+  // Further named texts, stored as string datasets /text/<name> (gates: the frozen model's
+  // config and checksum).
+  NamedTexts texts;
 };
 
 struct RetentionPolicy {
@@ -38,6 +48,9 @@ struct RetentionPolicy {
 
 inline constexpr int kCheckpointFormatVersion = 1;
 inline constexpr const char* kCheckpointFormatName = "kvtrain-checkpoint";
+// Fast KVzip gate files (gates.h5 and a gate run's ckpt_<step>.h5): the same layout, with the gate
+// parameter table under /model (train/gate_trainer.h).
+inline constexpr const char* kGatesFormatName = "kvtrain-gates";
 
 // "ckpt_00000042.h5": the step zero-padded to 8 digits so names sort like steps.
 std::string checkpoint_file_name(int64_t step);
@@ -47,14 +60,20 @@ std::string checkpoint_file_name(int64_t step);
 // path written. Throws std::runtime_error naming the file on any failure.
 std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable& table,
                                     const CheckpointState& state, const RetentionPolicy& policy);
+// Writes dir/file_name (and its .sha256 sidecar) with the same atomic protocol, leaving `latest`
+// and other checkpoints alone (gates.h5 next to a gate run's checkpoints). Returns the path.
+std::string checkpoint_write_file_atomic(const std::string& dir, const std::string& file_name,
+                                         const ParamTable& table, const CheckpointState& state);
 
 // Verifies the whole-file SHA-256 against the sidecar, then reads everything, checking each
 // dataset against `expected` (missing, wrong shape, unknown parameters are errors naming the file,
-// the dataset and both shapes).
-CheckpointState checkpoint_read(const std::string& path, const ParamTable& expected);
+// the dataset and both shapes). A file of another format (/meta/format) is an error naming both.
+CheckpointState checkpoint_read(const std::string& path, const ParamTable& expected,
+                                const std::string& format = kCheckpointFormatName);
 
 // Weights only (for train.init_from: a new run with a fresh optimizer), checksum verified.
 struct CheckpointWeights {
+  std::string sha256;  // of the whole file, verified against its sidecar
   int64_t step = 0;
   std::string config_yaml;
   std::vector<float> params;  // laid out by the table passed in
@@ -64,13 +83,24 @@ CheckpointWeights read_model_weights(const std::string& path, const ParamTable& 
 // The resolved config stored in a checkpoint (checksum verified), e.g. to build its ParamTable.
 std::string read_checkpoint_config(const std::string& path);
 
+// A trained model read back from its checkpoint (checksum verified): the resolved run config and
+// the weights, laid out by build_param_table(config.model) (generate, export, eval, gates).
+struct ModelCheckpoint {
+  std::string path, sha256;
+  int64_t step = 0;
+  RunConfig config;
+  std::vector<float> params;
+};
+ModelCheckpoint load_model_checkpoint(const std::string& path);
+
 // Checkpoint files of run_dir (full paths), newest step first. Temporary files are never listed.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 
 // The newest checkpoint of run_dir that verifies and reads against `table`, or nullopt if none
 // does. Each damaged checkpoint passed over adds one message ("<path>: <why>") to *skipped.
 std::optional<std::string> find_latest_valid(const std::string& run_dir, const ParamTable& table,
-                                             std::vector<std::string>* skipped);
+                                             std::vector<std::string>* skipped,
+                                             const std::string& format = kCheckpointFormatName);
 
 // Without a table: whole-file checksum, format attributes, every dataset readable (Fletcher32
 // checked) and every /model tensor matched by /optimizer/m and /optimizer/v of the same shape.
@@ -83,11 +113,13 @@ struct CheckpointTensor {
   size_t numel = 0;
 };
 struct CheckpointSummary {
+  std::string format;
   int format_version = 0;
   int64_t step = 0, tokens_seen = 0;
   int world_size = 0;
   std::string utc_time, kvtrain_version, config_yaml;
   std::vector<CheckpointTensor> tensors;  // /model, in the order written (the table's order)
+  NamedTexts texts;  // /text/<name>
 };
 CheckpointSummary read_checkpoint_summary(const std::string& path);
 

@@ -1,39 +1,17 @@
-// train/config.cpp — YAML <-> RunConfig through one field registry. Every accepted key is one
-// line of kFields; parsing, `--set` overrides, the unknown-key check, to_yaml and config_keys
-// all walk that table, so adding a field is adding a line (plus its range check in validate()).
+// train/config.cpp — the run config's schema (one line of kFields per key; the YAML machinery
+// is train/config_yaml.h) and its validation.
 #include "train/config.h"
 
-#include <yaml-cpp/yaml.h>
-
-#include <cerrno>
-#include <charconv>
-#include <cmath>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
-#include <limits>
-#include <map>
-#include <set>
-#include <sstream>
 #include <stdexcept>
-#include <string_view>
-#include <type_traits>
-#include <variant>
+
+#include "train/config_yaml.h"
 
 namespace kvt {
 namespace {
 
-// ---- the registry ----------------------------------------------------------------------------
-
-using FieldPtr = std::variant<int*, int64_t*, uint64_t*, float*, bool*, std::string*>;
-
-struct Field {
-  std::string_view section;
-  std::string_view key;
-  FieldPtr (*get)(RunConfig&);
-
-  std::string path() const { return std::string(section) + "." + std::string(key); }
-};
+using config_yaml::fail;
+using config_yaml::FieldPtr;
+using Field = config_yaml::FieldDef<RunConfig>;
 
 #define KVT_FIELD(sec, name) \
   Field { #sec, #name, [](RunConfig& c) -> FieldPtr { return &c.sec.name; } }
@@ -90,232 +68,6 @@ constexpr Field kFields[] = {
 
 #undef KVT_FIELD
 
-const Field* find_field(std::string_view section, std::string_view key) {
-  for (const Field& f : kFields)
-    if (f.section == section && f.key == key) return &f;
-  return nullptr;
-}
-
-bool is_section(std::string_view name) {
-  for (const Field& f : kFields)
-    if (f.section == name) return true;
-  return false;
-}
-
-std::string section_list() {
-  std::string out;
-  std::string_view last;
-  for (const Field& f : kFields) {
-    if (f.section == last) continue;
-    if (!out.empty()) out += ", ";
-    out += f.section;
-    last = f.section;
-  }
-  return out;
-}
-
-// ---- errors ------------------------------------------------------------------------------------
-
-[[noreturn]] void fail(const std::string& source, const std::string& msg) {
-  throw std::invalid_argument(source + ": " + msg);
-}
-
-// Where a value came from, appended to type errors: the override that set it, or its line.
-struct Origin {
-  const std::string& source;
-  const std::map<std::string, std::string>& overridden;  // key path -> override text
-
-  std::string where(const std::string& path, const YAML::Node& node) const {
-    if (auto it = overridden.find(path); it != overridden.end())
-      return " (override '" + it->second + "')";
-    const YAML::Mark m = node.Mark();
-    if (m.is_null()) return "";
-    return " (line " + std::to_string(m.line + 1) + ")";
-  }
-};
-
-// A quoted scalar (or one tagged !!str) is a string even if it looks like a number.
-bool is_string_scalar(const YAML::Node& n) {
-  return n.IsScalar() && (n.Tag() == "!" || n.Tag() == "tag:yaml.org,2002:str");
-}
-
-std::string describe(const YAML::Node& n) {
-  if (n.IsNull()) return "null";
-  if (n.IsSequence()) return "a sequence";
-  if (n.IsMap()) return "a mapping";
-  if (is_string_scalar(n)) return "string \"" + n.Scalar() + "\"";
-  return "'" + n.Scalar() + "'";
-}
-
-// ---- scalars -----------------------------------------------------------------------------------
-
-std::string format_float(float v) {
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);  // shortest text that round-trips
-  (void)ec;
-  return std::string(buf, end);
-}
-
-template <class T>
-std::string format_value(const T& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return format_float(v);
-  } else if constexpr (std::is_same_v<T, bool>) {
-    return v ? "true" : "false";
-  } else if constexpr (std::is_same_v<T, std::string>) {
-    // Double-quoted YAML string: escape what YAML requires, keep UTF-8 as is.
-    std::string out = "\"";
-    for (unsigned char ch : v) {
-      switch (ch) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\t': out += "\\t"; break;
-        case '\r': out += "\\r"; break;
-        default:
-          if (ch < 0x20 || ch == 0x7f) {
-            char esc[8];
-            std::snprintf(esc, sizeof esc, "\\x%02x", ch);
-            out += esc;
-          } else {
-            out += static_cast<char>(ch);
-          }
-      }
-    }
-    return out + "\"";
-  } else {
-    return std::to_string(v);
-  }
-}
-
-// Parses node into *dst with the strictness a config needs: integers are decimal and in range,
-// floats finite, bools true/false, and a quoted scalar never counts as a number or bool.
-template <class T>
-void assign(T* dst, const YAML::Node& node, const std::string& path, const Origin& origin) {
-  auto bad = [&](const std::string& expected) {
-    fail(origin.source, path + ": expected " + expected + ", got " + describe(node) +
-                            origin.where(path, node));
-  };
-
-  if constexpr (std::is_same_v<T, std::string>) {
-    if (node.IsNull()) {
-      dst->clear();
-      return;
-    }
-    if (!node.IsScalar()) bad("a string");
-    *dst = node.Scalar();
-    return;
-  } else {
-    if (!node.IsScalar() || is_string_scalar(node)) {
-      if constexpr (std::is_same_v<T, bool>) bad("true or false");
-      else if constexpr (std::is_same_v<T, float>) bad("a number");
-      else bad("an integer");
-    }
-    const std::string& s = node.Scalar();
-    if constexpr (std::is_same_v<T, bool>) {
-      if (s == "true" || s == "True" || s == "TRUE") *dst = true;
-      else if (s == "false" || s == "False" || s == "FALSE") *dst = false;
-      else bad("true or false");
-    } else {
-      const char* b = s.data();
-      const char* e = b + s.size();
-      if (b != e && *b == '+') ++b;  // YAML allows an explicit plus sign
-      T v{};
-      std::from_chars_result r;
-      if constexpr (std::is_same_v<T, float>) r = std::from_chars(b, e, v, std::chars_format::general);
-      else r = std::from_chars(b, e, v);
-      if constexpr (std::is_same_v<T, float>) {
-        if (r.ec != std::errc() || r.ptr != e || !std::isfinite(v)) bad("a finite number");
-      } else {
-        if (r.ec == std::errc::result_out_of_range)
-          bad("an integer in [" + std::to_string(std::numeric_limits<T>::min()) + ", " +
-              std::to_string(std::numeric_limits<T>::max()) + "]");
-        if (std::is_unsigned_v<T> && !s.empty() && s[0] == '-') bad("a non-negative integer");
-        if (r.ec != std::errc() || r.ptr != e) bad("an integer");
-      }
-      *dst = v;
-    }
-  }
-}
-
-// ---- tree -> struct ----------------------------------------------------------------------------
-
-std::string key_text(const YAML::Node& key, const std::string& source, const std::string& parent) {
-  if (!key.IsScalar())
-    fail(source, "keys must be plain names; found " + describe(key) +
-                     (parent.empty() ? " at the top level" : " in section " + parent));
-  return key.Scalar();
-}
-
-RunConfig from_tree(const YAML::Node& root, const Origin& origin) {
-  const std::string& source = origin.source;
-  RunConfig cfg;
-  if (root.IsNull()) return cfg;  // an empty document: every key takes its default
-  if (!root.IsMap())
-    fail(source, "the top level must be a mapping with sections " + section_list() + ", got " +
-                     describe(root));
-
-  std::set<std::string> seen;
-  for (const auto& sec : root) {
-    const std::string name = key_text(sec.first, source, "");
-    if (!is_section(name))
-      fail(source, "unknown key " + name + " (sections are " + section_list() + ")" +
-                       origin.where(name, sec.first));
-    if (!seen.insert(name).second)
-      fail(source, "duplicate key " + name + origin.where(name, sec.first));
-    const YAML::Node& body = sec.second;
-    if (body.IsNull()) continue;  // `train:` with nothing under it
-    if (!body.IsMap())
-      fail(source, name + ": expected a mapping of keys, got " + describe(body) +
-                       origin.where(name, body));
-    for (const auto& kv : body) {
-      const std::string key = key_text(kv.first, source, name);
-      const std::string path = name + "." + key;
-      const Field* f = find_field(name, key);
-      if (!f) fail(source, "unknown key " + path + origin.where(path, kv.first));
-      if (!seen.insert(path).second)
-        fail(source, "duplicate key " + path + origin.where(path, kv.first));
-      std::visit([&](auto* dst) { assign(dst, kv.second, path, origin); }, f->get(cfg));
-    }
-  }
-  return cfg;
-}
-
-// ---- overrides ---------------------------------------------------------------------------------
-
-// Applies `section.key=value` (value parsed as YAML) to the tree; records which paths it set.
-void apply_override(YAML::Node& root, const std::string& text, const std::string& source,
-                    std::map<std::string, std::string>& overridden) {
-  const std::string what = "override '" + text + "'";
-  const size_t eq = text.find('=');
-  if (eq == std::string::npos) fail(source, what + ": expected section.key=value (no '=')");
-  const std::string path = text.substr(0, eq);
-  const size_t dot = path.find('.');
-  if (dot == std::string::npos || dot == 0 || dot + 1 == path.size())
-    fail(source, what + ": expected section.key=value (sections are " + section_list() + ")");
-  const std::string section = path.substr(0, dot);
-  const std::string key = path.substr(dot + 1);
-  if (!find_field(section, key)) fail(source, what + ": unknown key " + path);
-
-  YAML::Node value;
-  try {
-    value = YAML::Load(text.substr(eq + 1));
-  } catch (const YAML::Exception& e) {
-    fail(source, what + ": the value is not valid YAML: " + e.msg);
-  }
-
-  if (!root.IsMap() && !root.IsNull())
-    fail(source, "the top level must be a mapping with sections " + section_list() + ", got " +
-                     describe(root));
-  const YAML::Node& croot = root;  // const lookups do not insert keys
-  const YAML::Node existing = croot[section];
-  if (existing && !existing.IsMap() && !existing.IsNull())
-    fail(source, section + ": expected a mapping of keys, got " + describe(existing));
-  if (!existing || existing.IsNull()) root[section] = YAML::Node(YAML::NodeType::Map);
-  root[section][key] = value;
-  overridden[path] = text;
-}
-
 // ---- validation --------------------------------------------------------------------------------
 
 void validate(RunConfig& cfg, const std::string& source) {
@@ -326,7 +78,7 @@ void validate(RunConfig& cfg, const std::string& source) {
   }
 
   auto check = [&](bool ok, const char* path, const std::string& rule, const auto& value) {
-    if (!ok) fail(source, std::string(path) + ": must be " + rule + ", got " + format_value(value));
+    config_yaml::check(ok, source, path, rule, value);
   };
 
   const TrainConfig& t = cfg.train;
@@ -374,63 +126,24 @@ void validate(RunConfig& cfg, const std::string& source) {
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
                            const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    fail(source, "YAML syntax error at line " + std::to_string(e.mark.line + 1) + ", column " +
-                     std::to_string(e.mark.column + 1) + ": " + e.msg);
-  }
-
-  std::map<std::string, std::string> overridden;
-  for (const std::string& o : overrides) apply_override(root, o, source, overridden);
-
-  RunConfig cfg = from_tree(root, Origin{source, overridden});
+  RunConfig cfg;
+  config_yaml::parse_into(config_yaml::bind(kFields, cfg), yaml_text, overrides, source);
   validate(cfg, source);
   return cfg;
 }
 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, std::string("cannot open config file: ") + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail(path, std::string("cannot read config file: ") + std::strerror(errno));
-  return parse_run_config(text.str(), overrides, path);
+  return parse_run_config(config_yaml::read_text_file(path), overrides, path);
 }
 
 std::string to_yaml(const RunConfig& cfg) {
-  // The registry hands out mutable pointers; nothing below writes through them.
-  RunConfig& c = const_cast<RunConfig&>(cfg);
-  std::string out = "# kvtrain run config (resolved; every key)\n";
-  std::string_view section;
-  for (const Field& f : kFields) {
-    if (f.section != section) {
-      section = f.section;
-      out += std::string(section) + ":\n";
-    }
-    out += "  " + std::string(f.key) + ": ";
-    out += std::visit([](const auto* v) { return format_value(*v); }, f.get(c));
-    out += "\n";
-  }
-  return out;
+  // bind() hands out mutable pointers; to_yaml only reads through them.
+  return config_yaml::to_yaml(config_yaml::bind(kFields, const_cast<RunConfig&>(cfg)),
+                              "kvtrain run config (resolved; every key)");
 }
 
-std::string config_hash(const RunConfig& cfg) {
-  uint64_t h = 14695981039346656037ull;  // FNV-1a 64 offset basis
-  for (unsigned char ch : to_yaml(cfg)) {
-    h ^= ch;
-    h *= 1099511628211ull;  // FNV-1a 64 prime
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
+std::string config_hash(const RunConfig& cfg) { return config_yaml::fnv1a_hex(to_yaml(cfg)); }
 
-std::vector<std::string> config_keys() {
-  std::vector<std::string> keys;
-  for (const Field& f : kFields) keys.push_back(f.path());
-  return keys;
-}
+std::vector<std::string> config_keys() { return config_yaml::key_paths(kFields); }
 
 }  // namespace kvt

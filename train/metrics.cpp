@@ -40,6 +40,8 @@ void MetricsLog::log_step(const StepRecord& r) {
   write_line(j.dump());
 }
 
+void MetricsLog::log(const nlohmann::json& record) { write_line(record.dump()); }
+
 void MetricsLog::log_eval(int64_t step, double val_loss, int64_t tokens_seen) {
   nlohmann::json j = {{"kind", "eval"}, {"step", step}, {"val_loss", val_loss},
                       {"tokens_seen", tokens_seen}};

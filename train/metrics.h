@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 
 namespace kvt {
@@ -23,6 +24,8 @@ class MetricsLog {
   MetricsLog(const std::string& path, int64_t keep_through_step);
   void log_step(const StepRecord& r);
   void log_eval(int64_t step, double val_loss, int64_t tokens_seen);
+  // Any record (it must hold "kind" and "step"; the gate trainer's records).
+  void log(const nlohmann::json& record);
 
  private:
   void write_line(const std::string& line);

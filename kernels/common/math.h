@@ -85,4 +85,12 @@ KVT_HD void adamw_element(float* p, float g, float* m, float* v, float lr, float
   *p -= lr * (mhat / (sqrtf(vhat) + eps) + wd * *p);
 }
 
+// One SGD-with-momentum element (PyTorch SGD, dampening 0): g = grad + wd p; buf = mu buf + g;
+// p -= lr buf.
+KVT_HD void sgd_element(float* p, float g, float* buf, float lr, float momentum, float wd) {
+  const float b = momentum * *buf + (g + wd * *p);
+  *buf = b;
+  *p -= lr * b;
+}
+
 }  // namespace kvt::math

@@ -52,6 +52,17 @@ class CpuOps final : public Ops {
   void lrkv_expand_backward(float* dshared, int lds, float* dlat, float* dup, const float* dout,
                             int ldo, const float* lat, int ldl, const float* up, int64_t N, int H,
                             int D, int R) override;
+  void bias_add_forward(float* x, const float* bias, int64_t N, int C) override;
+  void bias_add_backward(float* dbias, const float* dout, int64_t N, int C) override;
+  void gate_score_forward(float* score, const float* q, const float* k, const float* sinks,
+                          const float* bias, int64_t N, int Hkv, int G, int Dg, int S) override;
+  void gate_score_backward(float* dq, float* dk, float* dsinks, float* dbias, const float* dscore,
+                           const float* q, const float* k, const float* sinks, const float* bias,
+                           int64_t N, int Hkv, int G, int Dg, int S) override;
+  void kvzip_score(float* out, const float* att, int B, int H, int Hg, int T, int t0, int t1,
+                   int P) override;
+  void sgd_update(float* p, const float* grad, float* buf, int64_t n, float lr, float momentum,
+                  float weight_decay, float grad_scale) override;
   void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override;
   void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
                        int F) override;

@@ -1,4 +1,4 @@
-// Reductions, scaling and the AdamW update.
+// Reductions, scaling and the optimizer updates (AdamW, SGD with momentum).
 #include <cmath>
 #include <vector>
 
@@ -50,6 +50,13 @@ void CpuOps::adamw_update(float* p, const float* grad, float* m, float* v, int64
   for (int64_t i = 0; i < n; i++)
     math::adamw_element(&p[i], grad[i] * grad_scale, &m[i], &v[i], lr, beta1, beta2, eps,
                         weight_decay, bc1, bc2);
+}
+
+void CpuOps::sgd_update(float* p, const float* grad, float* buf, int64_t n, float lr,
+                        float momentum, float weight_decay, float grad_scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++)
+    math::sgd_element(&p[i], grad[i] * grad_scale, &buf[i], lr, momentum, weight_decay);
 }
 
 }  // namespace kvt

@@ -54,6 +54,21 @@ void* Scratch::get(size_t bytes, cudaStream_t stream) {
   return ptr_;
 }
 
+// gate.cu (Fast KVzip gates); parameter gradients reduced through `scratch` in a fixed order.
+// (Declared here rather than in launch.cuh, which this change does not own.)
+void bias_add_forward(cudaStream_t stream, float* x, const float* bias, int64_t N, int C);
+void bias_add_backward(cudaStream_t stream, Scratch& scratch, float* dbias, const float* dout,
+                       int64_t N, int C);
+void gate_score_forward(cudaStream_t stream, float* score, const float* q, const float* k,
+                        const float* sinks, const float* bias, int64_t N, int Hkv, int G, int Dg,
+                        int S);
+void gate_score_backward(cudaStream_t stream, Scratch& scratch, float* dq, float* dk,
+                         float* dsinks, float* dbias, const float* dscore, const float* q,
+                         const float* k, const float* sinks, const float* bias, int64_t N,
+                         int Hkv, int G, int Dg, int S);
+void kvzip_score(cudaStream_t stream, float* out, const float* att, int B, int H, int Hg, int T,
+                 int t0, int t1, int P);
+
 namespace {
 
 class CudaOps final : public Ops {
@@ -179,6 +194,26 @@ class CudaOps final : public Ops {
     cuda::lrkv_expand_backward(stream_, scratch_, dshared, lds, dlat, dup, dout, ldo, lat, ldl, up,
                                N, H, D, R);
   }
+  void bias_add_forward(float* x, const float* bias, int64_t N, int C) override {
+    cuda::bias_add_forward(stream_, x, bias, N, C);
+  }
+  void bias_add_backward(float* dbias, const float* dout, int64_t N, int C) override {
+    cuda::bias_add_backward(stream_, scratch_, dbias, dout, N, C);
+  }
+  void gate_score_forward(float* score, const float* q, const float* k, const float* sinks,
+                          const float* bias, int64_t N, int Hkv, int G, int Dg, int S) override {
+    cuda::gate_score_forward(stream_, score, q, k, sinks, bias, N, Hkv, G, Dg, S);
+  }
+  void gate_score_backward(float* dq, float* dk, float* dsinks, float* dbias, const float* dscore,
+                           const float* q, const float* k, const float* sinks, const float* bias,
+                           int64_t N, int Hkv, int G, int Dg, int S) override {
+    cuda::gate_score_backward(stream_, scratch_, dq, dk, dsinks, dbias, dscore, q, k, sinks, bias,
+                              N, Hkv, G, Dg, S);
+  }
+  void kvzip_score(float* out, const float* att, int B, int H, int Hg, int T, int t0, int t1,
+                   int P) override {
+    cuda::kvzip_score(stream_, out, att, B, H, Hg, T, t0, t1, P);
+  }
   void swiglu_forward(float* out, const float* gate_up, int64_t N, int F) override {
     cuda::swiglu_forward(stream_, out, gate_up, N, F);
   }
@@ -216,6 +251,10 @@ class CudaOps final : public Ops {
     const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), td));
     cuda::adamw_update(stream_, p, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2,
                        grad_scale);
+  }
+  void sgd_update(float* p, const float* grad, float* buf, int64_t n, float lr, float momentum,
+                  float weight_decay, float grad_scale) override {
+    cuda::sgd_update(stream_, p, grad, buf, n, lr, momentum, weight_decay, grad_scale);
   }
 
  private:

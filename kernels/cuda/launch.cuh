@@ -79,5 +79,7 @@ double reduce_sum(cudaStream_t stream, Scratch& scratch, const float* x, int64_t
 void adamw_update(cudaStream_t stream, float* p, const float* grad, float* m, float* v, int64_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay, float bc1,
                   float bc2, float grad_scale);
+void sgd_update(cudaStream_t stream, float* p, const float* grad, float* buf, int64_t n, float lr,
+                float momentum, float weight_decay, float grad_scale);
 
 }  // namespace kvt::cuda

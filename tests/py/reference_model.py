@@ -175,9 +175,9 @@ def repeat_kv(k, n_rep):
     return k.repeat_interleave(n_rep, dim=2)
 
 
-def causal_attention(q, k, v):
+def causal_attention(q, k, v, probs_out=None):
     """q [B, T, H, D], k/v [B, T, Hkv, D] -> [B, T, H * D]; softmax(q k^T / sqrt(D)) v with a
-    causal mask."""
+    causal mask. probs_out: an optional list that receives the probabilities [B, H, T, T]."""
     B, T, H, D = q.shape
     G = H // k.shape[2]
     k, v = repeat_kv(k, G), repeat_kv(v, G)
@@ -185,6 +185,8 @@ def causal_attention(q, k, v):
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     scores = scores.masked_fill(~mask, float("-inf"))
     att = torch.softmax(scores, dim=-1)
+    if probs_out is not None:
+        probs_out.append(att)
     out = torch.einsum("bhts,bshd->bthd", att, v)
     return out.reshape(B, T, H * D)
 
@@ -247,19 +249,27 @@ def kv_of_layer(cfg, params, i, h, cos, sin, kv_store):
 
 # ---- the model -----------------------------------------------------------------------------
 
-def forward(cfg, params, tokens):
-    """tokens [B, T] (int64) -> logits [B, T, V]."""
+def forward(cfg, params, tokens, capture=None):
+    """tokens [B, T] (int64) -> logits [B, T, V]. capture: an optional dict that receives, per
+    layer, "attn_input" (the normalised hidden state entering attention [B, T, C]) and
+    "attn_probs" (the attention probabilities [B, H, T, T], row t = query t) as lists."""
     B, T = tokens.shape
     H, D = cfg.n_heads, cfg.head_dim
     cos, sin = rope_cos_sin(T, D, cfg.rope_theta)
     x = params["model.embed_tokens.weight"][tokens]
     kv_store = {}
+    probs = None
+    if capture is not None:
+        capture["attn_input"], capture["attn_probs"] = [], []
+        probs = capture["attn_probs"]
     for i in range(cfg.n_layers):
         p = layer_prefix(i)
         h = rmsnorm(x, params[p + "input_layernorm.weight"], cfg.norm_eps)
+        if capture is not None:
+            capture["attn_input"].append(h)
         q = apply_rope((h @ params[p + "self_attn.q_proj.weight"].T).view(B, T, H, D), cos, sin)
         k, v = kv_of_layer(cfg, params, i, h, cos, sin, kv_store)
-        x = x + causal_attention(q, k, v) @ params[p + "self_attn.o_proj.weight"].T
+        x = x + causal_attention(q, k, v, probs) @ params[p + "self_attn.o_proj.weight"].T
         h = rmsnorm(x, params[p + "post_attention_layernorm.weight"], cfg.norm_eps)
         x = x + swiglu_mlp(h, params[p + "mlp.gate_proj.weight"], params[p + "mlp.up_proj.weight"],
                            params[p + "mlp.down_proj.weight"])

@@ -29,26 +29,12 @@
 #include "tools/safetensors.h"
 #include "train/config.h"
 
+#include "dump_common.h"
+
 namespace {
 
-// Seeds of the two random streams, derived from --seed (init_parameters uses the seed itself).
-constexpr uint64_t kTokensPurpose = 0x746f6b656e73ull;  // "tokens"
-constexpr uint64_t kNormsPurpose = 0x6e6f726d73ull;     // "norms"
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-nlohmann::json model_json(const kvt::ModelConfig& m) {
-  return {{"vocab_size", m.vocab_size},         {"d_model", m.d_model},
-          {"n_layers", m.n_layers},             {"n_heads", m.n_heads},
-          {"n_kv_heads", m.kv_heads()},         {"d_ff", m.ffn_dim()},
-          {"max_seq_len", m.max_seq_len},       {"rope_theta", m.rope_theta},
-          {"norm_eps", m.norm_eps},             {"tie_embeddings", m.tie_embeddings},
-          {"init_std", m.init_std},             {"kv_sharing", m.kv_sharing},
-          {"storage_layers", m.storage_layers}, {"fusion_init", m.fusion_init},
-          {"lrkv_rank", m.lrkv_rank}};
-}
+using kvt::dump::kTokensPurpose;
+using kvt::dump::model_json;
 
 struct Options {
   std::string config, out;
@@ -75,11 +61,7 @@ void run(const Options& o) {
   model.init_parameters(seed);
   if (o.perturb_norms > 0) {
     std::vector<float> p = model.params_to_host();
-    kvt::Rng rng(kvt::derive_seed(seed, kNormsPurpose));
-    for (const auto& e : model.params().entries())
-      if (ends_with(e.name, "norm.weight"))
-        for (size_t i = 0; i < e.numel; ++i)
-          p[e.offset + i] = static_cast<float>(1.0 + o.perturb_norms * rng.normal());
+    kvt::dump::perturb_norms(model.params(), p, seed, o.perturb_norms);
     model.params_from_host(p);
   }
 

@@ -1,0 +1,338 @@
+// Tests of KV eviction at inference (model/eviction.h, DESIGN.md §4) on the CPU backend, for
+// every variant (MHA, GQA, CLA, YOCO, FusedKV-Lite, FusedKV, LRKV):
+//  * chunked prefill with eviction after each chunk equals an independent double-precision dense
+//    forward (tests/reference_forward.h) in which query t sees an entry only until the chunk after
+//    which it was evicted, and a reusing layer only where every source kept it (to 1e-4, and the
+//    eviction is checked to change the logits);
+//  * the bookkeeping: the kept share of entries equals the keep ratio after every chunk, the KV
+//    bytes the cache reports follow the kept entries, sinks and the recent window are never
+//    evicted, an evicted entry never returns, and one threshold separates kept from evicted;
+//  * evaluate_eviction: keep 1.0 equals the full cache to 1e-6 for every policy; the full-cache
+//    losses equal cross-entropies of Transformer::forward; the gates policy scores exactly what
+//    the gates say of the hidden states the model computes;
+//  * bad input: keep ratios outside (0, 1], contexts longer than max_seq_len, missing scores.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/common/rng.h"
+#include "model/eviction.h"
+#include "model/gates.h"
+#include "model/inference.h"
+#include "model/kv_sharing.h"
+#include "model/kvzip.h"
+#include "model/transformer.h"
+#include "model_checks.h"
+#include "reference_forward.h"
+
+namespace kvt {
+namespace {
+
+struct Variant {
+  const char* name;
+  std::string scheme;
+  int layers, kv_heads, storage, rank;
+};
+
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> v = {
+      {"mha", "none", 2, 4, 0, 0},         {"gqa", "none", 2, 2, 0, 0},
+      {"cla", "cla", 3, 2, 0, 0},          {"yoco", "yoco", 4, 4, 2, 0},
+      {"fusedkv_lite", "fusedkv_lite", 4, 2, 3, 0}, {"fusedkv", "fusedkv", 4, 2, 2, 0},
+      {"lrkv", "none", 2, 4, 0, 2},
+  };
+  return v;
+}
+
+ModelConfig config_of(const Variant& v, int max_seq_len = 64) {
+  ModelConfig c;
+  c.vocab_size = 41;
+  c.d_model = 32;
+  c.n_layers = v.layers;
+  c.n_heads = 4;
+  c.n_kv_heads = v.kv_heads;
+  c.d_ff = 40;
+  c.max_seq_len = max_seq_len;
+  c.init_std = 0.2f;  // attention far from uniform, logits of magnitude ~1
+  c.kv_sharing = v.scheme;
+  c.storage_layers = v.storage;
+  c.fusion_init = "normal";
+  c.lrkv_rank = v.rank;
+  c.resolve();
+  return c;
+}
+
+struct Model {
+  ModelConfig cfg;
+  std::unique_ptr<Ops> ops = make_ops("cpu");
+  std::unique_ptr<Transformer> net;
+  explicit Model(const Variant& v, int max_seq_len = 64) : cfg(config_of(v, max_seq_len)) {
+    net = std::make_unique<Transformer>(cfg, *ops, 1, cfg.max_seq_len, false);
+    net->init_parameters(17);
+  }
+};
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); i++) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+// Random scores for every entry of an evictor.
+void fill_random_scores(Evictor& ev, int storage_layers, int heads, uint64_t seed) {
+  Rng r(seed);
+  for (int s = 0; s < storage_layers; s++)
+    for (int h = 0; h < heads; h++)
+      for (float& x : ev.scores(s, h)) x = static_cast<float>(r.uniform());
+}
+
+TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
+  const int T = 40, chunk = 8;
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Model m(v);
+    const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 5);
+    InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+    EvictionOptions opt;
+    opt.keep = 0.4;
+    opt.sinks = 2;
+    opt.recent = 3;
+    Evictor ev(inf, opt);
+    const std::vector<int> layers = gate_layers(m.cfg);
+    fill_random_scores(ev, static_cast<int>(layers.size()), inf.mask_heads(), 7);
+    std::vector<float> got;
+    for (int i = 0; i < T; i += chunk) {
+      const std::vector<float> lg = inf.prefill(tok.data() + i, chunk, true);
+      got.insert(got.end(), lg.begin(), lg.end());
+      ev.evict(i + chunk);
+    }
+    const std::vector<float> prm = m.net->params_to_host();
+    auto storage_index = [&](int l) {
+      return static_cast<int>(std::find(layers.begin(), layers.end(), l) - layers.begin());
+    };
+    const std::vector<double> ref = testutil::reference_logits(
+        m.cfg, m.net->params(), prm, tok,
+        [&](int l, int g, int s, int t) { return t < ev.visible_until(storage_index(l), g, s); });
+    EXPECT_LE(max_abs_diff(got, ref), 1e-4);
+    const std::vector<double> dense =
+        testutil::reference_logits(m.cfg, m.net->params(), prm, tok, [](int, int, int, int) { return true; });
+    EXPECT_GT(max_abs_diff(got, dense), 1e-3) << "eviction must change the logits";
+  }
+}
+
+TEST(Eviction, KeptShareEqualsTheKeepRatioAndBytesFollowTheKeptEntries) {
+  const int T = 60, chunk = 12;
+  for (const Variant& v : variants()) {
+    for (double keep : {0.9, 0.5, 0.3, 0.25}) {  // 0.25 x 12 = sinks + recent: the least
+      SCOPED_TRACE(std::string(v.name) + " keep " + std::to_string(keep));
+      Model m(v);
+      const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 9);
+      InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+      EvictionOptions opt;
+      opt.keep = keep;
+      opt.sinks = 1;
+      opt.recent = 2;
+      Evictor ev(inf, opt);
+      const int E = ev.entries_per_position(), L = static_cast<int>(gate_layers(m.cfg).size());
+      ASSERT_EQ(E, L * inf.mask_heads());
+      fill_random_scores(ev, L, inf.mask_heads(), 11);
+      for (int len = chunk; len <= T; len += chunk) {
+        inf.prefill(tok.data() + len - chunk, chunk);
+        ev.evict(len);
+        const int64_t want = std::llround(keep * len * E);
+        EXPECT_EQ(ev.kept_entries(len), want) << "after " << len << " positions";
+        // Bytes measured from the cache: every entry of these models has the same width, so the
+        // kept bytes are the kept share of the bytes of all filled positions.
+        EXPECT_EQ(inf.kv_bytes_kept() * static_cast<size_t>(len) * E, inf.kv_bytes() * static_cast<size_t>(want));
+      }
+    }
+  }
+}
+
+TEST(Eviction, SinksAndRecentStayEvictedNeverReturnOneThreshold) {
+  const int T = 48, chunk = 8;
+  Model m(variants()[1]);  // GQA: 2 layers x 2 heads
+  const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 13);
+  InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+  EvictionOptions opt;
+  opt.keep = 0.3;
+  opt.sinks = 3;
+  opt.recent = 5;
+  Evictor ev(inf, opt);
+  const std::vector<int> layers = gate_layers(m.cfg);
+  const int H = inf.mask_heads(), L = static_cast<int>(layers.size());
+  fill_random_scores(ev, L, H, 15);
+  std::vector<uint8_t> was_evicted(static_cast<size_t>(L) * H * T, 0);
+  for (int len = chunk; len <= T; len += chunk) {
+    inf.prefill(tok.data() + len - chunk, chunk);
+    ev.evict(len);
+    float min_kept = std::numeric_limits<float>::infinity(), max_evicted_now = -1;
+    for (int s = 0; s < L; s++)
+      for (int h = 0; h < H; h++)
+        for (int p = 0; p < len; p++) {
+          const bool kept = inf.kept(layers[s], h, p);
+          uint8_t& e = was_evicted[(static_cast<size_t>(s) * H + h) * T + p];
+          if (p < opt.sinks || p >= len - opt.recent) {
+            EXPECT_TRUE(kept) << "sink or recent evicted";
+          }
+          if (e) {
+            EXPECT_FALSE(kept) << "an evicted entry came back";
+          }
+          if (!kept) e = 1;
+          const float sc = ev.scores(s, h)[p];
+          if (ev.visible_until(s, h, p) == len) max_evicted_now = std::max(max_evicted_now, sc);
+          else if (kept && p >= opt.sinks && p < len - opt.recent) min_kept = std::min(min_kept, sc);
+        }
+    if (max_evicted_now >= 0) {
+      EXPECT_LE(max_evicted_now, min_kept) << "after " << len;
+    }
+  }
+  EXPECT_GT(std::count(was_evicted.begin(), was_evicted.end(), 1), 0) << "nothing was evicted";
+}
+
+// Losses of one context under (policy, keep).
+EvictionResult run(InferenceModel& inf, EvictPolicy p, double keep, const std::vector<int32_t>& ctx,
+                   const std::vector<int32_t>& cont, const std::vector<int32_t>& prompt,
+                   GateModel* gates, const std::vector<float>* oracle, int chunk = 8) {
+  EvictionOptions opt;
+  opt.policy = p;
+  opt.keep = keep;
+  opt.sinks = 2;
+  opt.recent = 4;
+  opt.chunk = chunk;
+  opt.seed = 3;
+  return evaluate_eviction(inf, opt, ctx, cont, prompt, gates, oracle);
+}
+
+// Mean cross-entropy of tokens[from + 1 .. to] given the full forward over tokens[0 .. to - 1].
+double forward_nll(const Model& m, const std::vector<int32_t>& tokens, int from, int to) {
+  const int T = to;
+  Transformer net(m.cfg, *m.ops, 1, T, false);
+  net.params_from_host(m.net->params_to_host());
+  net.forward(tokens.data(), nullptr, 1, T);
+  const std::vector<float> lg = net.logits_to_host();
+  const int V = m.cfg.vocab_size;
+  double nll = 0;
+  for (int t = from; t < to; t++) {
+    const float* row = lg.data() + static_cast<size_t>(t - 1) * V;
+    double mx = row[0], z = 0;
+    for (int i = 0; i < V; i++) mx = std::max(mx, static_cast<double>(row[i]));
+    for (int i = 0; i < V; i++) z += std::exp(row[i] - mx);
+    nll += std::log(z) + mx - row[tokens[t]];
+  }
+  return nll / (to - from);
+}
+
+TEST(Eviction, FullCacheLossesEqualTheForwardAndKeepOneEqualsFullForEveryPolicy) {
+  const int P = 24, N = 6;
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Model m(v);
+    const std::vector<int32_t> ctx = testutil::random_tokens(P, m.cfg.vocab_size, 21),
+                               cont = testutil::random_tokens(N, m.cfg.vocab_size, 22),
+                               prompt = testutil::random_tokens(3, m.cfg.vocab_size, 23);
+    InferenceModel inf(*m.net, InferenceOptions{8, false});
+    const EvictionResult full = run(inf, EvictPolicy::full, 1.0, ctx, cont, prompt, nullptr, nullptr);
+    // Continuation: tokens P .. P+N-1 of [ctx ; cont]; reconstruction: the second copy of ctx in
+    // [ctx ; prompt ; ctx].
+    std::vector<int32_t> cc = ctx, rec = ctx;
+    cc.insert(cc.end(), cont.begin(), cont.end());
+    rec.insert(rec.end(), prompt.begin(), prompt.end());
+    rec.insert(rec.end(), ctx.begin(), ctx.end());
+    EXPECT_NEAR(full.continuation_loss, forward_nll(m, cc, P, P + N), 1e-5);
+    EXPECT_NEAR(full.reconstruction_loss, forward_nll(m, rec, P + 3, 2 * P + 3), 1e-5);
+    EXPECT_EQ(full.entries_kept, full.entries_total);
+    EXPECT_EQ(full.kv_bytes_kept, full.kv_bytes);
+    EXPECT_EQ(full.kv_bytes, static_cast<size_t>(P) * inf.kv_bytes_per_token());
+
+    GateModel gates(m.cfg, *m.ops, 8, false);
+    gates.params_from_host(init_gate_parameters(m.cfg, 4));
+    KvzipScorer scorer(*m.net);
+    scorer.run(ctx, prompt);
+    const std::vector<float> oracle = scorer.scores();
+    for (EvictPolicy p : {EvictPolicy::gates, EvictPolicy::kvzip, EvictPolicy::recent, EvictPolicy::random}) {
+      SCOPED_TRACE(to_string(p));
+      const EvictionResult one = run(inf, p, 1.0, ctx, cont, prompt, &gates, &oracle);
+      EXPECT_NEAR(one.continuation_loss, full.continuation_loss, 1e-6);
+      EXPECT_NEAR(one.reconstruction_loss, full.reconstruction_loss, 1e-6);
+      EXPECT_EQ(one.entries_kept, one.entries_total);
+      const EvictionResult half = run(inf, p, 0.5, ctx, cont, prompt, &gates, &oracle);
+      EXPECT_EQ(half.entries_kept, std::llround(0.5 * half.entries_total));
+      EXPECT_LT(half.kv_bytes_kept, full.kv_bytes_kept);
+      EXPECT_NE(half.reconstruction_loss, full.reconstruction_loss) << "eviction must matter";
+    }
+  }
+}
+
+TEST(Eviction, GatesPolicyScoresTheHiddenStatesTheModelComputes) {
+  // The gates see each chunk's attention input through the inference path's observer: evicting
+  // by the gates equals evicting by the same gates applied to the full forward's hidden states.
+  // One chunk: after an eviction the model's later hidden states (rightly) differ from the full
+  // forward's, since layers above read the evicted cache.
+  const int P = 28;  // 2 P + 3 <= max_seq_len 64
+  for (const Variant& v : {variants()[1], variants()[5], variants()[6]}) {
+    SCOPED_TRACE(v.name);
+    Model m(v);
+    const std::vector<int32_t> ctx = testutil::random_tokens(P, m.cfg.vocab_size, 31),
+                               cont = testutil::random_tokens(4, m.cfg.vocab_size, 32),
+                               prompt = testutil::random_tokens(3, m.cfg.vocab_size, 33);
+    GateModel gates(m.cfg, *m.ops, P, false);
+    std::vector<float> g = init_gate_parameters(m.cfg, 8);
+    Rng r(9);
+    for (float& x : g) x += static_cast<float>(0.3 * r.normal());  // sinks and bias matter too
+    gates.params_from_host(g);
+    m.net->forward(ctx.data(), nullptr, 1, P);
+    const std::vector<int> layers = gate_layers(m.cfg);
+    const int M = gate_decisions(m.cfg);
+    std::vector<float> scores(layers.size() * M * P);
+    for (size_t i = 0; i < layers.size(); i++) {
+      const std::vector<float> s = gates.forward(layers[i], m.net->attention_input(layers[i]), P);
+      for (int p = 0; p < P; p++)
+        for (int h = 0; h < M; h++) scores[(i * M + h) * P + p] = s[static_cast<size_t>(p) * M + h];
+    }
+    InferenceModel inf(*m.net, InferenceOptions{P, false});
+    const EvictionResult by_gates = run(inf, EvictPolicy::gates, 0.4, ctx, cont, prompt, &gates, nullptr, P);
+    const EvictionResult by_scores = run(inf, EvictPolicy::kvzip, 0.4, ctx, cont, prompt, nullptr, &scores, P);
+    const EvictionResult none = run(inf, EvictPolicy::full, 1.0, ctx, cont, prompt, nullptr, nullptr, P);
+    EXPECT_GT(std::fabs(by_gates.reconstruction_loss - none.reconstruction_loss), 1e-4) << "eviction must matter";
+    EXPECT_NEAR(by_gates.continuation_loss, by_scores.continuation_loss, 1e-6);
+    EXPECT_NEAR(by_gates.reconstruction_loss, by_scores.reconstruction_loss, 1e-6);
+    EXPECT_EQ(by_gates.entries_kept, by_scores.entries_kept);
+  }
+}
+
+TEST(Eviction, BadInputIsRejectedWithClearErrors) {
+  Model m(variants()[0], 32);
+  InferenceModel inf(*m.net);
+  const std::vector<int32_t> ctx = testutil::random_tokens(12, m.cfg.vocab_size, 41),
+                             prompt = testutil::random_tokens(3, m.cfg.vocab_size, 42);
+  for (double keep : {0.0, -0.5, 1.5, std::nan("")}) {
+    try {
+      run(inf, EvictPolicy::recent, keep, ctx, {}, prompt, nullptr, nullptr);
+      ADD_FAILURE() << "keep " << keep << " accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("keep ratio must be in (0, 1]"), std::string::npos) << e.what();
+    }
+  }
+  // 2 x 15 + 3 = 33 > 32
+  const std::vector<int32_t> long_ctx = testutil::random_tokens(15, m.cfg.vocab_size, 43);
+  try {
+    run(inf, EvictPolicy::full, 1.0, long_ctx, {}, prompt, nullptr, nullptr);
+    ADD_FAILURE() << "a context whose reconstruction input exceeds max_seq_len was accepted";
+  } catch (const std::length_error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_seq_len 32"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(run(inf, EvictPolicy::gates, 0.5, ctx, {}, prompt, nullptr, nullptr), std::invalid_argument);
+  const std::vector<float> short_oracle(5, 0.5f);
+  EXPECT_THROW(run(inf, EvictPolicy::kvzip, 0.5, ctx, {}, prompt, nullptr, &short_oracle), std::invalid_argument);
+  EXPECT_THROW(parse_evict_policy("oracle"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace kvt

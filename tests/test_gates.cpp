@@ -1,0 +1,464 @@
+// Tests of Fast KVzip gate training (model/gates.h, train/gate_trainer.h, `kvtrain gates` and
+// `kvtrain eval`, DESIGN.md §4). The KVzip targets and the gate module are also checked against
+// the independent float64 PyTorch reference (tests/py/test_gates_reference.py).
+//  * the gate module: directional finite differences of the BCE loss for every gate tensor (MHA,
+//    GQA, LRKV's max over heads);
+//  * the reference's lr schedule, the held-out metrics counted by hand, the gate config;
+//  * the trainer, on a model trained by the kvtrain binary on a corpus made by `kvtrain prepare`:
+//    the frozen model has no gradient buffer and its weights stay bitwise equal; training lowers
+//    the held-out gate loss; a stopped and resumed run ends bitwise equal to one that never
+//    stopped (gates, optimizer, metrics); progress lines and metrics.jsonl records;
+//  * gate files: gates of another model, a model checkpoint given as gates (and the reverse), a
+//    damaged gates.h5, a context longer than max_seq_len and keep ratios outside (0, 1] all fail
+//    with messages naming the file, key or value;
+//  * `kvtrain eval` end to end: keep 1.0 equals the full cache for every policy, the kept share
+//    and the measured KV bytes follow the keep ratio.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "kernels/common/rng.h"
+#include "model/gates.h"
+#include "train/checkpoint.h"
+#include "train/gate_config.h"
+#include "train/gate_trainer.h"
+#include "model_checks.h"
+
+namespace kvt {
+namespace {
+
+namespace fs = std::filesystem;
+using testutil::CmdResult;
+using testutil::run_kvtrain;
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+// ---- the gate module ------------------------------------------------------------------------
+
+ModelConfig small_config(int kv_heads, int lrkv_rank) {
+  ModelConfig c;
+  c.vocab_size = 31;
+  c.d_model = 16;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = kv_heads;
+  c.d_ff = 24;
+  c.max_seq_len = 32;
+  c.lrkv_rank = lrkv_rank;
+  c.resolve();
+  return c;
+}
+
+// Loss of every storage layer's gates on its own hidden states: sum of M x bce.
+double gate_loss(GateModel& g, const std::vector<int>& layers, const std::vector<Buffer<float>>& h,
+                 const std::vector<std::vector<float>>& targets, int n, bool backward) {
+  double loss = 0;
+  const int M = static_cast<int>(targets[0].size()) / n;
+  for (size_t i = 0; i < layers.size(); i++) {
+    std::vector<float> ds;
+    const std::vector<float> s = g.forward(layers[i], h[i].data(), n);
+    loss += M * bce_loss(s, targets[i], backward ? &ds : nullptr);
+    if (backward) {
+      for (float& d : ds) d *= static_cast<float>(M);
+      g.backward(ds);
+    }
+  }
+  return loss;
+}
+
+TEST(GateModel, GradientsMatchDirectionalFiniteDifferences) {
+  for (auto [kvh, rank, label] : {std::tuple{4, 0, "mha"}, std::tuple{2, 0, "gqa"}, std::tuple{4, 2, "lrkv"}}) {
+    SCOPED_TRACE(label);
+    const ModelConfig cfg = small_config(kvh, rank);
+    auto ops = make_ops("cpu");
+    const int n = 6, M = gate_decisions(cfg);
+    GateModel g(cfg, *ops, n, true);
+    std::vector<float> p0 = init_gate_parameters(cfg, 3);
+    Rng r(4);
+    for (float& x : p0) x += static_cast<float>(0.3 * r.normal());  // sinks, bias, norms matter
+    g.params_from_host(p0);
+    const std::vector<int> layers = gate_layers(cfg);
+    std::vector<Buffer<float>> h;
+    std::vector<std::vector<float>> targets;
+    for (size_t i = 0; i < layers.size(); i++) {
+      std::vector<float> x(static_cast<size_t>(n) * cfg.d_model), t(static_cast<size_t>(n) * M);
+      for (float& v : x) v = static_cast<float>(r.normal());
+      for (float& v : t) v = static_cast<float>(r.uniform());
+      h.emplace_back(*ops, x.size());
+      ops->to_device(h.back().data(), x.data(), x.size() * sizeof(float));
+      targets.push_back(t);
+    }
+    g.zero_grads();
+    gate_loss(g, layers, h, targets, n, true);
+    const std::vector<float> grads = g.grads_to_host();
+    const double step = 1e-3;
+    for (const ParamInfo& e : g.params().entries()) {
+      std::vector<double> u(e.numel);
+      double nrm = 0;
+      for (double& x : u) {
+        x = r.normal();
+        nrm += x * x;
+      }
+      double analytic = 0;
+      for (size_t i = 0; i < e.numel; i++) analytic += grads[e.offset + i] * (u[i] /= std::sqrt(nrm));
+      auto loss_at = [&](double s) {
+        std::vector<float> p = p0;
+        for (size_t i = 0; i < e.numel; i++) p[e.offset + i] = static_cast<float>(p0[e.offset + i] + s * u[i]);
+        g.params_from_host(p);
+        return gate_loss(g, layers, h, targets, n, false);
+      };
+      const double numeric = (loss_at(step) - loss_at(-step)) / (2 * step);
+      EXPECT_NEAR(analytic, numeric, 2e-4 + 0.02 * std::fabs(numeric)) << e.name;
+      EXPECT_GT(std::fabs(analytic), 1e-5) << e.name << ": a zero gradient checks nothing";
+    }
+  }
+}
+
+TEST(GateModel, ParameterTableAndLayers) {
+  // fusedkv L4 n2, GQA 2: gates on layers 0 and 1 only; d' = 16, S = 16, G = 2.
+  ModelConfig c = small_config(2, 0);
+  c.n_layers = 4;
+  c.kv_sharing = "fusedkv";
+  c.resolve();
+  EXPECT_EQ(gate_layers(c), (std::vector<int>{0, 1}));
+  const ParamTable t = build_gate_param_table(c);
+  EXPECT_EQ(t.find("gates.1.q_proj.weight").shape, (std::vector<int64_t>{2 * 2 * 16, 16}));
+  EXPECT_EQ(t.find("gates.1.k_proj.weight").shape, (std::vector<int64_t>{2 * 16, 16}));
+  EXPECT_EQ(t.find("gates.0.sinks").shape, (std::vector<int64_t>{2, 16, 16}));
+  EXPECT_EQ(t.find("gates.0.bias").shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_FALSE(t.contains("gates.2.bias"));
+  // per layer: 64*16 + 64 + 32*16 + 16 + 16 + 512 + 4 = 2148
+  EXPECT_EQ(t.total(), 2u * 2148u);
+}
+
+TEST(GateSchedule, IsTheReferenceRecipe) {
+  EXPECT_DOUBLE_EQ(gate_lr_factor(0, 1000, "kvzip"), 0.01);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(9, 1000, "kvzip"), 0.1);  // step 10 = 1% of 1000
+  EXPECT_DOUBLE_EQ(gate_lr_factor(10, 1000, "kvzip"), 1.0);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(499, 1000, "kvzip"), 1.0);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(500, 1000, "kvzip"), 0.5);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(749, 1000, "kvzip"), 0.5);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(750, 1000, "kvzip"), 0.25);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(999, 1000, "kvzip"), 0.25);
+  EXPECT_DOUBLE_EQ(gate_lr_factor(499, 100000, "kvzip"), 1.0);  // 0.01 x 500 capped at 1
+  EXPECT_DOUBLE_EQ(gate_lr_factor(0, 1000, "constant"), 1.0);
+}
+
+TEST(GateEval, MetricsCountedByHand) {
+  GateEvalAccumulator acc(0.05f, 0.5f);
+  // targets >= 0.05: entries 0, 2 (density 2/4); scores >= 0.05: 0, 1 -> agree on 0 and 3.
+  // top half by target {0, 2}, by score {0, 1}: recall 1/2.
+  acc.add_context(std::vector<float>{0.9f, 0.5f, 0.01f, 0.02f}, std::vector<float>{0.3f, 0.01f, 0.2f, 0.0f}, 2.0);
+  // targets >= 0.05: 1, 2, 3; scores >= 0.05: 1, 2 -> agree on 0, 1, 2. Top half by target {1, 2}
+  // (ties at 0.1: the lower index), by score {1, 2}: recall 1.
+  acc.add_context(std::vector<float>{0.0f, 0.8f, 0.7f, 0.01f}, std::vector<float>{0.0f, 0.1f, 0.1f, 0.1f}, 4.0);
+  const GateEvalStats s = acc.result();
+  EXPECT_DOUBLE_EQ(s.accuracy, 5.0 / 8.0);
+  EXPECT_DOUBLE_EQ(s.recall, 0.75);
+  EXPECT_DOUBLE_EQ(s.target_density, 5.0 / 8.0);
+  EXPECT_DOUBLE_EQ(s.loss, 3.0);
+  EXPECT_EQ(s.entries, 8);
+  EXPECT_EQ(s.contexts, 2);
+}
+
+TEST(GateConfig, DefaultsRoundTripAndErrorsNameTheKey) {
+  const GateRunConfig d = parse_gate_config("", {}, "x.yaml");
+  EXPECT_EQ(d.gates.context, 1024);
+  EXPECT_EQ(d.gates.optimizer, "sgd");
+  EXPECT_FLOAT_EQ(d.gates.lr, 0.2f);
+  EXPECT_FLOAT_EQ(d.gates.momentum, 0.9f);
+  EXPECT_EQ(d.gates.repeat_prompt, "\n\nRepeat the previous context exactly.\n");
+  const GateRunConfig back = parse_gate_config(to_yaml(d), {}, "resolved");
+  EXPECT_EQ(to_yaml(back), to_yaml(d));
+  auto error_of = [](const std::string& yaml, const std::vector<std::string>& sets) {
+    try {
+      parse_gate_config(yaml, sets, "g.yaml");
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of("gates: {optimiser: sgd}\n", {}), "g.yaml: unknown key gates.optimiser (line 1)");
+  EXPECT_EQ(error_of("", {"gates.optimizer=adam"}), "g.yaml: gates.optimizer: must be sgd or adamw, got \"adam\"");
+  EXPECT_EQ(error_of("model: {d_model: 4}\n", {}),
+            "g.yaml: unknown key model (sections are gates, data, output) (line 1)");
+  EXPECT_NE(error_of("gates: {recall_top: 1.5}\n", {}).find("gates.recall_top: must be in (0, 1]"), std::string::npos);
+}
+
+// ---- the trainer and the CLI, on a trained model ------------------------------------------
+
+class Gates : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("kvt_test_gates_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    testutil::write_word_text((dir_ / "text.txt").string(), 800, 5);
+    const CmdResult prep = run_kvtrain("prepare --input " + quote((dir_ / "text.txt").string()) + " --out " +
+                                       quote((dir_ / "data").string()) +
+                                       " --vocab-size 300 --val-fraction 0.1 --val-block 0");
+    ASSERT_EQ(prep.rc, 0) << prep.out;
+    ckpt_ = train_model("model", 2, 60);
+    other_ = train_model("other", 4, 1);  // another model config: MHA
+    const Tokenizer tok((dir_ / "data" / "tokenizer.model").string());
+    prompt_len_ = static_cast<int>(tok.encode(kDefaultRepeatPrompt).size());
+    context_ = std::min(24, (kMaxSeq - prompt_len_) / 2);
+    ASSERT_GE(context_, 16) << "the repeat prompt takes " << prompt_len_ << " tokens";
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  static constexpr int kMaxSeq = 112;
+
+  static std::string train_model(const std::string& name, int kv_heads, int steps) {
+    const fs::path cfg = dir_ / (name + ".yaml");
+    std::ofstream(cfg) << "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: "
+                       << kv_heads << ", max_seq_len: " << kMaxSeq << ", init_std: 0.1}\n"
+                       << "train: {batch_size: 8, seq_len: 64, steps: " << steps
+                       << ", lr: 0.01, warmup_steps: 5, eval_every: 0, threads: 1}\n"
+                       << "data: {train: '" << (dir_ / "data" / "*train*.bin").string() << "', val: '"
+                       << (dir_ / "data" / "*val*.bin").string() << "', tokenizer: '"
+                       << (dir_ / "data" / "tokenizer.model").string() << "'}\n"
+                       << "output: {dir: '" << (dir_ / name).string() << "'}\n";
+    const CmdResult r = run_kvtrain("train --config " + quote(cfg.string()));
+    EXPECT_EQ(r.rc, 0) << r.out;
+    const auto ck = list_checkpoints((dir_ / name).string());
+    return ck.empty() ? "" : ck.front();
+  }
+
+  // A gate config for the trained model, run directory `name`.
+  static GateRunConfig gate_config(const std::string& name, int steps, const std::string& extra = "") {
+    const fs::path p = dir_ / (name + ".yaml");
+    std::ofstream(p) << "gates: {checkpoint: '" << ckpt_ << "', context: " << context_ << ", steps: " << steps
+                     << ", eval_every: 3, eval_contexts: 3, threads: 1" << extra << "}\n"
+                     << "output: {dir: '" << (dir_ / name).string() << "', checkpoint_every: 0}\n";
+    return load_gate_config(p.string());
+  }
+
+  static fs::path dir_;
+  static std::string ckpt_, other_;
+  static int prompt_len_, context_;
+};
+fs::path Gates::dir_;
+std::string Gates::ckpt_, Gates::other_;
+int Gates::prompt_len_ = 0, Gates::context_ = 0;
+
+TEST_F(Gates, FrozenModelHasNoGradientBufferAndStaysBitwiseEqual) {
+  ASSERT_FALSE(ckpt_.empty());
+  GateTrainer tr(gate_config("frozen", 3));
+  EXPECT_EQ(tr.model().grad_data(), nullptr) << "the frozen model must not allocate gradients";
+  EXPECT_THROW(tr.model().backward(1.0f), std::logic_error);
+  const std::vector<float> gates0 = tr.gates().params_to_host();
+  for (int i = 0; i < 3; i++) tr.step();
+  const ModelCheckpoint m = load_model_checkpoint(ckpt_);
+  const std::vector<float> after = tr.model().params_to_host();
+  ASSERT_EQ(after.size(), m.params.size());
+  EXPECT_EQ(std::memcmp(after.data(), m.params.data(), after.size() * sizeof(float)), 0)
+      << "gate training changed the frozen model";
+  EXPECT_NE(tr.gates().params_to_host(), gates0) << "the gates did not move";
+}
+
+TEST_F(Gates, TrainingLowersTheHeldOutGateLoss) {
+  ASSERT_FALSE(ckpt_.empty());
+  GateTrainer tr(gate_config("learn", 40, ", schedule: constant"));
+  const GateEvalStats before = tr.evaluate();
+  for (int i = 0; i < 40; i++) tr.step();
+  const GateEvalStats after = tr.evaluate();
+  EXPECT_LT(after.loss, 0.9 * before.loss) << "before " << before.loss << " after " << after.loss;
+  EXPECT_GT(after.recall, before.recall) << "before " << before.recall << " after " << after.recall;
+  EXPECT_GT(before.target_density, 0.0);
+  EXPECT_LT(before.target_density, 1.0);
+  EXPECT_EQ(before.entries, 3 * 2 * 2 * context_);  // contexts x storage layers x KV heads x P
+}
+
+// Reads metrics.jsonl without the fields that depend on the clock.
+std::vector<std::string> metrics_without_timings(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    j.erase("tokens_per_s");
+    j.erase("step_time_s");
+    out.push_back(j.dump());
+  }
+  return out;
+}
+
+TEST_F(Gates, StoppedAndResumedRunEqualsAnUninterruptedOneBitwise) {
+  ASSERT_FALSE(ckpt_.empty());
+  for (const char* opt : {"sgd", "adamw"}) {
+    SCOPED_TRACE(opt);
+    const std::string extra = std::string(", optimizer: ") + opt + ", lr: 0.05";
+    gate_config(std::string("straight_") + opt, 7, extra);
+    gate_config(std::string("resumed_") + opt, 7, extra);
+    const std::string a = "gates --config " + quote((dir_ / ("straight_" + std::string(opt) + ".yaml")).string());
+    const std::string b = "gates --config " + quote((dir_ / ("resumed_" + std::string(opt) + ".yaml")).string());
+    const CmdResult ra = run_kvtrain(a);
+    ASSERT_EQ(ra.rc, 0) << ra.out;
+    EXPECT_NE(ra.out.find("gates step      7/7 | loss"), std::string::npos) << ra.out;
+    EXPECT_NE(ra.out.find("eval step 6 | gate loss"), std::string::npos) << ra.out;
+    const CmdResult rb1 = run_kvtrain(b + " --stop-after 4");
+    ASSERT_EQ(rb1.rc, 0) << rb1.out;
+    EXPECT_NE(rb1.out.find("stopped as asked"), std::string::npos) << rb1.out;
+    EXPECT_FALSE(fs::exists(dir_ / ("resumed_" + std::string(opt)) / "gates.h5"));
+    const CmdResult rb2 = run_kvtrain(b + " --resume");
+    ASSERT_EQ(rb2.rc, 0) << rb2.out;
+    EXPECT_NE(rb2.out.find("resumed from"), std::string::npos) << rb2.out;
+
+    const ModelCheckpoint m = load_model_checkpoint(ckpt_);
+    const ParamTable table = build_gate_param_table(m.config.model);
+    const CheckpointState sa = checkpoint_read((dir_ / ("straight_" + std::string(opt)) / "gates.h5").string(), table, kGatesFormatName);
+    const CheckpointState sb = checkpoint_read((dir_ / ("resumed_" + std::string(opt)) / "gates.h5").string(), table, kGatesFormatName);
+    EXPECT_EQ(sa.step, 7);
+    EXPECT_EQ(sa.params, sb.params);
+    EXPECT_EQ(sa.adam_m, sb.adam_m);
+    EXPECT_EQ(sa.adam_v, sb.adam_v);
+    EXPECT_EQ(sa.adam_step, sb.adam_step);
+    EXPECT_EQ(sa.loader_next_sample, 7u);
+    const auto ma = metrics_without_timings(dir_ / ("straight_" + std::string(opt)) / "metrics.jsonl");
+    EXPECT_EQ(ma, metrics_without_timings(dir_ / ("resumed_" + std::string(opt)) / "metrics.jsonl"));
+    ASSERT_EQ(ma.size(), 7u + 3u);  // 7 steps, evals after 3, 6 and 7
+    const nlohmann::json ev = nlohmann::json::parse(ma.back());
+    EXPECT_EQ(ev["kind"], "eval");
+    for (const char* k : {"val_loss", "accuracy", "recall", "target_density"}) EXPECT_TRUE(ev.contains(k)) << k;
+    EXPECT_EQ(*find_text(sa.texts, kGateTextModelSha256), m.sha256);
+  }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST_F(Gates, GateFilesOfAnotherModelOrKindAreRejected) {
+  ASSERT_FALSE(ckpt_.empty());
+  ASSERT_FALSE(other_.empty());
+  GateTrainer tr(gate_config("files", 2));
+  std::ostringstream log;
+  tr.run(log);
+  const std::string gates = (dir_ / "files" / "gates.h5").string();
+  const ModelCheckpoint mine = load_model_checkpoint(ckpt_), other = load_model_checkpoint(other_);
+  std::string warning = "unset";
+  EXPECT_EQ(load_gates(gates, mine, &warning).size(), build_gate_param_table(mine.config.model).total());
+  EXPECT_EQ(warning, "");
+  std::string e = error_of([&] { load_gates(gates, other, nullptr); });
+  EXPECT_NE(e.find("gates trained for another model"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.n_kv_heads: 2 vs 4"), std::string::npos) << e;
+  e = error_of([&] { load_gates(ckpt_, mine, nullptr); });
+  EXPECT_NE(e.find("is a kvtrain-checkpoint file, not Fast KVzip gates"), std::string::npos) << e;
+  e = error_of([&] { load_model_checkpoint(gates); });
+  EXPECT_NE(e.find("is a kvtrain-gates file, expected a kvtrain-checkpoint file"), std::string::npos) << e;
+  // The same config with other weights: accepted, with a warning naming both checkpoints.
+  ModelCheckpoint retrained = mine;
+  retrained.sha256 = std::string(64, '0');
+  retrained.path = "elsewhere.h5";
+  load_gates(gates, retrained, &warning);
+  EXPECT_NE(warning.find("not on elsewhere.h5"), std::string::npos) << warning;
+  // A damaged gates file never loads.
+  const fs::path bad = dir_ / "files" / "bad";
+  fs::create_directories(bad);
+  fs::copy_file(gates, bad / "gates.h5");
+  fs::copy_file(gates + ".sha256", bad / "gates.h5.sha256");
+  {
+    std::fstream f(bad / "gates.h5", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(bad / "gates.h5") / 2));
+    f.put('\x5a');
+  }
+  e = error_of([&] { load_gates((bad / "gates.h5").string(), mine, nullptr); });
+  EXPECT_NE(e.find("SHA-256 mismatch"), std::string::npos) << e;
+
+  // The same through the CLI: one line, non-zero exit.
+  CmdResult r = run_kvtrain("eval --checkpoint " + quote(other_) + " --gates " + quote(gates) +
+                            " --policy gates --keep 0.5 --context 16");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("kvtrain: error: " + gates + ": gates trained for another model"), std::string::npos) << r.out;
+  r = run_kvtrain("eval --checkpoint " + quote(gates) + " --context 16");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("is a kvtrain-gates file"), std::string::npos) << r.out;
+  r = run_kvtrain("gates --checkpoint " + quote(gates));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("is a kvtrain-gates file"), std::string::npos) << r.out;
+}
+
+TEST_F(Gates, BadArgumentsGiveClearErrors) {
+  ASSERT_FALSE(ckpt_.empty());
+  const std::string ck = " --checkpoint " + quote(ckpt_);
+  struct Case {
+    std::string args, want;
+  };
+  const std::vector<Case> cases = {
+      {"gates" + ck + " --set gates.context=60",
+       "gates.context: 60 tokens: the KVzip input (context 60 + repeat prompt " + std::to_string(prompt_len_)},
+      {"gates" + ck + " --set gates.context=60", "more than model.max_seq_len 112"},
+      {"gates" + ck + " --set gates.optimizer=adam", "gates.optimizer: must be sgd or adamw"},
+      {"eval" + ck + " --keep 0", "--keep: the keep ratio must be in (0, 1], got 0"},
+      {"eval" + ck + " --keep 1.5", "--keep: the keep ratio must be in (0, 1], got 1.5"},
+      {"eval" + ck + " --keep 0.5,abc", "--keep: 'abc' is not a number"},
+      {"eval" + ck + " --context 60", "must fit model.max_seq_len 112"},
+      {"eval" + ck + " --policy gates --keep 0.5 --context 16", "--policy gates needs --gates FILE"},
+      {"eval" + ck + " --policy lru --context 16", "unknown eviction policy 'lru'"},
+  };
+  for (const Case& c : cases) {
+    const CmdResult r = run_kvtrain(c.args);
+    EXPECT_NE(r.rc, 0) << c.args;
+    EXPECT_NE(r.out.find(c.want), std::string::npos) << c.args << "\n" << r.out;
+  }
+}
+
+TEST_F(Gates, EvalKeepOneEqualsFullAndBytesFollowTheKeepRatio) {
+  ASSERT_FALSE(ckpt_.empty());
+  gate_config("eval_gates", 2);
+  const CmdResult g = run_kvtrain("gates --config " + quote((dir_ / "eval_gates.yaml").string()));
+  ASSERT_EQ(g.rc, 0) << g.out;
+  const fs::path json = dir_ / "eval.jsonl";
+  const CmdResult r = run_kvtrain("eval --checkpoint " + quote(ckpt_) + " --gates " +
+                                  quote((dir_ / "eval_gates" / "gates.h5").string()) +
+                                  " --policy full,gates,kvzip,recent,random --keep 1.0,0.5 --context " +
+                                  std::to_string(context_) + " --continuation 8 --contexts 2 --chunk 8" +
+                                  " --sinks 2 --recent 4 --json " + quote(json.string()));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream in(json);
+  std::vector<nlohmann::json> rows;
+  nlohmann::json targets;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("policy")) rows.push_back(j);
+    else targets = j;
+  }
+  ASSERT_EQ(rows.size(), 1u + 4u * 2u);
+  const nlohmann::json& full = rows[0];
+  ASSERT_EQ(full["policy"], "full");
+  for (const nlohmann::json& j : rows) {
+    SCOPED_TRACE(j.dump());
+    if (j["keep"].get<double>() == 1.0) {
+      EXPECT_NEAR(j["continuation_loss"].get<double>(), full["continuation_loss"].get<double>(), 1e-6);
+      EXPECT_NEAR(j["reconstruction_loss"].get<double>(), full["reconstruction_loss"].get<double>(), 1e-6);
+      EXPECT_EQ(j["kv_bytes_kept"], full["kv_bytes"]);
+    } else {
+      EXPECT_DOUBLE_EQ(j["kept_entries"].get<double>(), 0.5);
+      EXPECT_EQ(2 * j["kv_bytes_kept"].get<int64_t>(), j["kv_bytes"].get<int64_t>());
+    }
+  }
+  // KV bytes per context: P positions x 2 layers x 2 KV heads x d_h 8 x (K, V) x 4 bytes.
+  EXPECT_EQ(full["kv_bytes"].get<int64_t>(), int64_t{context_} * 2 * 2 * 8 * 2 * 4);
+  const double density = targets["targets_ge_0.05"].get<double>();
+  EXPECT_GT(density, 0.0);
+  EXPECT_LT(density, 1.0);
+  EXPECT_NE(r.out.find("KVzip targets:"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace kvt
