@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "train/config.h"
+#include "train/gate_config.h"
 
 namespace fs = std::filesystem;
 using kvt::RunConfig;
@@ -77,15 +78,22 @@ TEST(Config, EveryShippedConfigParses) {
   for (const auto& entry : fs::directory_iterator(configs_dir())) {
     if (entry.path().extension() != ".yaml") continue;
     SCOPED_TRACE(entry.path().string());
+    names.insert(entry.path().filename().string());
+    if (entry.path().filename().string().rfind("gates", 0) == 0) {  // gate configs (kvtrain gates)
+      kvt::GateRunConfig g;
+      ASSERT_NO_THROW(g = kvt::load_gate_config(entry.path().string()));
+      EXPECT_EQ(g.gates.context, 1024);
+      continue;
+    }
     RunConfig c;
     ASSERT_NO_THROW(c = kvt::load_run_config(entry.path().string()));
     EXPECT_LE(c.train.seq_len, c.model.max_seq_len);
     EXPECT_FALSE(c.data.train.empty());
     EXPECT_EQ(c.model.n_heads % c.model.n_kv_heads, 0);
-    names.insert(entry.path().filename().string());
   }
   for (const char* want : {"tiny.yaml", "tiny_gqa.yaml", "tiny_mqa.yaml", "gpt124m.yaml",
-                           "gpt350m.yaml", "gpt1.5b.yaml", "bench_25m.yaml"})
+                           "gpt350m.yaml", "gpt1.5b.yaml", "bench_25m.yaml", "gates.yaml",
+                           "tiny_long.yaml", "tiny_long_fusedkv.yaml"})
     EXPECT_TRUE(names.count(want)) << want << " is missing from configs/";
 }
 

@@ -1,6 +1,7 @@
 // tools/cmd_inspect.cpp — `kvtrain inspect CKPT.h5`: what a checkpoint holds (step, tokens, world
 // size, time, version, the model config, every tensor) and whether it verifies (SHA-256 sidecar,
-// Fletcher32 on every dataset, shapes against the parameter table its own config builds).
+// Fletcher32 on every dataset, shapes against the parameter table its own config builds). Gate
+// files (gates.h5) too: their frozen model's config and the gate table it builds.
 // A damaged checkpoint makes the command fail.
 #include <yaml-cpp/yaml.h>
 
@@ -16,6 +17,8 @@
 #include "tools/commands.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/gate_config.h"
+#include "train/gate_trainer.h"
 
 namespace kvt::cli {
 namespace {
@@ -68,12 +71,26 @@ void inspect(const std::string& path) {
   // cannot resume anything.
   std::string table_check;
   try {
-    const RunConfig cfg = parse_run_config(s.config_yaml, {}, path + ": /config");
+    // A gate file keeps its own config in /config and its frozen model's in /text/model_config.
+    const bool gates = s.format == kGatesFormatName;
+    const std::string* model_yaml = gates ? find_text(s.texts, kGateTextModelConfig) : &s.config_yaml;
+    if (!model_yaml) throw std::runtime_error(path + ": no /text/" + kGateTextModelConfig);
+    const RunConfig cfg = parse_run_config(*model_yaml, {}, path + (gates ? ": /text/model_config" : ": /config"));
+    if (gates) {
+      const GateRunConfig g = parse_gate_config(s.config_yaml, {}, path + ": /config");
+      const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
+      std::printf("gates of:    %s (model below), context %d, %s lr %g, %lld of %lld steps\n",
+                  from ? from->c_str() : "?", g.gates.context, g.gates.optimizer.c_str(), g.gates.lr,
+                  static_cast<long long>(s.step), static_cast<long long>(g.gates.steps));
+    }
     print_model_section(cfg);
     std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
     if (intact) {
-      checkpoint_read(path, build_param_table(cfg.model, cfg.train.decay_embeddings));
-      table_check = "; every tensor matches the config's parameter table";
+      checkpoint_read(path, gates ? build_gate_param_table(cfg.model)
+                                  : build_param_table(cfg.model, cfg.train.decay_embeddings),
+                      s.format);
+      table_check = gates ? "; every tensor matches the gate table of that model"
+                          : "; every tensor matches the config's parameter table";
     }
   } catch (const std::exception& e) {
     std::printf("config: %s\n", e.what());
