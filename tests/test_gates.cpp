@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "data/loader.h"
+#include "data/shard.h"
 #include "data/tokenizer.h"
 #include "kernels/common/rng.h"
 #include "model/gates.h"
@@ -332,6 +334,57 @@ TEST_F(Gates, StoppedAndResumedRunEqualsAnUninterruptedOneBitwise) {
     for (const char* k : {"val_loss", "accuracy", "recall", "target_density"}) EXPECT_TRUE(ev.contains(k)) << k;
     EXPECT_EQ(*find_text(sa.texts, kGateTextModelSha256), m.sha256);
   }
+}
+
+TEST_F(Gates, CachedContextsGiveBitwiseTheSameGates) {
+  ASSERT_FALSE(ckpt_.empty());
+  const std::string cache = (dir_ / "cache").string();
+  // A training shard of 3 windows (the first tokens of the real one): steps 4 to 9 are epochs 2
+  // and 3, read from the cache.
+  const ModelCheckpoint m = load_model_checkpoint(ckpt_);
+  const std::vector<std::string> shards = expand_glob(m.config.data.train);
+  std::vector<uint32_t> tokens;
+  {
+    WindowLoader all(shards, context_ - 1, m.config.model.vocab_size, 0, false);
+    std::vector<int32_t> w(static_cast<size_t>(context_));
+    for (int i = 0; i < 3; i++) {
+      all.read_window(static_cast<uint64_t>(i), w.data());
+      tokens.insert(tokens.end(), w.begin(), w.end());
+    }
+  }
+  const std::string small = (dir_ / "small_train.bin").string();
+  write_shard(small, tokens, 1);
+  const std::string extra = ", optimizer: adamw, lr: 0.05}\ndata: {train: '" + small + "'";
+  GateTrainer plain(gate_config("plain", 9, extra));
+  GateTrainer cached(gate_config("cached", 9, ", cache_dir: '" + cache + "'" + extra));
+  for (int i = 0; i < 9; i++) {
+    EXPECT_EQ(plain.step().loss, cached.step().loss) << "step " << i + 1;
+  }
+  EXPECT_EQ(plain.gates().params_to_host(), cached.gates().params_to_host());
+  const GateEvalStats a = plain.evaluate(), b = cached.evaluate(), c = cached.evaluate();
+  EXPECT_EQ(a.loss, b.loss);
+  EXPECT_EQ(b.loss, c.loss);  // the second eval reads the cached held-out contexts
+  size_t train_files = 0, val_files = 0;
+  for (const auto& e : fs::directory_iterator(cache)) {
+    const std::string n = e.path().filename().string();
+    train_files += n.rfind("train_", 0) == 0;
+    val_files += n.rfind("val_", 0) == 0;
+  }
+  EXPECT_EQ(train_files, 3u);
+  EXPECT_EQ(val_files, 3u);
+  // A cache of another context length is refused, not reused.
+  const std::string e = [&] {
+    try {
+      GateRunConfig c = gate_config("other_cache", 1);
+      c.gates.context = 16;
+      c.gates.cache_dir = cache;
+      GateTrainer other(c);
+    } catch (const std::exception& ex) {
+      return std::string(ex.what());
+    }
+    return std::string("no error");
+  }();
+  EXPECT_NE(e.find("holds the contexts of another model, context length, prompt or data"), std::string::npos) << e;
 }
 
 std::string error_of(const std::function<void()>& f) {

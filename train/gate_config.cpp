@@ -34,6 +34,7 @@ constexpr Field kGateFields[] = {
     KVT_FIELD(gates, backend),
     KVT_FIELD(gates, threads),
     KVT_FIELD(gates, resume),
+    KVT_FIELD(gates, cache_dir),
 
     KVT_FIELD(data, train),
     KVT_FIELD(data, val),

@@ -34,6 +34,10 @@ struct GateTrainConfig {
   std::string backend = "cpu";    // cpu | cuda
   int threads = 0;                // OpenMP threads; 0 = automatic
   std::string resume = "never";   // never | auto (newest valid checkpoint of output.dir)
+  // "" = every step runs the frozen model; else the targets and gate inputs of each context are
+  // stored here once (about 4 x storage layers x context x d_model bytes each) and read back in
+  // later epochs and evals, which then cost no model forward. Same results, bitwise.
+  std::string cache_dir;
 };
 
 struct GateRunConfig {

@@ -188,6 +188,71 @@ class GateTrainer::Optimizer {
   int64_t t_ = 0;
 };
 
+// ---- the context cache ----------------------------------------------------------------------
+
+// One file per context, <dir>/<split>_<window>.bin: a header of 8 int64 (magic, P, C, layers,
+// decisions, 0, 0, 0), the gate inputs [layers, P, C] and the targets [layers, decisions, P], all
+// little-endian float32. <dir>/KEY says what they were computed from (the model's SHA-256, the
+// context length, the repeat prompt's ids, the shards); a directory with another KEY is an error,
+// never reused. Files are written to a temporary name and renamed, so a killed run leaves none
+// half-written; a file of the wrong size is an error naming it.
+class GateTrainer::ContextCache {
+ public:
+  ContextCache(std::string dir, const std::string& key, int64_t P, int64_t C, int64_t layers, int64_t M)
+      : dir_(std::move(dir)), header_{kMagic, P, C, layers, M, 0, 0, 0} {
+    namespace fs = std::filesystem;
+    fs::create_directories(dir_);
+    const std::string key_path = dir_ + "/KEY";
+    if (fs::exists(key_path)) {
+      std::ifstream in(key_path, std::ios::binary);
+      const std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (have != key)
+        throw std::runtime_error("gates.cache_dir " + dir_ + " holds the contexts of another model, context "
+                                 "length, prompt or data (see its KEY): delete it or choose another directory");
+    } else {
+      write_atomic(key_path, {key.data(), key.size()});
+    }
+  }
+
+  bool load(const std::string& name, std::vector<float>& hidden, std::vector<float>& targets) const {
+    const std::string path = dir_ + "/" + name + ".bin";
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return false;
+    int64_t h[8];
+    in.read(reinterpret_cast<char*>(h), sizeof h);
+    if (!in || !std::equal(h, h + 8, header_))
+      throw std::runtime_error(path + ": not a context of this gate run (header differs); delete gates.cache_dir");
+    hidden.resize(static_cast<size_t>(header_[3] * header_[1] * header_[2]));
+    targets.resize(static_cast<size_t>(header_[3] * header_[4] * header_[1]));
+    in.read(reinterpret_cast<char*>(hidden.data()), static_cast<std::streamsize>(hidden.size() * sizeof(float)));
+    in.read(reinterpret_cast<char*>(targets.data()), static_cast<std::streamsize>(targets.size() * sizeof(float)));
+    if (!in || in.peek() != std::char_traits<char>::eof())
+      throw std::runtime_error(path + ": truncated or oversized context file; delete gates.cache_dir");
+    return true;
+  }
+
+  void store(const std::string& name, const std::vector<float>& hidden, const std::vector<float>& targets) const {
+    std::string bytes(reinterpret_cast<const char*>(header_), sizeof header_);
+    bytes.append(reinterpret_cast<const char*>(hidden.data()), hidden.size() * sizeof(float));
+    bytes.append(reinterpret_cast<const char*>(targets.data()), targets.size() * sizeof(float));
+    write_atomic(dir_ + "/" + name + ".bin", bytes);
+  }
+
+ private:
+  static constexpr int64_t kMagic = 0x6b767a6970637478;  // "kvzipctx"
+  static void write_atomic(const std::string& path, std::string_view bytes) {
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      if (!out) throw std::runtime_error(tmp + ": cannot write (gates.cache_dir)");
+    }
+    std::filesystem::rename(tmp, path);
+  }
+  std::string dir_;
+  int64_t header_[8];
+};
+
 // ---- the trainer ----------------------------------------------------------------------------
 
 GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
@@ -238,23 +303,54 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
   val_data_ = std::make_unique<WindowLoader>(files_of("data.val", cfg_.data.val), P - 1, m.vocab_size,
                                              g.seed, /*shuffle=*/false);
   window_.resize(static_cast<size_t>(P));
+
+  if (!g.cache_dir.empty()) {
+    std::ostringstream key;
+    key << "model_sha256 " << frozen_.sha256 << "\ncontext " << P << "\nprompt";
+    for (int32_t t : prompt_) key << " " << t;
+    for (const auto* d : {train_data_.get(), val_data_.get()}) {
+      key << "\nshards";
+      for (const std::string& f : d->files()) key << " " << std::filesystem::absolute(f).string();
+    }
+    key << "\n";
+    cache_ = std::make_unique<ContextCache>(g.cache_dir, key.str(), P, m.d_model,
+                                            static_cast<int64_t>(layers_.size()), gate_decisions(m));
+    hidden_buf_ = Buffer<float>(*ops_, layers_.size() * static_cast<size_t>(P) * m.d_model);
+  }
+  hidden_.resize(layers_.size());
 }
 
 GateTrainer::~GateTrainer() = default;
 
-double GateTrainer::score_context(std::span<const int32_t> context, bool backward, float grad_scale,
-                                  GateEvalAccumulator* acc) {
-  scorer_->run(context, prompt_);
-  const int P = static_cast<int>(context.size()), M = gate_decisions(model_->config());
-  const std::vector<float>& targets = scorer_->scores();  // [layer][M][P]
+void GateTrainer::load_context(WindowLoader& data, const std::string& split, uint64_t w) {
+  const size_t P = static_cast<size_t>(cfg_.gates.context), C = static_cast<size_t>(model_->config().d_model);
+  const std::string name = split + "_" + std::to_string(w);
+  if (cache_ && cache_->load(name, hidden_host_, targets_)) {
+    ops_->to_device(hidden_buf_.data(), hidden_host_.data(), hidden_host_.size() * sizeof(float));
+    for (size_t i = 0; i < layers_.size(); i++) hidden_[i] = hidden_buf_.data() + i * P * C;
+    return;
+  }
+  data.read_window(w, window_.data());
+  scorer_->run(window_, prompt_);
+  targets_ = scorer_->scores();
+  for (size_t i = 0; i < layers_.size(); i++) hidden_[i] = scorer_->hidden(static_cast<int>(i));
+  if (!cache_) return;
+  hidden_host_.resize(layers_.size() * P * C);
+  for (size_t i = 0; i < layers_.size(); i++)
+    ops_->to_host(hidden_host_.data() + i * P * C, hidden_[i], P * C * sizeof(float));
+  cache_->store(name, hidden_host_, targets_);
+}
+
+double GateTrainer::score_context(bool backward, float grad_scale, GateEvalAccumulator* acc) {
+  const int P = cfg_.gates.context, M = gate_decisions(model_->config());
   std::vector<float> all_scores, all_targets;
   double loss = 0;
   std::vector<float> t(static_cast<size_t>(P) * M), ds;
   for (size_t i = 0; i < layers_.size(); i++) {
-    const std::vector<float> s = gates_->forward(layers_[i], scorer_->hidden(static_cast<int>(i)), P);
+    const std::vector<float> s = gates_->forward(layers_[i], hidden_[i], P);
     for (int m = 0; m < M; m++)
       for (int p = 0; p < P; p++)
-        t[static_cast<size_t>(p) * M + m] = targets[(i * M + m) * static_cast<size_t>(P) + p];
+        t[static_cast<size_t>(p) * M + m] = targets_[(i * M + m) * static_cast<size_t>(P) + p];
     // Loss: BCE mean over tokens, summed over the M decisions: M x the mean over (token, decision).
     loss += M * bce_loss(s, t, backward ? &ds : nullptr);
     if (backward) {
@@ -276,8 +372,8 @@ GateTrainer::StepResult GateTrainer::step() {
   gates_->zero_grads();
   double loss = 0;
   for (int b = 0; b < B; b++) {
-    train_data_->read_samples(static_cast<uint64_t>(step_) * B + b, 1, window_.data());
-    loss += score_context(window_, /*backward=*/true, 1.0f / static_cast<float>(B), nullptr);
+    load_context(*train_data_, "train", train_data_->window_of_sample(static_cast<uint64_t>(step_) * B + b));
+    loss += score_context(/*backward=*/true, 1.0f / static_cast<float>(B), nullptr);
   }
   StepResult r;
   r.loss = loss / B;
@@ -294,8 +390,8 @@ GateEvalStats GateTrainer::evaluate() {
   GateEvalAccumulator acc(g.threshold, g.recall_top);
   const uint64_t n = std::min<uint64_t>(static_cast<uint64_t>(g.eval_contexts), val_data_->num_windows());
   for (uint64_t w = 0; w < n; w++) {
-    val_data_->read_window(w, window_.data());
-    score_context(window_, /*backward=*/false, 0.0f, &acc);
+    load_context(*val_data_, "val", w);
+    score_context(/*backward=*/false, 0.0f, &acc);
   }
   return acc.result();
 }

@@ -107,10 +107,14 @@ class GateTrainer {
 
  private:
   class Optimizer;
+  class ContextCache;
   CheckpointState state() const;
-  // Targets and scores of one context into the accumulator / gradients; returns its loss.
-  double score_context(std::span<const int32_t> context, bool backward, float grad_scale,
-                       GateEvalAccumulator* acc);
+  // Makes window w of `data` the current context: targets_ and hidden_ from the cache, or from a
+  // forward of the frozen model (then cached, when a cache is set).
+  void load_context(WindowLoader& data, const std::string& split, uint64_t w);
+  // Gate scores of the current context against its targets: into the accumulator, or gradients
+  // (scaled by grad_scale). Returns its loss.
+  double score_context(bool backward, float grad_scale, GateEvalAccumulator* acc);
 
   GateRunConfig cfg_;
   ModelCheckpoint frozen_;
@@ -119,9 +123,15 @@ class GateTrainer {
   std::unique_ptr<KvzipScorer> scorer_;
   std::unique_ptr<GateModel> gates_;
   std::unique_ptr<Optimizer> opt_;
+  std::unique_ptr<ContextCache> cache_;
   std::unique_ptr<WindowLoader> train_data_, val_data_;
   std::vector<int32_t> prompt_, window_;
   std::vector<int> layers_;
+  // The current context: targets [layer][M][P] (host) and each storage layer's gate input [P, C]
+  // (backend memory: the scorer's activations, or hidden_buf_ when read from the cache).
+  std::vector<float> targets_, hidden_host_;
+  std::vector<const float*> hidden_;
+  Buffer<float> hidden_buf_;
   int64_t step_ = 0;
 };
 

@@ -12,7 +12,8 @@ tests/gatedump was built) and KVT_SOURCE_DIR. Two groups:
     (the gates read the reference's own float64 hidden states, so the whole chain is checked).
 
 Tolerances (kvtrain in fp32, the reference in float64):
-  KVzip targets: 1e-6 absolute;  gate scores: 1e-6 absolute;  gate loss: 1e-6 relative;
+  KVzip targets: 1e-5 absolute (attention probabilities through up to 4 fp32 layers);
+  gate scores: 1e-6 absolute;  gate loss: 1e-6 relative;
   gate gradients: per tensor, max |g_ref - g_kvt| <= 1e-5 * max(1, max |g_ref|).
 """
 

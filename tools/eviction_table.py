@@ -1,0 +1,65 @@
+"""Markdown table of `kvtrain eval --json` results (tools/run_kvzip.sh): one column pair per run
+directory (its eviction.jsonl), one row per (policy, keep), plus the gates' held-out metrics from the
+run's gates/metrics.jsonl and how sparse the KVzip targets are.
+
+    /usr/bin/python3 tools/eviction_table.py runs/tiny_long runs/tiny_long_fusedkv
+"""
+
+import json
+import os
+import sys
+
+POLICIES = ["full", "kvzip", "gates", "recent", "random"]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(run_dirs):
+    runs = []
+    for d in run_dirs:
+        recs = read_jsonl(os.path.join(d, "eviction.jsonl"))
+        rows = {(r["policy"], r["keep"]): r for r in recs if "policy" in r}
+        sparsity = next((r for r in recs if "targets_ge_0.05" in r), None)
+        gate_evals = [r for r in read_jsonl(os.path.join(d, "gates", "metrics.jsonl"))
+                      if r.get("kind") == "eval"]
+        runs.append((os.path.basename(d.rstrip("/")), rows, sparsity, gate_evals[-1] if gate_evals else None))
+
+    keeps = sorted({k for _, rows, _, _ in runs for (_, k) in rows}, reverse=True)
+    head = "| policy | keep |" + "".join(f" {n}: continuation | {n}: reconstruction | {n}: KV bytes kept |"
+                                         for n, *_ in runs)
+    print(head)
+    print("|---|---:|" + "---:|---:|---:|" * len(runs))
+    for p in POLICIES:
+        for k in keeps:
+            cells = []
+            for _, rows, _, _ in runs:
+                r = rows.get((p, k))
+                if r is None:
+                    cells.append(None)
+                else:
+                    cells.append(f" {r['continuation_loss']:.4f} | {r['reconstruction_loss']:.4f} | "
+                                 f"{r['kv_bytes_kept']:,} ({100 * r['kv_bytes_kept'] / r['kv_bytes']:.1f}%) |")
+            if all(c is None for c in cells):
+                continue
+            print(f"| {p} | {k:.2f} |" + "".join(c or " - | - | - |" for c in cells))
+    print()
+    for name, rows, sparsity, gate_eval in runs:
+        any_row = next(iter(rows.values()))
+        line = f"- {name}: {any_row['contexts']} held-out contexts of {any_row['context']} tokens"
+        if sparsity:
+            line += (f"; KVzip targets >= 0.05: {100 * sparsity['targets_ge_0.05']:.2f}% of entries, "
+                     f">= 0.01: {100 * sparsity['targets_ge_0.01']:.2f}%")
+        if gate_eval:
+            line += (f"; gates after {gate_eval['step']} steps: held-out BCE {gate_eval['val_loss']:.4f}, "
+                     f"accuracy@0.05 {gate_eval['accuracy']:.4f}, recall of the top 30% "
+                     f"{gate_eval['recall']:.4f}")
+        print(line)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
