@@ -13,11 +13,7 @@ bash tools/setup.sh
 BUILD_TARGET=kvtrain bash tools/build.sh
 KVTRAIN=${BUILD_DIR:-build}/kvtrain
 
-if [ ! -f datasets/kjv/stats.json ]; then
-  mkdir -p datasets/kjv
-  bible -f "Genesis 1:1-Revelation 22:21" | sed -E 's/^[0-9A-Za-z]+[0-9]+:[0-9]+ //' > datasets/kjv/kjv.txt
-  "$KVTRAIN" prepare --input datasets/kjv/kjv.txt --out datasets/kjv --vocab-size 4096
-fi
+bash tools/prepare_kjv.sh "$KVTRAIN"
 
 for model in tiny_long tiny_long_fusedkv; do
   run=runs/$model

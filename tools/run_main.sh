@@ -11,12 +11,7 @@ bash tools/setup.sh
 BUILD_TARGET=kvtrain bash tools/build.sh
 KVTRAIN=${BUILD_DIR:-build}/kvtrain
 
-if [ ! -f datasets/kjv/stats.json ]; then
-  mkdir -p datasets/kjv
-  # Genesis to Revelation, with the verse labels ("Ge1:1 ") removed: plain English prose.
-  bible -f "Genesis 1:1-Revelation 22:21" | sed -E 's/^[0-9A-Za-z]+[0-9]+:[0-9]+ //' > datasets/kjv/kjv.txt
-  "$KVTRAIN" prepare --input datasets/kjv/kjv.txt --out datasets/kjv --vocab-size 4096
-fi
+bash tools/prepare_kjv.sh "$KVTRAIN"
 echo "corpus: $(grep -o '"bigram_entropy[^,]*' datasets/kjv/stats.json)"
 
 "$KVTRAIN" train --config "$CONFIG" --set output.dir="$RUN" "$@"

@@ -503,9 +503,7 @@ int64_t GateTrainer::run(std::ostream& out, bool resume, int64_t stop_after) {
       out << "gates " << path << std::endl;
     }
     if (stop) {
-      if (stop_signal()) out << "stopped by signal " << stop_signal();
-      else out << "stopped as asked (--stop-after)";
-      out << " at step " << step_ << "; continue with --resume" << std::endl;
+      out << stop_message(step_) << std::endl;
       break;
     }
   }

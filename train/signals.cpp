@@ -27,4 +27,10 @@ void install_stop_signals() {
 
 int stop_signal() { return g_stop; }
 
+std::string stop_message(int64_t step) {
+  const std::string why = stop_signal() ? "stopped by signal " + std::to_string(stop_signal())
+                                        : std::string("stopped as asked (--stop-after)");
+  return why + " at step " + std::to_string(step) + "; continue with --resume";
+}
+
 }  // namespace kvt

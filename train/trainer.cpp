@@ -297,11 +297,7 @@ int64_t Trainer::run(std::ostream& out, bool resume, int64_t stop_after) {
       if (leader) out << "checkpoint " << cfg_.output.dir << "/" << checkpoint_file_name(step_) << std::endl;
     }
     if (stop) {
-      if (leader) {
-        if (stop_signal()) out << "stopped by signal " << stop_signal();
-        else out << "stopped as asked (--stop-after)";
-        out << " at step " << step_ << "; continue with --resume" << std::endl;
-      }
+      if (leader) out << stop_message(step_) << std::endl;
       break;
     }
   }

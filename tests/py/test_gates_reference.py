@@ -20,7 +20,6 @@ Tolerances (kvtrain in fp32, the reference in float64):
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_model as ref  # noqa: E402
 import reference_gates as rg  # noqa: E402
+import dump_tools  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -53,33 +53,14 @@ SEED = 11
 SUMMARY = []
 
 
-def yaml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def write_config(path, model):
-    lines = ["model:"] + [f"  {k}: {yaml_value(v)}" for k, v in model.items()]
-    lines += ["train:", "  batch_size: 1", f"  seq_len: {2 * P + Q}", "  grad_accum: 1",
-              f"  seed: {SEED}"]
-    lines += ["data:", "  train: unused-by-gatedump/*.bin"]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def run_gatedump(tmp, model, tag, context=P, prompt_len=Q, seed=SEED):
     cfg_path = os.path.join(tmp, f"{tag}.yaml")
-    write_config(cfg_path, model)
+    dump_tools.write_config(cfg_path, model, 1, 2 * P + Q, SEED)
     out = os.path.join(tmp, f"{tag}.safetensors")
     cmd = [GATEDUMP, "--config", cfg_path, "--out", out, "--context", str(context),
            "--prompt-len", str(prompt_len), "--seed", str(seed),
            "--perturb-norms", str(PERTURB_NORMS)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"gatedump failed ({proc.returncode}): {' '.join(cmd)}\n"
-                             f"{proc.stdout}{proc.stderr}")
-    return ref.read_safetensors(out)
+    return dump_tools.run_dump(cmd, out)
 
 
 def max_abs(a):

@@ -22,7 +22,6 @@ Tolerances (kvtrain computes in fp32, the reference in float64):
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_model as ref  # noqa: E402
+import dump_tools  # noqa: E402
 
 # Tiny tensors: one thread is fastest, and spinning OpenMP workers slow a loaded machine down.
 torch.set_num_threads(1)
@@ -57,33 +57,14 @@ SUMMARY = []  # lines printed at the end
 KV_LEAN_NAMES = ("k_proj", "v_proj", "fuse_", "_shared", "_down", "_up.")
 
 
-def yaml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def write_config(path, model):
-    lines = ["model:"] + [f"  {k}: {yaml_value(v)}" for k, v in model.items()]
-    lines += ["train:", f"  batch_size: {B}", f"  seq_len: {T}", "  grad_accum: 1", "  seed: 7"]
-    lines += ["data:", "  train: unused-by-refdump/*.bin"]  # required key; refdump reads no data
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def run_refdump(tmp, model, tag, batch, accum, seed=7, extra=()):
     cfg_path = os.path.join(tmp, f"{tag}.yaml")
-    write_config(cfg_path, model)
+    dump_tools.write_config(cfg_path, model, B, T, 7)
     out = os.path.join(tmp, f"{tag}.safetensors")
     cmd = [REFDUMP, "--config", cfg_path, "--out", out, "--batch", str(batch), "--seq", str(T),
            "--accum", str(accum), "--seed", str(seed), "--perturb-norms", str(PERTURB_NORMS),
            *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"refdump failed ({proc.returncode}): {' '.join(cmd)}\n"
-                             f"{proc.stdout}{proc.stderr}")
-    tensors, meta = ref.read_safetensors(out)
-    return tensors, meta
+    return dump_tools.run_dump(cmd, out)
 
 
 def split_dump(tensors):
