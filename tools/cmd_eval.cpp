@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "data/loader.h"
-#include "data/tokenizer.h"
 #include "kernels/common/rng.h"
 #include "model/eviction.h"
 #include "model/gates.h"
@@ -99,7 +98,7 @@ void run_eval(const EvalArgs& a) {
   const ModelConfig& m = model.config.model;
   const std::string tok_path = a.tokenizer.empty() ? model.config.data.tokenizer : a.tokenizer;
   if (tok_path.empty()) throw std::invalid_argument(a.checkpoint + ": its config has no data.tokenizer; give --tokenizer");
-  const std::vector<int32_t> prompt = Tokenizer(tok_path).encode(a.prompt);
+  const std::vector<int32_t> prompt = repeat_prompt_tokens(tok_path, a.prompt, m.vocab_size);
   const int P = a.context, N = a.continuation, Q = static_cast<int>(prompt.size());
   if (std::max(P + N, 2 * P + Q) > m.max_seq_len)
     throw std::invalid_argument("--context " + std::to_string(P) + ": context + continuation (" +

@@ -77,6 +77,18 @@ GateEvalStats GateEvalAccumulator::result() const {
   return s;
 }
 
+std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
+                                          int vocab_size) {
+  const std::vector<int32_t> ids = Tokenizer(tokenizer_path).encode(text);
+  if (ids.empty()) throw std::invalid_argument("the repeat prompt encodes to no tokens with " + tokenizer_path);
+  for (int32_t id : ids)
+    if (id < 0 || id >= vocab_size)
+      throw std::invalid_argument("tokenizer " + tokenizer_path + " encodes the repeat prompt to id " +
+                                  std::to_string(id) + ", outside the model's vocab_size " +
+                                  std::to_string(vocab_size) + " (a tokenizer of another model?)");
+  return ids;
+}
+
 // ---- gate files -----------------------------------------------------------------------------
 
 namespace {
@@ -270,8 +282,7 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
       throw std::invalid_argument(std::string(key) + ": not set in the gate config, nor in " + g.checkpoint);
   }
 
-  const Tokenizer tok(cfg_.data.tokenizer);
-  prompt_ = tok.encode(g.repeat_prompt);
+  prompt_ = repeat_prompt_tokens(cfg_.data.tokenizer, g.repeat_prompt, m.vocab_size);
   const int P = g.context, Q = static_cast<int>(prompt_.size()), T = 2 * P + Q;
   if (P < 2) throw std::invalid_argument("gates.context: must be >= 2, got " + std::to_string(P));
   if (T > m.max_seq_len)
@@ -475,9 +486,9 @@ int64_t GateTrainer::run(std::ostream& out, bool resume, int64_t stop_after) {
                                {"tokens_per_s", tokens_per_step / dt}, {"step_time_s", dt}});
     const double eta = elapsed / static_cast<double>(step_ - first) * static_cast<double>(g.steps - step_);
     char line[256];
-    std::snprintf(line, sizeof line, "gates step %6lld/%lld | loss %.4f | lr %.3e | %.0f context tok/s | ETA %.0fs",
+    std::snprintf(line, sizeof line, "gates step %6lld/%lld | loss %.4f | lr %.3e | %.0f context tok/s | ETA %s",
                   static_cast<long long>(step_), static_cast<long long>(g.steps), r.loss, r.lr,
-                  tokens_per_step / dt, eta);
+                  tokens_per_step / dt, format_duration(eta).c_str());
     out << line << std::endl;
     const bool last = step_ == g.steps;
     const bool stop = stop_signal() != 0 || step_ == stop_after;

@@ -60,6 +60,11 @@ class GateEvalAccumulator {
   int contexts_ = 0;
 };
 
+// The repeat prompt's ids with the SentencePiece model at tokenizer_path (no BOS). Throws naming
+// the tokenizer when the text encodes to nothing or to ids the model cannot embed.
+std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
+                                          int vocab_size);
+
 // The texts a gate file stores about its frozen model (CheckpointState::texts).
 inline constexpr const char* kGateTextModelConfig = "model_config";      // its resolved run config
 inline constexpr const char* kGateTextModelCheckpoint = "model_checkpoint";  // its path

@@ -19,15 +19,13 @@
 
 namespace kvt {
 
-namespace {
-std::string fmt_duration(double s) {
+std::string format_duration(double s) {
   char b[32];
   const long t = static_cast<long>(s + 0.5);
   if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
   else std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
   return b;
 }
-}  // namespace
 
 int configure_threads(int threads, int local_ranks) {
   int n = threads;
@@ -278,7 +276,7 @@ int64_t Trainer::run(std::ostream& out, bool resume, int64_t stop_after) {
       std::snprintf(line, sizeof line,
                     "step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | %.2f GFLOP/s | ETA %s",
                     static_cast<long long>(step_), static_cast<long long>(t.steps), r.loss, r.lr,
-                    r.grad_norm, rec.tokens_per_s, rec.flops_per_s * 1e-9, fmt_duration(eta).c_str());
+                    r.grad_norm, rec.tokens_per_s, rec.flops_per_s * 1e-9, format_duration(eta).c_str());
       out << line << std::endl;
     }
     const bool last = step_ == t.steps;

@@ -94,6 +94,9 @@ class Trainer {
 // and the numbers when world does not divide it.
 int per_rank_batch_size(const TrainConfig& t, int world);
 
+// "1h05m" or "4m07s": the ETA of progress lines.
+std::string format_duration(double seconds);
+
 // Sets OpenMP (and so OpenBLAS) threads and returns the count: `threads` if > 0; else
 // OMP_NUM_THREADS if set; else max(1, min(cores / local_ranks, cores this process may run on)) —
 // the second term follows a launcher's binding (mpirun binds each rank to one core when np <= 2).
