@@ -6,7 +6,7 @@
 // from the evicted cache, for every (policy, keep ratio). Prints a table: mean losses (per token,
 // nats), the kept share of cache entries and the KV bytes the evicted cache still holds, measured
 // from the cache's keep-mask. With kvzip in the policies it also reports how sparse the oracle
-// KVzip scores are. --json writes one record per row.
+// KVzip scores are. --json writes one record per row, with the per-context losses too.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -75,6 +75,7 @@ std::vector<double> parse_keeps(const std::string& s) {
 struct Row {
   EvictPolicy policy;
   double keep;
+  std::vector<double> cont_losses{}, rec_losses{};  // per context (mean nats per token)
   double cont_nll = 0, rec_nll = 0;
   int64_t cont_tokens = 0, rec_tokens = 0, entries = 0, kept = 0;
   size_t bytes = 0, bytes_kept = 0;
@@ -172,6 +173,8 @@ void run_eval(const EvalArgs& a) {
       opt.chunk = inf.max_chunk();
       opt.seed = derive_seed(a.seed, static_cast<uint64_t>(c));
       const EvictionResult e = evaluate_eviction(inf, opt, context, cont, prompt, gates.get(), oracle);
+      r.cont_losses.push_back(e.continuation_loss);
+      r.rec_losses.push_back(e.reconstruction_loss);
       r.cont_nll += e.continuation_loss * e.continuation_tokens;
       r.rec_nll += e.reconstruction_loss * e.reconstruction_tokens;
       r.cont_tokens += e.continuation_tokens;
@@ -204,7 +207,8 @@ void run_eval(const EvalArgs& a) {
                              {"continuation_loss", cont}, {"reconstruction_loss", rec},
                              {"kept_entries", kept}, {"kv_bytes_kept", r.bytes_kept / n_ctx},
                              {"kv_bytes", r.bytes / n_ctx}, {"contexts", n_ctx}, {"context", P},
-                             {"continuation", N}, {"checkpoint", a.checkpoint}, {"gates", a.gates}}
+                             {"continuation", N}, {"checkpoint", a.checkpoint}, {"gates", a.gates},
+                             {"continuation_losses", r.cont_losses}, {"reconstruction_losses", r.rec_losses}}
                   .dump()
            << "\n";
   }

@@ -1,11 +1,13 @@
-"""Markdown table of `kvtrain eval --json` results (tools/run_kvzip.sh): one column pair per run
-directory (its eviction.jsonl), one row per (policy, keep), plus the gates' held-out metrics from the
-run's gates/metrics.jsonl and how sparse the KVzip targets are.
+"""Markdown tables of `kvtrain eval --json` results (tools/run_kvzip.sh): one table per run
+directory (its eviction.jsonl), one row per (policy, keep), plus the gates' held-out metrics
+from the run's gates/metrics.jsonl and how sparse the KVzip targets are. Each loss is shown with
+its paired difference to the full cache over the same contexts, mean +- standard error.
 
     /usr/bin/python3 tools/eviction_table.py runs/tiny_long runs/tiny_long_fusedkv
 """
 
 import json
+import math
 import os
 import sys
 
@@ -15,6 +17,24 @@ POLICIES = ["full", "kvzip", "gates", "recent", "random"]
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def paired(values, full):
+    """Mean and standard error of values[i] - full[i]."""
+    d = [v - f for v, f in zip(values, full)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def cell(r, full, what):
+    """what: "continuation" or "reconstruction"."""
+    text = f"{r[what + '_loss']:.4f}"
+    if r["policy"] != "full":
+        m, se = paired(r[what + "_losses"], full[what + "_losses"])
+        text += f" ({m:+.4f} ± {se:.4f})"
+    return text
 
 
 def main(run_dirs):
@@ -28,24 +48,19 @@ def main(run_dirs):
         runs.append((os.path.basename(d.rstrip("/")), rows, sparsity, gate_evals[-1] if gate_evals else None))
 
     keeps = sorted({k for _, rows, _, _ in runs for (_, k) in rows}, reverse=True)
-    head = "| policy | keep |" + "".join(f" {n}: continuation | {n}: reconstruction | {n}: KV bytes kept |"
-                                         for n, *_ in runs)
-    print(head)
-    print("|---|---:|" + "---:|---:|---:|" * len(runs))
-    for p in POLICIES:
-        for k in keeps:
-            cells = []
-            for _, rows, _, _ in runs:
+    for name, rows, _, _ in runs:
+        full = rows[("full", 1.0)]
+        print(f"**{name}** (loss in nats per token; in brackets the paired difference to the full cache)\n")
+        print("| policy | keep | continuation loss | reconstruction loss | KV bytes kept per context |")
+        print("|---|---:|---:|---:|---:|")
+        for p in POLICIES:
+            for k in keeps:
                 r = rows.get((p, k))
                 if r is None:
-                    cells.append(None)
-                else:
-                    cells.append(f" {r['continuation_loss']:.4f} | {r['reconstruction_loss']:.4f} | "
-                                 f"{r['kv_bytes_kept']:,} ({100 * r['kv_bytes_kept'] / r['kv_bytes']:.1f}%) |")
-            if all(c is None for c in cells):
-                continue
-            print(f"| {p} | {k:.2f} |" + "".join(c or " - | - | - |" for c in cells))
-    print()
+                    continue
+                print(f"| {p} | {k:.2f} | {cell(r, full, 'continuation')} | {cell(r, full, 'reconstruction')} | "
+                      f"{r['kv_bytes_kept']:,} ({100 * r['kv_bytes_kept'] / r['kv_bytes']:.1f}%) |")
+        print()
     for name, rows, sparsity, gate_eval in runs:
         any_row = next(iter(rows.values()))
         line = f"- {name}: {any_row['contexts']} held-out contexts of {any_row['context']} tokens"

@@ -4,11 +4,11 @@
 # (configs/tiny_long*.yaml; skipped when the run directory already has its final checkpoint),
 # train gates on the frozen model (configs/gates.yaml, forward-only), then evaluate every policy
 # at keep ratios 1.0, 0.5, 0.3 and 0.2 on held-out contexts of 1024 tokens, and write the table.
-#   GATE_STEPS=5000 CONTEXTS=16 bash tools/run_kvzip.sh
+#   GATE_STEPS=5000 CONTEXTS=40 bash tools/run_kvzip.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GATE_STEPS=${GATE_STEPS:-5000}
-CONTEXTS=${CONTEXTS:-16}
+CONTEXTS=${CONTEXTS:-40}
 bash tools/setup.sh
 BUILD_TARGET=kvtrain bash tools/build.sh
 KVTRAIN=${BUILD_DIR:-build}/kvtrain
