@@ -165,8 +165,5 @@ def gate_loss(cfg, gparams, hidden, targets):
 
 
 def gate_loss_and_grads(cfg, gparams, hidden, targets):
-    leaves = {n: t.detach().to(DTYPE).clone().requires_grad_(True) for n, t in gparams.items()}
-    loss, scores = gate_loss(cfg, leaves, hidden, targets)
-    names = list(leaves)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in names])
-    return loss.detach(), scores.detach(), dict(zip(names, grads))
+    """Loss, scores and the gradient of every gate parameter (autograd, float64)."""
+    return ref.value_and_grads(lambda p: gate_loss(cfg, p, hidden, targets), gparams)

@@ -285,13 +285,19 @@ def loss_fn(cfg, params, inputs, targets):
     return loss, logits
 
 
-def loss_and_grads(cfg, params, inputs, targets):
-    """Loss, logits and d loss / d param for every parameter (autograd, float64)."""
+def value_and_grads(fn, params):
+    """fn(params) -> (loss, aux); returns loss, aux and d loss / d param for every parameter
+    (autograd, float64)."""
     leaves = {n: t.detach().to(DTYPE).clone().requires_grad_(True) for n, t in params.items()}
-    loss, logits = loss_fn(cfg, leaves, inputs, targets)
+    loss, aux = fn(leaves)
     names = list(leaves)
     grads = torch.autograd.grad(loss, [leaves[n] for n in names])
-    return loss.detach(), logits.detach(), dict(zip(names, grads))
+    return loss.detach(), aux.detach(), dict(zip(names, grads))
+
+
+def loss_and_grads(cfg, params, inputs, targets):
+    """Loss, logits and d loss / d param for every parameter (autograd, float64)."""
+    return value_and_grads(lambda p: loss_fn(cfg, p, inputs, targets), params)
 
 
 # ---- safetensors (minimal reader) ----------------------------------------------------------

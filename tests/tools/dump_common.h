@@ -2,7 +2,10 @@
 // (refdump, gatedump): the resolved model keys as JSON, and the norm-weight perturbation.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
+#include <functional>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -43,6 +46,24 @@ inline void perturb_norms(const ParamTable& table, std::vector<float>& p, uint64
     if (ends_with(e.name, "norm.weight"))
       for (size_t i = 0; i < e.numel; ++i)
         p[e.offset + i] = static_cast<float>(1.0 + sigma * rng.normal());
+}
+
+// Parses the command line into app's options, then runs body; an error prints one line
+// "<name>: error: ..." and gives exit code 1.
+inline int parse_and_run(CLI::App& app, int argc, char** argv, const char* name,
+                         const std::function<void()>& body) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    body();
+  } catch (const std::exception& e) {
+    std::cerr << name << ": error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace kvt::dump

@@ -158,16 +158,5 @@ int main(int argc, char** argv) {
   app.add_option("--prompt-len", o.prompt_len, "repeat-prompt tokens Q (default 3)");
   app.add_option("--seed", o.seed, "init, token and gate seed (default: train.seed)");
   app.add_option("--perturb-norms", o.perturb_norms, "model norm weights = 1 + SIGMA N(0,1)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
-    run(o);
-  } catch (const std::exception& e) {
-    std::cerr << "gatedump: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  return kvt::dump::parse_and_run(app, argc, argv, "gatedump", [&] { run(o); });
 }

@@ -123,16 +123,5 @@ int main(int argc, char** argv) {
   app.add_option("--accum", o.accum, "micro-batches (default: train.grad_accum)");
   app.add_option("--seed", o.seed, "init and token seed (default: train.seed)");
   app.add_option("--perturb-norms", o.perturb_norms, "norm weights = 1 + SIGMA N(0,1)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
-    run(o);
-  } catch (const std::exception& e) {
-    std::cerr << "refdump: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  return kvt::dump::parse_and_run(app, argc, argv, "refdump", [&] { run(o); });
 }
