@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -67,28 +68,19 @@ inline void write_word_text(const std::string& path, int lines, uint64_t seed) {
   }
 }
 
-// For every named tensor W and a random direction U (unit norm over that tensor):
+// For every named tensor W of `table` and a random direction U (unit norm over that tensor):
 //   (L(W + hU) - L(W - hU)) / 2h  ==  <dL/dW, U>
+// with p0 the parameters, grads dL/dp laid out by the table and loss_at(p) the loss at p.
 // A directional derivative sums over all elements of the tensor, so its float32 error is small
 // and any wrong index in a backward (which changes many elements) shows up as a large error.
 // Tolerance: 2% relative, with a floor of 2e-4 absolute for tensors whose directional derivative
 // is tiny (float32 loss noise / 2h is about 1e-4).
-inline void expect_directional_grads_match(const ModelConfig& cfg, const std::string& label) {
-  auto ops = make_ops("cpu");
-  const int B = 2, T = 7;
-  Transformer model(cfg, *ops, B, T, true);
-  model.init_parameters(11);
-  const auto inputs = random_tokens(B * T, cfg.vocab_size, 1);
-  const auto targets = random_tokens(B * T, cfg.vocab_size, 2);
-  model.zero_grads();
-  model.forward(inputs.data(), targets.data(), B, T);
-  model.backward(1.0f);
-  const std::vector<float> grads = model.grads_to_host();
-  const std::vector<float> p0 = model.params_to_host();
-
+inline void expect_directional_derivatives(const ParamTable& table, const std::vector<float>& p0,
+                                           const std::vector<float>& grads,
+                                           const std::function<double(const std::vector<float>&)>& loss_at,
+                                           double h, const std::string& label) {
   Rng rng(99);
-  const double h = 2e-3;
-  for (const ParamInfo& e : model.params().entries()) {
+  for (const ParamInfo& e : table.entries()) {
     std::vector<double> u(e.numel);
     double nrm = 0;
     for (auto& x : u) {
@@ -101,16 +93,36 @@ inline void expect_directional_grads_match(const ModelConfig& cfg, const std::st
       u[i] /= nrm;
       analytic += grads[e.offset + i] * u[i];
     }
-    auto loss_at = [&](double s) {
+    auto shifted = [&](double s) {
       std::vector<float> p = p0;
       for (size_t i = 0; i < e.numel; i++) p[e.offset + i] = static_cast<float>(p0[e.offset + i] + s * u[i]);
-      model.params_from_host(p);
-      return static_cast<double>(model.forward(inputs.data(), targets.data(), B, T));
+      return loss_at(p);
     };
-    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
+    const double numeric = (shifted(h) - shifted(-h)) / (2 * h);
     EXPECT_NEAR(analytic, numeric, 2e-4 + 0.02 * std::fabs(numeric))
         << label << ": " << e.name << " analytic " << analytic << " numeric " << numeric;
   }
+}
+
+// expect_directional_derivatives for every tensor of a model of config cfg (random weights,
+// random tokens, B = 2, T = 7).
+inline void expect_directional_grads_match(const ModelConfig& cfg, const std::string& label) {
+  auto ops = make_ops("cpu");
+  const int B = 2, T = 7;
+  Transformer model(cfg, *ops, B, T, true);
+  model.init_parameters(11);
+  const auto inputs = random_tokens(B * T, cfg.vocab_size, 1);
+  const auto targets = random_tokens(B * T, cfg.vocab_size, 2);
+  model.zero_grads();
+  model.forward(inputs.data(), targets.data(), B, T);
+  model.backward(1.0f);
+  expect_directional_derivatives(
+      model.params(), model.params_to_host(), model.grads_to_host(),
+      [&](const std::vector<float>& p) {
+        model.params_from_host(p);
+        return static_cast<double>(model.forward(inputs.data(), targets.data(), B, T));
+      },
+      2e-3, label);
 }
 
 // Changing token t+1 leaves the logits at positions <= t bitwise unchanged (and some later one
