@@ -146,27 +146,28 @@ EvictionResult evaluate_eviction(InferenceModel& model, const EvictionOptions& o
   }
 
   model.reset();
-  if (opt.policy == EvictPolicy::gates)
-    model.set_hidden_observer([&](int layer, const float* h, int pos0, int n) {
-      const int si = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
-      const std::vector<float> s = gates->forward(layer, h, n);  // [n, M]
-      for (int m = 0; m < M; m++) {
-        std::span<float> dst = ev.scores(si, m);
-        for (int i = 0; i < n; i++) dst[pos0 + i] = s[static_cast<size_t>(i) * M + m];
-      }
-    });
   std::vector<float> last;
-  try {
+  {
+    // The gates score each chunk's new entries while the context is prefilled, and only then.
+    struct ObserverScope {
+      InferenceModel& m;
+      ~ObserverScope() { m.set_hidden_observer({}); }
+    } scope{model};
+    if (opt.policy == EvictPolicy::gates)
+      model.set_hidden_observer([&](int layer, const float* h, int pos0, int n) {
+        const int si = static_cast<int>(std::find(layers.begin(), layers.end(), layer) - layers.begin());
+        const std::vector<float> s = gates->forward(layer, h, n);  // [n, M]
+        for (int m = 0; m < M; m++) {
+          std::span<float> dst = ev.scores(si, m);
+          for (int i = 0; i < n; i++) dst[pos0 + i] = s[static_cast<size_t>(i) * M + m];
+        }
+      });
     for (int i = 0; i < P; i += opt.chunk) {
       const int n = std::min(opt.chunk, P - i);
       last = model.prefill(context.data() + i, n, false);
       if (opt.policy != EvictPolicy::full) ev.evict(i + n);
     }
-  } catch (...) {
-    model.set_hidden_observer({});
-    throw;
   }
-  model.set_hidden_observer({});
 
   EvictionResult r;
   r.entries_total = static_cast<int64_t>(P) * E;

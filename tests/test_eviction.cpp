@@ -84,11 +84,20 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
   return m;
 }
 
-// Random scores for every entry of an evictor.
-void fill_random_scores(Evictor& ev, int storage_layers, int heads, uint64_t seed) {
+EvictionOptions options(double keep, int sinks, int recent) {
+  EvictionOptions opt;
+  opt.keep = keep;
+  opt.sinks = sinks;
+  opt.recent = recent;
+  return opt;
+}
+
+// Random scores for every entry of an evictor of `inf`.
+void fill_random_scores(Evictor& ev, const InferenceModel& inf, uint64_t seed) {
   Rng r(seed);
-  for (int s = 0; s < storage_layers; s++)
-    for (int h = 0; h < heads; h++)
+  const int layers = static_cast<int>(gate_layers(inf.config()).size());
+  for (int s = 0; s < layers; s++)
+    for (int h = 0; h < inf.mask_heads(); h++)
       for (float& x : ev.scores(s, h)) x = static_cast<float>(r.uniform());
 }
 
@@ -99,13 +108,8 @@ TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
     Model m(v);
     const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 5);
     InferenceModel inf(*m.net, InferenceOptions{chunk, false});
-    EvictionOptions opt;
-    opt.keep = 0.4;
-    opt.sinks = 2;
-    opt.recent = 3;
-    Evictor ev(inf, opt);
-    const std::vector<int> layers = gate_layers(m.cfg);
-    fill_random_scores(ev, static_cast<int>(layers.size()), inf.mask_heads(), 7);
+    Evictor ev(inf, options(0.4, 2, 3));
+    fill_random_scores(ev, inf, 7);
     std::vector<float> got;
     for (int i = 0; i < T; i += chunk) {
       const std::vector<float> lg = inf.prefill(tok.data() + i, chunk, true);
@@ -113,6 +117,7 @@ TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
       ev.evict(i + chunk);
     }
     const std::vector<float> prm = m.net->params_to_host();
+    const std::vector<int> layers = gate_layers(m.cfg);
     auto storage_index = [&](int l) {
       return static_cast<int>(std::find(layers.begin(), layers.end(), l) - layers.begin());
     };
@@ -134,14 +139,10 @@ TEST(Eviction, KeptShareEqualsTheKeepRatioAndBytesFollowTheKeptEntries) {
       Model m(v);
       const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 9);
       InferenceModel inf(*m.net, InferenceOptions{chunk, false});
-      EvictionOptions opt;
-      opt.keep = keep;
-      opt.sinks = 1;
-      opt.recent = 2;
-      Evictor ev(inf, opt);
-      const int E = ev.entries_per_position(), L = static_cast<int>(gate_layers(m.cfg).size());
-      ASSERT_EQ(E, L * inf.mask_heads());
-      fill_random_scores(ev, L, inf.mask_heads(), 11);
+      Evictor ev(inf, options(keep, 1, 2));
+      const int E = ev.entries_per_position();
+      ASSERT_EQ(E, static_cast<int>(gate_layers(m.cfg).size()) * inf.mask_heads());
+      fill_random_scores(ev, inf, 11);
       for (int len = chunk; len <= T; len += chunk) {
         inf.prefill(tok.data() + len - chunk, chunk);
         ev.evict(len);
@@ -160,14 +161,11 @@ TEST(Eviction, SinksAndRecentStayEvictedNeverReturnOneThreshold) {
   Model m(variants()[1]);  // GQA: 2 layers x 2 heads
   const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 13);
   InferenceModel inf(*m.net, InferenceOptions{chunk, false});
-  EvictionOptions opt;
-  opt.keep = 0.3;
-  opt.sinks = 3;
-  opt.recent = 5;
+  const EvictionOptions opt = options(0.3, 3, 5);
   Evictor ev(inf, opt);
+  fill_random_scores(ev, inf, 15);
   const std::vector<int> layers = gate_layers(m.cfg);
   const int H = inf.mask_heads(), L = static_cast<int>(layers.size());
-  fill_random_scores(ev, L, H, 15);
   std::vector<uint8_t> was_evicted(static_cast<size_t>(L) * H * T, 0);
   for (int len = chunk; len <= T; len += chunk) {
     inf.prefill(tok.data() + len - chunk, chunk);
@@ -200,11 +198,8 @@ TEST(Eviction, SinksAndRecentStayEvictedNeverReturnOneThreshold) {
 EvictionResult run(InferenceModel& inf, EvictPolicy p, double keep, const std::vector<int32_t>& ctx,
                    const std::vector<int32_t>& cont, const std::vector<int32_t>& prompt,
                    GateModel* gates, const std::vector<float>* oracle, int chunk = 8) {
-  EvictionOptions opt;
+  EvictionOptions opt = options(keep, 2, 4);
   opt.policy = p;
-  opt.keep = keep;
-  opt.sinks = 2;
-  opt.recent = 4;
   opt.chunk = chunk;
   opt.seed = 3;
   return evaluate_eviction(inf, opt, ctx, cont, prompt, gates, oracle);

@@ -12,7 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <map>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
@@ -72,14 +72,19 @@ std::vector<double> parse_keeps(const std::string& s) {
   return out;
 }
 
+// Every context has the same token counts, so the mean of the per-context losses is the
+// token-weighted mean.
 struct Row {
   EvictPolicy policy;
   double keep;
   std::vector<double> cont_losses{}, rec_losses{};  // per context (mean nats per token)
-  double cont_nll = 0, rec_nll = 0;
-  int64_t cont_tokens = 0, rec_tokens = 0, entries = 0, kept = 0;
+  int64_t entries = 0, kept = 0;
   size_t bytes = 0, bytes_kept = 0;
 };
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? std::nan("") : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
 
 void run_eval(const EvalArgs& a) {
   if (dist_context().world() > 1) throw std::runtime_error("eval runs as one process: start it without mpirun");
@@ -173,12 +178,8 @@ void run_eval(const EvalArgs& a) {
       opt.chunk = inf.max_chunk();
       opt.seed = derive_seed(a.seed, static_cast<uint64_t>(c));
       const EvictionResult e = evaluate_eviction(inf, opt, context, cont, prompt, gates.get(), oracle);
-      r.cont_losses.push_back(e.continuation_loss);
+      if (N > 0) r.cont_losses.push_back(e.continuation_loss);
       r.rec_losses.push_back(e.reconstruction_loss);
-      r.cont_nll += e.continuation_loss * e.continuation_tokens;
-      r.rec_nll += e.reconstruction_loss * e.reconstruction_tokens;
-      r.cont_tokens += e.continuation_tokens;
-      r.rec_tokens += e.reconstruction_tokens;
       r.entries += e.entries_total;
       r.kept += e.entries_kept;
       r.bytes += e.kv_bytes;
@@ -196,8 +197,7 @@ void run_eval(const EvalArgs& a) {
     if (!json) throw std::runtime_error(a.json + ": cannot create");
   }
   for (const Row& r : rows) {
-    const double cont = r.cont_tokens ? r.cont_nll / r.cont_tokens : std::nan("");
-    const double rec = r.rec_nll / r.rec_tokens;
+    const double cont = mean(r.cont_losses), rec = mean(r.rec_losses);
     const double kept = static_cast<double>(r.kept) / static_cast<double>(r.entries);
     std::printf("%-7s %5.2f %18.4f %20.4f %12.1f%% %13.0f of %8.0f\n", to_string(r.policy).c_str(), r.keep,
                 cont, rec, 100.0 * kept, static_cast<double>(r.bytes_kept) / n_ctx,

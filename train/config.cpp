@@ -146,4 +146,21 @@ std::string config_hash(const RunConfig& cfg) { return config_yaml::fnv1a_hex(to
 
 std::vector<std::string> config_keys() { return config_yaml::key_paths(kFields); }
 
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b,
+                                            const std::string& section) {
+  // bind() hands out mutable pointers; nothing below writes through them.
+  const auto fa = config_yaml::bind(kFields, const_cast<RunConfig&>(a));
+  const auto fb = config_yaml::bind(kFields, const_cast<RunConfig&>(b));
+  auto text = [](const config_yaml::FieldPtr& p) {
+    return std::visit([](const auto* v) { return config_yaml::format_value(*v); }, p);
+  };
+  std::vector<std::string> out;
+  for (size_t i = 0; i < fa.size(); i++) {
+    if (fa[i].section != section) continue;
+    const std::string va = text(fa[i].ptr), vb = text(fb[i].ptr);
+    if (va != vb) out.push_back(fa[i].path() + ": " + va + " vs " + vb);
+  }
+  return out;
+}
+
 }  // namespace kvt

@@ -68,5 +68,9 @@ std::string to_yaml(const RunConfig& cfg);
 std::string config_hash(const RunConfig& cfg);
 // Every key path the YAML accepts ("model.vocab_size", ...), in to_yaml's order.
 std::vector<std::string> config_keys();
+// "<section>.<key>: <a> vs <b>" for every key of `section` whose values differ, in to_yaml's order
+// (e.g. "model.n_kv_heads: 2 vs 4"); empty when the section is equal.
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b,
+                                            const std::string& section);
 
 }  // namespace kvt

@@ -93,24 +93,6 @@ std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, con
 
 namespace {
 
-// "model.<key>: <a> vs <b>" for every model key whose resolved value differs.
-std::vector<std::string> model_differences(const ModelConfig& a, const ModelConfig& b) {
-  RunConfig ra, rb;
-  ra.model = a;
-  rb.model = b;
-  std::istringstream sa(to_yaml(ra)), sb(to_yaml(rb));
-  std::vector<std::string> out;
-  std::string la, lb, section;
-  while (std::getline(sa, la) && std::getline(sb, lb)) {
-    if (!la.empty() && la[0] != ' ' && la[0] != '#') section = la.substr(0, la.size() - 1);
-    if (section != "model" || la == lb) continue;
-    const size_t colon = la.find(':');
-    out.push_back("model." + la.substr(2, colon - 2) + ":" + la.substr(colon + 1) + " vs" +
-                  lb.substr(colon + 1));
-  }
-  return out;
-}
-
 std::string join(const std::vector<std::string>& v, const std::string& sep) {
   std::string s;
   for (size_t i = 0; i < v.size(); i++) s += (i ? sep : "") + v[i];
@@ -129,7 +111,7 @@ std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& mo
   const std::string* cfg_text = find_text(sum.texts, kGateTextModelConfig);
   if (!cfg_text) throw std::runtime_error(path + ": has no /text/" + kGateTextModelConfig);
   const RunConfig theirs = parse_run_config(*cfg_text, {}, path + ": /text/" + kGateTextModelConfig);
-  const std::vector<std::string> diff = model_differences(theirs.model, model.config.model);
+  const std::vector<std::string> diff = config_differences(theirs, model.config, "model");
   if (!diff.empty())
     throw std::runtime_error(path + ": gates trained for another model (" + join(diff, ", ") +
                              "; the gates' model vs " + model.path + "'s)");
