@@ -181,17 +181,15 @@ TEST(Inference, ChunkSizesAgree) {
       ASSERT_EQ(all.size(), static_cast<size_t>(T) * V);
       EXPECT_LE(max_abs_diff(all.data(), f.full.data(), all.size()), kTol);
     }
-    // (b) chunking inside one prefill call (max_chunk), and the host-staging attention path
+    // (b) chunking inside one prefill call (max_chunk)
     for (int chunk : {1, 7, T}) {
-      for (bool stage : {false, true}) {
-        SCOPED_TRACE("max_chunk " + std::to_string(chunk) + (stage ? " staged" : ""));
-        InferenceModel inf(*f.model, InferenceOptions{chunk, stage});
-        EXPECT_EQ(inf.max_chunk(), chunk);
-        const std::vector<float> lg = inf.prefill(f.tokens.data(), T, true);
-        EXPECT_LE(max_abs_diff(lg.data(), f.full.data(), lg.size()), kTol);
-        const std::vector<float> last = inf.prefill(f.tokens.data(), 0 + 1);  // one more token
-        EXPECT_EQ(last.size(), static_cast<size_t>(V));
-      }
+      SCOPED_TRACE("max_chunk " + std::to_string(chunk));
+      InferenceModel inf(*f.model, InferenceOptions{chunk});
+      EXPECT_EQ(inf.max_chunk(), chunk);
+      const std::vector<float> lg = inf.prefill(f.tokens.data(), T, true);
+      EXPECT_LE(max_abs_diff(lg.data(), f.full.data(), lg.size()), kTol);
+      const std::vector<float> last = inf.prefill(f.tokens.data(), 0 + 1);  // one more token
+      EXPECT_EQ(last.size(), static_cast<size_t>(V));
     }
   }
 }
@@ -204,7 +202,8 @@ TEST(Inference, KvBytesEqualHandComputedNumbers) {
     Fixture f(v, 10);
     InferenceModel inf(*f.model);
     EXPECT_EQ(inf.kv_bytes(), 0u);
-    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * 32);  // allocated for 32 positions
+    // allocated for 32 positions, rounded up to whole cache blocks
+    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * KvCache::kBlock);
     inf.prefill(f.tokens.data(), 7);
     inf.prefill(f.tokens.data() + 7, 2);
     inf.decode(f.tokens[9]);
@@ -266,7 +265,7 @@ TEST(Inference, KeepMaskEqualsDenseAttentionWithPositionsMaskedOut) {
     // Random evictions on storage layers (about 35%), never position 0 of head 0 of layer 0.
     Mask keep = all;
     Rng r(5 + v.layers);
-    InferenceModel inf(*f.model, InferenceOptions{7, false});
+    InferenceModel inf(*f.model, InferenceOptions{7});
     for (int l = 0; l < L; l++) {
       if (!is_storage_layer(f.cfg, l)) {
         EXPECT_THROW(inf.set_keep(l, 0, 0, false), std::out_of_range);
