@@ -16,19 +16,16 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common/rng.h"
 #include "model/inference.h"
 #include "model/kv_sharing.h"
 #include "model/transformer.h"
+#include "model_checks.h"
 
 namespace kvt {
 namespace {
 
-struct Variant {
-  const char* name;
-  std::string scheme;
-  int layers, kv_heads, storage, rank;
-};
+using Variant = testutil::KvVariant;
+using testutil::random_tokens;
 
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
@@ -40,29 +37,7 @@ const std::vector<Variant>& variants() {
   return v;
 }
 
-ModelConfig config_of(const Variant& v) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.d_model = 32;
-  c.n_layers = v.layers;
-  c.n_heads = 4;
-  c.n_kv_heads = v.kv_heads;
-  c.d_ff = 48;
-  c.max_seq_len = 80;
-  c.init_std = 0.2f;
-  c.kv_sharing = v.scheme;
-  c.storage_layers = v.storage;
-  c.lrkv_rank = v.rank;
-  c.resolve();
-  return c;
-}
-
-std::vector<int32_t> tokens(size_t n, int V, uint64_t seed) {
-  Rng r(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(r.below(V));
-  return t;
-}
+ModelConfig config_of(const Variant& v) { return testutil::small_variant_config(v, 61, 32, 48, 80); }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -95,8 +70,8 @@ Trajectory train(Ops& ops, const ModelConfig& cfg, int steps) {
   Buffer<float> momentum(ops, n);
   Trajectory r;
   for (int s = 0; s < steps; s++) {
-    const std::vector<int32_t> x = tokens(B * T, cfg.vocab_size, 100 + s);
-    const std::vector<int32_t> y = tokens(B * T, cfg.vocab_size, 200 + s);
+    const std::vector<int32_t> x = random_tokens(B * T, cfg.vocab_size, 100 + s);
+    const std::vector<int32_t> y = random_tokens(B * T, cfg.vocab_size, 200 + s);
     m.zero_grads();
     r.losses.push_back(m.forward(x.data(), y.data(), B, T));
     m.backward(1.0f);
@@ -121,7 +96,7 @@ TEST_P(CudaModel, TrainingStepsMatchCpu) {
 std::vector<float> infer(Ops& ops, const ModelConfig& cfg, const std::vector<float>& params,
                          bool mask) {
   InferenceModel inf(cfg, ops, params, InferenceOptions{5});
-  const std::vector<int32_t> t = tokens(16, cfg.vocab_size, 7);
+  const std::vector<int32_t> t = random_tokens(16, cfg.vocab_size, 7);
   std::vector<float> out = inf.prefill(t.data(), 12, true);
   if (mask)
     for (int p : {1, 4, 5, 9})

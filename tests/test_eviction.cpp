@@ -33,11 +33,7 @@
 namespace kvt {
 namespace {
 
-struct Variant {
-  const char* name;
-  std::string scheme;
-  int layers, kv_heads, storage, rank;
-};
+using Variant = testutil::KvVariant;
 
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
@@ -50,19 +46,8 @@ const std::vector<Variant>& variants() {
 }
 
 ModelConfig config_of(const Variant& v, int max_seq_len = 64) {
-  ModelConfig c;
-  c.vocab_size = 41;
-  c.d_model = 32;
-  c.n_layers = v.layers;
-  c.n_heads = 4;
-  c.n_kv_heads = v.kv_heads;
-  c.d_ff = 40;
-  c.max_seq_len = max_seq_len;
-  c.init_std = 0.2f;  // attention far from uniform, logits of magnitude ~1
-  c.kv_sharing = v.scheme;
-  c.storage_layers = v.storage;
+  ModelConfig c = testutil::small_variant_config(v, 41, 32, 40, max_seq_len);
   c.fusion_init = "normal";
-  c.lrkv_rank = v.rank;
   c.resolve();
   return c;
 }

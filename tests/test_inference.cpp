@@ -69,19 +69,9 @@ const std::vector<Variant>& variants() {
 }
 
 ModelConfig config_of(const Variant& v, bool tied = true) {
-  ModelConfig c;
-  c.vocab_size = 53;
-  c.d_model = 24;
-  c.n_layers = v.layers;
-  c.n_heads = 4;
-  c.n_kv_heads = v.kv_heads;
-  c.d_ff = 40;
-  c.max_seq_len = 32;
+  ModelConfig c = testutil::small_variant_config({v.name, v.scheme, v.layers, v.kv_heads, v.storage, v.rank},
+                                                 53, 24, 40, 32);
   c.tie_embeddings = tied;
-  c.init_std = 0.2f;  // logits of magnitude ~1 (training's 0.02 would make them ~0.1)
-  c.kv_sharing = v.scheme;
-  c.storage_layers = v.storage;
-  c.lrkv_rank = v.rank;
   c.resolve();
   return c;
 }
