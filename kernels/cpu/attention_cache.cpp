@@ -47,7 +47,7 @@ bool masked_softmax(float* row, const int32_t* pos, int S, int p) {
 void CpuOps::attention_cache_forward(float* out, const float* q, const float* k, const float* v,
                                      const int32_t* pos, const CacheAttnShape& s) {
   const int G = s.H / s.Hkv, D = s.D, S = s.S, M = s.n * G, HD = s.H * s.D;
-  const int tiles = (M + kRows - 1) / kRows;
+  const int tiles = (M + kRows - 1) / kRows, tile_rows = std::min(kRows, M);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   if (s.n == 0) return;
   if (S == 0) {
@@ -56,8 +56,8 @@ void CpuOps::attention_cache_forward(float* out, const float* q, const float* k,
   }
 #pragma omp parallel
   {
-    std::vector<float> qg(static_cast<size_t>(kRows) * D), og(qg.size()),
-        sc(static_cast<size_t>(kRows) * S);
+    std::vector<float> qg(static_cast<size_t>(tile_rows) * D), og(qg.size()),
+        sc(static_cast<size_t>(tile_rows) * S);
 #pragma omp for collapse(2) schedule(static)
     for (int g = 0; g < s.Hkv; g++)
       for (int tile = 0; tile < tiles; tile++) {
