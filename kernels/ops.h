@@ -27,6 +27,20 @@ struct AttnShape {
   int ldq = 0, ldk = 0, ldv = 0;  // row strides in floats
 };
 
+// Attention of n new queries over a KV cache (docs/design.md, "Inference and the KV cache").
+// Each KV head g has its own list of S entry slots: slot i holds a K row at
+// k + g*head_stride + i*ld, a V row at v + g*head_stride + i*ld and an absolute position
+// pos[g*S + i] (-1: an empty or dropped slot). Queries are q rows t = 0..n-1 (row stride ldq) at
+// absolute positions p0 + t; out is contiguous [n, H*D].
+struct CacheAttnShape {
+  int n = 0, p0 = 0;
+  int H = 0, Hkv = 0, D = 0;
+  int ldq = 0;
+  int S = 0;                // entry slots per KV head
+  int ld = 0;               // floats between consecutive slots of one head (K and V alike)
+  int64_t head_stride = 0;  // floats between the slot lists of consecutive KV heads
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -39,6 +53,10 @@ class Ops {
   virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within the backend
   virtual void zero(void* p, size_t bytes) = 0;
+  // dst[r, 0:cols] = src[r, 0:cols] for r < rows (row strides ldd, lds in floats), within the
+  // backend: moves K/V rows between a projection output and the cache's per-head entry lists.
+  virtual void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                         int cols) = 0;
   virtual void synchronize() = 0;
 
   // ---- embedding --------------------------------------------------------------------------
@@ -95,6 +113,14 @@ class Ops {
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout,
                                   const float* att, const float* q, const float* k,
                                   const float* v, const AttnShape& s) = 0;
+
+  // ---- attention over a KV cache (inference) ------------------------------------------------
+  // For query t, head h, KV head g = h / (H/Hkv), over the slots i of g with 0 <= pos_i <= p0+t:
+  //   out[t, h*D:(h+1)*D] = sum_i softmax_i(q[t,h]·K_i / sqrt(D)) V_i
+  // and zero where no slot qualifies. pos is backend memory. Forward only.
+  virtual void attention_cache_forward(float* out, const float* q, const float* k,
+                                       const float* v, const int32_t* pos,
+                                       const CacheAttnShape& s) = 0;
 
   // ---- FusedKV: a reusing layer's K or V from two storage layers (DESIGN.md §3) ------------
   // x viewed [N, Hkv, D] with row strides (floats between tokens). For KV head h, channel j:

@@ -1,35 +1,27 @@
-// model/inference.h — kvtrain's own inference path (DESIGN.md §9): a KV cache per variant that
-// stores exactly what the method stores, chunked prefill and one-token decode at absolute
-// positions, and eviction through a keep-mask. docs/inference.md describes the cache contents,
-// how bytes are counted and the mask semantics.
+// model/inference.h — kvtrain's own inference path (docs/design.md, "Inference and the KV
+// cache"): a KV cache per variant that stores exactly what the method stores (model/kv_cache.h),
+// chunked prefill and one-token decode at absolute positions, and eviction through a keep-mask.
 //
-// The cache, per storage layer l (model/kv_sharing.h), one block [max_seq_len, W_l]:
-//   MHA/GQA/MQA storage layer:  [K | V], post-RoPE K, W = 2 H_kv d_h
-//   LRKV layer:                  [X W_shared^K | X W_shared^V | X U^K | X U^V] (pre-RoPE),
-//                                W = 2 d_h + 2 H r
-// Reusing layers (cla, yoco, fusedkv_lite) read their sources' blocks; fusedkv layers fuse the
-// first and last storage layers' cached K/V with their fusion weights at every read; LRKV layers
-// rebuild K_h = K_shared + Z_h B_h^T (and V_h) for every cached position and rotate K_h at every
-// read. Those rebuilt K/V live in one scratch buffer, reused by every layer: working memory, not
-// cache (kv_bytes() does not count it).
-//
-// Ops used: embedding, rmsnorm, matmul, rope (pos0 = first new position), kv_fuse, lrkv_expand,
-// swiglu, residual. Attention of a chunk of new queries against the cache (with the keep-mask)
-// is a plain loop over host memory: on the CPU backend it reads the backend buffers directly;
-// on any other backend it copies q and the cached K/V rows it reads to the host and the result
-// back (correct, not fast: a device kernel for masked decode attention is future work). No op
-// was added to kernels/.
+// Every layer follows the layer plan the training forward uses (model/layer_plan.h). A storage
+// layer appends its new entries to its cache heads; a layer reads the entries of the layers in
+// its plan: own or reused entries in place, FusedKV's fusion (kv_fuse) and LRKV's rebuild
+// (lrkv_expand, then RoPE) into one scratch buffer reused by every layer (working memory, not
+// cache: kv_bytes() does not count it). The attention itself is Ops::attention_cache_forward,
+// one op on every backend; model/ holds no kernel and never branches on the backend.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/kv_sharing.h"
+#include "model/layer_plan.h"
 #include "model/params.h"
 
 namespace kvt {
@@ -40,9 +32,6 @@ struct InferenceOptions {
   // Most tokens one forward pass processes; prefill splits longer inputs into chunks of this
   // size (results do not depend on it beyond float rounding). 0 = min(max_seq_len, 256).
   int max_chunk = 0;
-  // Route attention through host staging copies even on the CPU backend (what non-CPU backends
-  // do), so tests exercise that path.
-  bool stage_through_host = false;
 };
 
 class InferenceModel {
@@ -101,18 +90,19 @@ class InferenceModel {
   bool visible(int layer, int kv_head, int pos) const;
 
   // ---- cache accounting (measured from the allocation) -------------------------------------
-  size_t kv_capacity_bytes() const;  // the whole cache allocation (max_seq_len positions)
-  size_t kv_bytes_per_token() const; // kv_capacity_bytes() / max_seq_len
+  size_t kv_capacity_bytes() const;  // the whole cache allocation (max_seq_len positions rounded
+                                     // up to whole blocks of KvCache::kBlock)
+  size_t kv_bytes_per_token() const; // bytes of one position over every storage layer and head
   size_t kv_bytes() const;           // used: length() x kv_bytes_per_token()
   // Bytes of the filled entries still kept by the mask (what an evicting cache would hold).
   size_t kv_bytes_kept() const;
 
  private:
-  struct Layer;
   void setup(InferenceOptions opt);
   void forward_chunk(const int32_t* tokens, int n, bool all_logits, std::vector<float>* out);
-  void attend(int l, const float* q, const float* k, int ldk, const float* v, int ldv, int n,
-              int kv_heads, float* out);
+  void store(const LayerPlan& ly, int p0, int n);
+  void attend(const LayerPlan& ly, int p0, int n);
+  void check_storage(int layer, int head, int pos) const;
 
   ModelConfig cfg_;
   Ops& ops_;
@@ -120,20 +110,18 @@ class InferenceModel {
   Buffer<float> own_params_;
   const float* P_ = nullptr;
   int chunk_ = 0;
-  bool host_direct_ = true;  // attention reads backend memory in place (CPU backend)
   int len_ = 0;
 
-  std::vector<Layer> layers_;
+  std::vector<LayerPlan> plan_;
   size_t wte_ = 0, normf_ = 0, head_ = 0;
-  Buffer<float> cache_;  // every storage layer's block
-  size_t cache_floats_per_pos_ = 0;
-  // activations for one chunk and the rebuilt K/V scratch
+  std::unique_ptr<KvCache> cache_;
+  // activations for one chunk, the rebuilt K/V scratch and the RoPE tables
   Buffer<float> arena_;
-  Buffer<int32_t> tokens_;
-  float *x_ = nullptr, *ln_ = nullptr, *rstd_ = nullptr, *q_ = nullptr, *atty_ = nullptr,
-        *tmp_ = nullptr, *gate_up_ = nullptr, *swi_ = nullptr, *logits_ = nullptr,
-        *scratch_ = nullptr, *rope_cos_ = nullptr, *rope_sin_ = nullptr;
-  std::vector<uint8_t> keep_;  // [L, mask_heads, max_seq_len]
+  Buffer<int32_t> tokens_, pos_;
+  std::vector<int32_t> host_pos_;
+  float *x_ = nullptr, *ln_ = nullptr, *rstd_ = nullptr, *qkv_ = nullptr,
+        *atty_ = nullptr, *tmp_ = nullptr, *gate_up_ = nullptr, *swi_ = nullptr,
+        *logits_ = nullptr, *scratch_ = nullptr, *rope_cos_ = nullptr, *rope_sin_ = nullptr;
   HiddenObserver observer_;
 };
 

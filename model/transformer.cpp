@@ -92,44 +92,6 @@ double train_flops_per_token(const ModelConfig& cfg_in, int T) {
   return 6.0 * n_matmul + 12.0 * L * H * D * T;
 }
 
-// Offsets (in floats) of one layer's tensors in the parameter/gradient buffers. qkv is the fused
-// input projection (q|k|v, q alone for a reusing layer, q|k_shared|v_shared|k_down|v_down for
-// LRKV); k_up/v_up (LRKV) and the fusion weights (fusedkv) are 0 where absent.
-LayerParamOffsets layer_param_offsets(const ParamTable& t, const ModelConfig& cfg, int l) {
-  const std::string p = layer_prefix(l);
-  const int64_t C = cfg.d_model, H = cfg.n_heads, Hkv = cfg.kv_heads(), D = cfg.head_dim(),
-                F = cfg.ffn_dim(), R = cfg.lrkv_rank;
-  const KvSource src = kv_source_of_layer(cfg, l);
-  LayerParamOffsets o;
-  o.ln1 = t.find(p + "input_layernorm.weight").offset;
-  o.q = t.find(p + "self_attn.q_proj.weight").offset;
-  o.o = t.find(p + "self_attn.o_proj.weight").offset;
-  o.ln2 = t.find(p + "post_attention_layernorm.weight").offset;
-  o.gate_up = t.find(p + "mlp.gate_proj.weight").offset;
-  o.down = t.find(p + "mlp.down_proj.weight").offset;
-  std::string last = "self_attn.q_proj.weight";  // the last block of the input projection
-  int64_t last_rows = H * D;
-  if (cfg.lrkv()) {
-    o.k_up = t.find(p + "self_attn.k_up.weight").offset;
-    o.v_up = t.find(p + "self_attn.v_up.weight").offset;
-    o.kv_width = static_cast<int>(2 * D + 2 * H * R);
-    last = "self_attn.v_down.weight", last_rows = H * R;
-  } else if (src.kind == KvSource::Kind::own) {
-    o.kv_width = static_cast<int>(2 * Hkv * D);
-    last = "self_attn.v_proj.weight", last_rows = Hkv * D;
-  } else if (src.kind == KvSource::Kind::fused) {
-    o.fuse_k_first = t.find(p + "self_attn.fuse_k_first").offset;
-    o.fuse_k_last = t.find(p + "self_attn.fuse_k_last").offset;
-    o.fuse_v_first = t.find(p + "self_attn.fuse_v_first").offset;
-    o.fuse_v_last = t.find(p + "self_attn.fuse_v_last").offset;
-  }
-  if (t.find(p + last).offset != o.q + static_cast<size_t>((H * D + o.kv_width - last_rows) * C) ||
-      t.find(p + "mlp.up_proj.weight").offset != o.gate_up + static_cast<size_t>(F * C))
-    throw std::logic_error("parameter table layout breaks the fused q/K/V or gate/up matrices of layer " +
-                           std::to_string(l));
-  return o;
-}
-
 // How one layer's attention reads and writes its q, K, V (fixed at construction; row strides
 // do not depend on the batch shape).
 struct LayerAttn {
@@ -165,7 +127,7 @@ struct Transformer::Acts {
   float *rope_cos, *rope_sin;
   Buffer<float> arena;
   Buffer<int32_t> tokens;
-  std::vector<LayerParamOffsets> layers;
+  std::vector<LayerPlan> layers;
   std::vector<LayerAttn> attn;
   size_t wte, normf, head;
 };
@@ -182,7 +144,7 @@ Transformer::Transformer(const ModelConfig& cfg, Ops& ops, int B, int T, bool wi
   params_ = Buffer<float>(ops_, table_.total());
   if (with_grads_) grads_ = Buffer<float>(ops_, table_.total());
   alloc_activations();
-  build_rope_tables();
+  upload_rope_tables(ops_, cfg_, acts_->rope_cos, acts_->rope_sin);
 }
 
 Transformer::~Transformer() = default;
@@ -192,22 +154,21 @@ void Transformer::alloc_activations() {
   Acts& a = *acts_;
   const int64_t N = static_cast<int64_t>(B_) * T_, C = cfg_.d_model, L = cfg_.n_layers,
                 H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),
-                QKV = (H + 2 * Hkv) * D, R = cfg_.lrkv_rank, F = cfg_.ffn_dim(),
+                F = cfg_.ffn_dim(),
                 V = cfg_.vocab_size, att = static_cast<int64_t>(B_) * H * T_ * T_;
   const int64_t half = D / 2;
 
   // Columns of each layer's input projection, and which layers need K|V buffers of their own.
+  a.layers = build_layer_plan(table_, cfg_);
   std::vector<int64_t> proj(L);
   std::vector<bool> own_kv(L), dedicated(L);
   int64_t max_proj = 0;
   bool any_own_kv = false;
   a.attn.resize(L);
   for (int l = 0; l < L; l++) {
-    const KvSource src = kv_source_of_layer(cfg_, l);
+    const KvSource src = a.layers[l].src;
     a.attn[l].src = src;
-    if (cfg_.lrkv()) proj[l] = H * D + 2 * D + 2 * H * R;
-    else if (src.kind == KvSource::Kind::own) proj[l] = QKV;
-    else proj[l] = H * D;
+    proj[l] = a.layers[l].proj;
     own_kv[l] = cfg_.lrkv() || src.kind == KvSource::Kind::fused;
     any_own_kv = any_own_kv || own_kv[l];
     dedicated[l] = src.kind == KvSource::Kind::own && has_kv_consumers(cfg_, l);
@@ -215,11 +176,8 @@ void Transformer::alloc_activations() {
   }
 
   // Lay out every activation in one arena: first count, then carve.
-  int64_t total = 0;
-  auto reserve = [&](int64_t n) { int64_t o = total; total += (n + 15) / 16 * 16; return o; };
-  struct Slot { float** dst; int64_t off; };
-  std::vector<Slot> slots;
-  auto take = [&](float*& dst, int64_t n) { slots.push_back({&dst, reserve(n)}); };
+  Arena arena;
+  auto take = [&](float*& dst, int64_t n) { arena.take(dst, n); };
   a.res.resize(L + 1);
   for (auto& p : a.res) take(p, N * C);
   a.res_mid.resize(L); a.ln1.resize(L); a.ln2.resize(L); a.rstd1.resize(L); a.rstd2.resize(L);
@@ -257,8 +215,7 @@ void Transformer::alloc_activations() {
     for (int64_t l = 0; l < L; l++)
       if (dedicated[l]) take(a.dqkv_storage[l], N * proj[l]);
   }
-  a.arena = Buffer<float>(ops_, static_cast<size_t>(total));
-  for (auto& s : slots) *s.dst = a.arena.data() + s.off;
+  a.arena = arena.carve(ops_);
   a.tokens = Buffer<int32_t>(ops_, static_cast<size_t>(2 * N));
   a.inputs = a.tokens.data();
   a.targets = a.tokens.data() + N;
@@ -290,31 +247,10 @@ void Transformer::alloc_activations() {
     }
   }
 
-  // Parameter offsets; fused matrices must be consecutive (checked, since the sgemm relies on it).
+  // Parameter offsets of the embedding, final norm and head (the layers' are in the plan).
   a.wte = table_.find("model.embed_tokens.weight").offset;
   a.normf = table_.find("model.norm.weight").offset;
   a.head = cfg_.tie_embeddings ? a.wte : table_.find("lm_head.weight").offset;
-  for (int l = 0; l < cfg_.n_layers; l++) {
-    const LayerParamOffsets lp = layer_param_offsets(table_, cfg_, l);
-    if (H * D + lp.kv_width != proj[l])
-      throw std::logic_error("input projection width of layer " + std::to_string(l) + " disagrees");
-    a.layers.push_back(lp);
-  }
-}
-
-void Transformer::build_rope_tables() {
-  const int half = cfg_.head_dim() / 2, P = cfg_.max_seq_len;
-  std::vector<float> c(static_cast<size_t>(P) * half), s(c.size());
-  for (int p = 0; p < P; p++)
-    for (int j = 0; j < half; j++) {
-      // angle = p * theta^(-2j/D), computed in double
-      const double inv_freq = std::pow(static_cast<double>(cfg_.rope_theta), -2.0 * j / cfg_.head_dim());
-      const double ang = p * inv_freq;
-      c[static_cast<size_t>(p) * half + j] = static_cast<float>(std::cos(ang));
-      s[static_cast<size_t>(p) * half + j] = static_cast<float>(std::sin(ang));
-    }
-  ops_.to_device(acts_->rope_cos, c.data(), c.size() * sizeof(float));
-  ops_.to_device(acts_->rope_sin, s.data(), s.size() * sizeof(float));
 }
 
 size_t Transformer::activation_bytes() const {
@@ -395,7 +331,7 @@ float Transformer::forward(const int32_t* inputs, const int32_t* targets, int B,
 
   ops_.embedding_forward(a.res[0], a.inputs, P + a.wte, N, C);
   for (int l = 0; l < cfg_.n_layers; l++) {
-    const LayerParamOffsets& lp = a.layers[l];
+    const LayerPlan& lp = a.layers[l];
     const LayerAttn& la = a.attn[l];
     const int PROJ = la.proj;
     float* qkv = a.qkv[l];
@@ -482,7 +418,7 @@ void Transformer::backward(float loss_scale) {
   ops_.rmsnorm_backward(a.dres, G + a.normf, a.dln, a.res[L], P + a.normf, a.rstdf, N, C);
 
   for (int l = L - 1; l >= 0; l--) {
-    const LayerParamOffsets& lp = a.layers[l];
+    const LayerPlan& lp = a.layers[l];
     const LayerAttn& la = a.attn[l];
     const int PROJ = la.proj;
     const float* qkv = a.qkv[l];

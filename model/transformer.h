@@ -11,6 +11,7 @@
 
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/layer_plan.h"
 #include "model/params.h"
 
 namespace kvt {
@@ -19,18 +20,6 @@ namespace kvt {
 // cross-layer scheme have q_proj but no k_proj/v_proj (fusedkv adds fuse_{k,v}_{first,last}),
 // LRKV layers have k_shared/v_shared/k_down/v_down/k_up/v_up instead of k_proj/v_proj.
 ParamTable build_param_table(const ModelConfig& cfg, bool decay_embeddings = false);
-
-// Float offsets of one decoder layer's tensors in the parameter buffer, resolved from the table.
-// A layer's input projection is one matrix: q_proj followed by its K/V block (kv_width rows: k_proj
-// and v_proj, or LRKV's k_shared, v_shared, k_down, v_down; none in a layer that reuses another's
-// K/V); gate_proj and up_proj are one [2F, C] matrix. Both layouts are checked here.
-struct LayerParamOffsets {
-  size_t ln1 = 0, q = 0, o = 0, ln2 = 0, gate_up = 0, down = 0;
-  size_t k_up = 0, v_up = 0;                                               // LRKV
-  size_t fuse_k_first = 0, fuse_k_last = 0, fuse_v_first = 0, fuse_v_last = 0;  // FusedKV
-  int kv_width = 0;
-};
-LayerParamOffsets layer_param_offsets(const ParamTable& table, const ModelConfig& cfg, int layer);
 
 // Model FLOPs per token for one training step (forward + backward), PaLM's formula:
 // 6 * N_matmul + 12 * L * H * D * T, with N_matmul the parameters of all matmuls
@@ -86,7 +75,6 @@ class Transformer {
  private:
   struct Acts;
   void alloc_activations();
-  void build_rope_tables();
 
   ModelConfig cfg_;
   Ops& ops_;

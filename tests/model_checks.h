@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <ostream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -16,6 +17,34 @@
 #include "model/transformer.h"
 
 namespace kvt::testutil {
+
+// One KV variant of a small test model: the sharing scheme and its shape.
+struct KvVariant {
+  const char* name;
+  std::string scheme;
+  int layers, kv_heads, storage, rank;
+  friend void PrintTo(const KvVariant& v, std::ostream* os) { *os << v.name; }
+};
+
+// A small model of variant v with 4 query heads; init_std 0.2 puts the attention far from
+// uniform and the logits at magnitude ~1.
+inline ModelConfig small_variant_config(const KvVariant& v, int vocab, int d_model, int d_ff,
+                                        int max_seq_len) {
+  ModelConfig c;
+  c.vocab_size = vocab;
+  c.d_model = d_model;
+  c.n_layers = v.layers;
+  c.n_heads = 4;
+  c.n_kv_heads = v.kv_heads;
+  c.d_ff = d_ff;
+  c.max_seq_len = max_seq_len;
+  c.init_std = 0.2f;
+  c.kv_sharing = v.scheme;
+  c.storage_layers = v.storage;
+  c.lrkv_rank = v.rank;
+  c.resolve();
+  return c;
+}
 
 inline std::vector<int32_t> random_tokens(size_t n, int V, uint64_t seed) {
   Rng r(seed);

@@ -963,6 +963,80 @@ struct KvzipScoreCase : OpCase {
   }
 };
 
+// ---- attention over a KV cache: n queries at p0.. over per-head slot lists ------------------
+// kv holds Hkv slot lists of S slots (head stride S * ld), each slot [K (D) | V (D) | pad]; pos
+// gives each slot's absolute position. The positions are a shuffled permutation (slot order is
+// not position order), some slots are empty (-1) or in the future of early queries, each head
+// keeps a different set, and head 0 keeps nothing before p0 + 1 (the first query of its group
+// sees nothing: zero output; with Hkv > 1). Forward only.
+struct CacheAttentionCase : OpCase {
+  int n, p0, H, Hkv, D, S, ld, ldq;
+  CacheAttentionCase(std::string nm, int n_, int p0_, int H_, int Hkv_, int D_, uint64_t seed)
+      : n(n_), p0(p0_), H(H_), Hkv(Hkv_), D(D_), S(p0_ + n_ + 3), ld(2 * D_ + 1),
+        ldq(H_ * D_ + 3) {
+    name = std::move(nm);
+    Rng rng(seed);
+    add_const("q", normal_values(rng, static_cast<size_t>(n) * ldq, 1.5));
+    add_const("kv", normal_values(rng, static_cast<size_t>(Hkv) * S * ld, 1.5));
+    std::vector<int32_t> pos(static_cast<size_t>(Hkv) * S, -1);
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<int32_t> slots(S);
+      for (int i = 0; i < S; ++i) slots[i] = i;
+      for (int i = S - 1; i > 0; --i) std::swap(slots[i], slots[rng.next_u64() % (i + 1)]);
+      for (int p = 0; p < p0 + n; ++p) {
+        const bool keep = g == 0 && Hkv > 1 ? p > p0 : rng.next_u64() % 4 != 0 || p == 0;
+        if (keep) pos[static_cast<size_t>(g) * S + slots[p]] = p;
+      }
+    }
+    add_ints("pos", std::move(pos));
+    add_result("out", static_cast<size_t>(n) * H * D);
+  }
+  CacheAttnShape shape() const {
+    return CacheAttnShape{n, p0, H, Hkv, D, ldq, S, ld, static_cast<int64_t>(S) * ld};
+  }
+  void forward(Ops& ops, Buffers& b) const override {
+    ops.attention_cache_forward(b.out[0].data(), b.in[0].data(), b.in[1].data(),
+                                b.in[1].data() + D, b.ints[0].data(), shape());
+  }
+  Expected reference() const override {
+    const auto& q = inputs[0].values;
+    const auto& kv = inputs[1].values;
+    const auto& pos = ints[0].values;
+    const int G = H / Hkv;
+    Expected e{{std::vector<double>(static_cast<size_t>(n) * H * D, 0.0)}, {}};
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < H; ++h) {
+        const int g = h / G;
+        const size_t base = static_cast<size_t>(g) * S * ld;
+        std::vector<double> w(S, 0.0);
+        double mx = -1e300, sum = 0;
+        bool any = false;
+        for (int i = 0; i < S; ++i) {
+          const int p = pos[static_cast<size_t>(g) * S + i];
+          if (p < 0 || p > p0 + t) continue;
+          double dot = 0;
+          for (int d = 0; d < D; ++d)
+            dot += static_cast<double>(q[static_cast<size_t>(t) * ldq + h * D + d]) *
+                   kv[base + static_cast<size_t>(i) * ld + d];
+          w[i] = dot / std::sqrt(static_cast<double>(D));
+          mx = std::max(mx, w[i]);
+          any = true;
+        }
+        if (!any) continue;
+        for (int i = 0; i < S; ++i) {
+          const int p = pos[static_cast<size_t>(g) * S + i];
+          w[i] = p < 0 || p > p0 + t ? 0.0 : std::exp(w[i] - mx);
+          sum += w[i];
+        }
+        for (int i = 0; i < S; ++i)
+          for (int d = 0; d < D; ++d)
+            e.outputs[0][(static_cast<size_t>(t) * H + h) * D + d] +=
+                w[i] / sum * kv[base + static_cast<size_t>(i) * ld + D + d];
+      }
+    return e;
+  }
+};
+
 // ---- SwiGLU: out = silu(gate) * up on rows [gate | up] ---------------------------------------
 struct SwiGluCase : OpCase {
   int64_t N;
@@ -1242,6 +1316,9 @@ inline std::vector<CaseParam> small_cases() {
   add<AttentionCase>(c, "attention_mqa_fused", true, 2, 5, 4, 1, 6, true, 110);
   add<AttentionCase>(c, "attention_mha_fused", true, 1, 4, 2, 2, 4, true, 111);
   add<AttentionCase>(c, "attention_gqa_split", true, 2, 4, 6, 3, 4, false, 112);
+  add<CacheAttentionCase>(c, "attention_cache_gqa", false, 5, 7, 4, 2, 6, 134);
+  add<CacheAttentionCase>(c, "attention_cache_decode_mqa", false, 1, 11, 3, 1, 4, 135);
+  add<CacheAttentionCase>(c, "attention_cache_prefill_mha", false, 6, 0, 2, 2, 8, 136);
   add<KvFuseCase>(c, "kv_fuse_keys_pair_tied", true, 6, 2, 6, true, 122);
   add<KvFuseCase>(c, "kv_fuse_values", true, 5, 3, 4, false, 123);
   add<LrkvCase>(c, "lrkv_expand", true, 5, 3, 4, 2, 124);
@@ -1278,6 +1355,8 @@ inline std::vector<CaseParam> large_cases() {
   add<AttentionCase>(c, "large_attention_gqa_fused", true, 2, 128, 8, 2, 64, true, 207);
   add<AttentionCase>(c, "large_attention_mqa_fused", true, 2, 96, 8, 1, 64, true, 208);
   add<AttentionCase>(c, "large_attention_mha_split", true, 1, 130, 4, 4, 32, false, 209);
+  add<CacheAttentionCase>(c, "large_attention_cache_gqa", false, 64, 1984, 8, 2, 64, 227);
+  add<CacheAttentionCase>(c, "large_attention_cache_decode", false, 1, 2047, 8, 4, 128, 228);
   add<KvFuseCase>(c, "large_kv_fuse_keys_pair_tied", true, 256, 4, 64, true, 218);
   add<KvFuseCase>(c, "large_kv_fuse_values", true, 256, 2, 128, false, 219);
   add<LrkvCase>(c, "large_lrkv_expand", true, 256, 8, 64, 24, 220);

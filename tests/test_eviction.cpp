@@ -33,11 +33,7 @@
 namespace kvt {
 namespace {
 
-struct Variant {
-  const char* name;
-  std::string scheme;
-  int layers, kv_heads, storage, rank;
-};
+using Variant = testutil::KvVariant;
 
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
@@ -50,19 +46,8 @@ const std::vector<Variant>& variants() {
 }
 
 ModelConfig config_of(const Variant& v, int max_seq_len = 64) {
-  ModelConfig c;
-  c.vocab_size = 41;
-  c.d_model = 32;
-  c.n_layers = v.layers;
-  c.n_heads = 4;
-  c.n_kv_heads = v.kv_heads;
-  c.d_ff = 40;
-  c.max_seq_len = max_seq_len;
-  c.init_std = 0.2f;  // attention far from uniform, logits of magnitude ~1
-  c.kv_sharing = v.scheme;
-  c.storage_layers = v.storage;
+  ModelConfig c = testutil::small_variant_config(v, 41, 32, 40, max_seq_len);
   c.fusion_init = "normal";
-  c.lrkv_rank = v.rank;
   c.resolve();
   return c;
 }
@@ -107,7 +92,7 @@ TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
     SCOPED_TRACE(v.name);
     Model m(v);
     const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 5);
-    InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+    InferenceModel inf(*m.net, InferenceOptions{chunk});
     Evictor ev(inf, options(0.4, 2, 3));
     fill_random_scores(ev, inf, 7);
     std::vector<float> got;
@@ -138,7 +123,7 @@ TEST(Eviction, KeptShareEqualsTheKeepRatioAndBytesFollowTheKeptEntries) {
       SCOPED_TRACE(std::string(v.name) + " keep " + std::to_string(keep));
       Model m(v);
       const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 9);
-      InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+      InferenceModel inf(*m.net, InferenceOptions{chunk});
       Evictor ev(inf, options(keep, 1, 2));
       const int E = ev.entries_per_position();
       ASSERT_EQ(E, static_cast<int>(gate_layers(m.cfg).size()) * inf.mask_heads());
@@ -160,7 +145,7 @@ TEST(Eviction, SinksAndRecentStayEvictedNeverReturnOneThreshold) {
   const int T = 48, chunk = 8;
   Model m(variants()[1]);  // GQA: 2 layers x 2 heads
   const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 13);
-  InferenceModel inf(*m.net, InferenceOptions{chunk, false});
+  InferenceModel inf(*m.net, InferenceOptions{chunk});
   const EvictionOptions opt = options(0.3, 3, 5);
   Evictor ev(inf, opt);
   fill_random_scores(ev, inf, 15);
@@ -232,7 +217,7 @@ TEST(Eviction, FullCacheLossesEqualTheForwardAndKeepOneEqualsFullForEveryPolicy)
     const std::vector<int32_t> ctx = testutil::random_tokens(P, m.cfg.vocab_size, 21),
                                cont = testutil::random_tokens(N, m.cfg.vocab_size, 22),
                                prompt = testutil::random_tokens(3, m.cfg.vocab_size, 23);
-    InferenceModel inf(*m.net, InferenceOptions{8, false});
+    InferenceModel inf(*m.net, InferenceOptions{8});
     const EvictionResult full = run(inf, EvictPolicy::full, 1.0, ctx, cont, prompt, nullptr, nullptr);
     // Continuation: tokens P .. P+N-1 of [ctx ; cont]; reconstruction: the second copy of ctx in
     // [ctx ; prompt ; ctx].
@@ -291,7 +276,7 @@ TEST(Eviction, GatesPolicyScoresTheHiddenStatesTheModelComputes) {
       for (int p = 0; p < P; p++)
         for (int h = 0; h < M; h++) scores[(i * M + h) * P + p] = s[static_cast<size_t>(p) * M + h];
     }
-    InferenceModel inf(*m.net, InferenceOptions{P, false});
+    InferenceModel inf(*m.net, InferenceOptions{P});
     const EvictionResult by_gates = run(inf, EvictPolicy::gates, 0.4, ctx, cont, prompt, &gates, nullptr, P);
     const EvictionResult by_scores = run(inf, EvictPolicy::kvzip, 0.4, ctx, cont, prompt, nullptr, &scores, P);
     const EvictionResult none = run(inf, EvictPolicy::full, 1.0, ctx, cont, prompt, nullptr, nullptr, P);

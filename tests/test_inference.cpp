@@ -69,19 +69,9 @@ const std::vector<Variant>& variants() {
 }
 
 ModelConfig config_of(const Variant& v, bool tied = true) {
-  ModelConfig c;
-  c.vocab_size = 53;
-  c.d_model = 24;
-  c.n_layers = v.layers;
-  c.n_heads = 4;
-  c.n_kv_heads = v.kv_heads;
-  c.d_ff = 40;
-  c.max_seq_len = 32;
+  ModelConfig c = testutil::small_variant_config({v.name, v.scheme, v.layers, v.kv_heads, v.storage, v.rank},
+                                                 53, 24, 40, 32);
   c.tie_embeddings = tied;
-  c.init_std = 0.2f;  // logits of magnitude ~1 (training's 0.02 would make them ~0.1)
-  c.kv_sharing = v.scheme;
-  c.storage_layers = v.storage;
-  c.lrkv_rank = v.rank;
   c.resolve();
   return c;
 }
@@ -181,17 +171,15 @@ TEST(Inference, ChunkSizesAgree) {
       ASSERT_EQ(all.size(), static_cast<size_t>(T) * V);
       EXPECT_LE(max_abs_diff(all.data(), f.full.data(), all.size()), kTol);
     }
-    // (b) chunking inside one prefill call (max_chunk), and the host-staging attention path
+    // (b) chunking inside one prefill call (max_chunk)
     for (int chunk : {1, 7, T}) {
-      for (bool stage : {false, true}) {
-        SCOPED_TRACE("max_chunk " + std::to_string(chunk) + (stage ? " staged" : ""));
-        InferenceModel inf(*f.model, InferenceOptions{chunk, stage});
-        EXPECT_EQ(inf.max_chunk(), chunk);
-        const std::vector<float> lg = inf.prefill(f.tokens.data(), T, true);
-        EXPECT_LE(max_abs_diff(lg.data(), f.full.data(), lg.size()), kTol);
-        const std::vector<float> last = inf.prefill(f.tokens.data(), 0 + 1);  // one more token
-        EXPECT_EQ(last.size(), static_cast<size_t>(V));
-      }
+      SCOPED_TRACE("max_chunk " + std::to_string(chunk));
+      InferenceModel inf(*f.model, InferenceOptions{chunk});
+      EXPECT_EQ(inf.max_chunk(), chunk);
+      const std::vector<float> lg = inf.prefill(f.tokens.data(), T, true);
+      EXPECT_LE(max_abs_diff(lg.data(), f.full.data(), lg.size()), kTol);
+      const std::vector<float> last = inf.prefill(f.tokens.data(), 0 + 1);  // one more token
+      EXPECT_EQ(last.size(), static_cast<size_t>(V));
     }
   }
 }
@@ -204,7 +192,8 @@ TEST(Inference, KvBytesEqualHandComputedNumbers) {
     Fixture f(v, 10);
     InferenceModel inf(*f.model);
     EXPECT_EQ(inf.kv_bytes(), 0u);
-    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * 32);  // allocated for 32 positions
+    // allocated for 32 positions, rounded up to whole cache blocks
+    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * KvCache::kBlock);
     inf.prefill(f.tokens.data(), 7);
     inf.prefill(f.tokens.data() + 7, 2);
     inf.decode(f.tokens[9]);
@@ -266,7 +255,7 @@ TEST(Inference, KeepMaskEqualsDenseAttentionWithPositionsMaskedOut) {
     // Random evictions on storage layers (about 35%), never position 0 of head 0 of layer 0.
     Mask keep = all;
     Rng r(5 + v.layers);
-    InferenceModel inf(*f.model, InferenceOptions{7, false});
+    InferenceModel inf(*f.model, InferenceOptions{7});
     for (int l = 0; l < L; l++) {
       if (!is_storage_layer(f.cfg, l)) {
         EXPECT_THROW(inf.set_keep(l, 0, 0, false), std::out_of_range);

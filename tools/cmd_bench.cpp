@@ -10,7 +10,8 @@
 // With --inference it times kvtrain's own inference path (model/inference.h, DESIGN.md §9) for
 // each config (variant) with random init (train.seed): prefill of a random prompt of each context
 // length (median of --repeats), per-token decode averaged over --decode-tokens steps from that
-// context, and the KV bytes measured from the cache; one Markdown table for all configs.
+// context, and the KV bytes measured from the cache; one Markdown table for all configs; and the
+// throughput of attention over a 2048-position cache against sgemm (measure_cache_attention).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -209,6 +210,59 @@ std::string loadavg_text() {
   return buf;
 }
 
+// Attention over the KV cache (Ops::attention_cache_forward) against a plain sgemm of the same
+// multiply-accumulates, timed in the same run: n = 256 new queries of the config's heads at
+// positions 1792..2047 over 2048 cached positions per KV head. The attention's FLOPs are its two
+// products, 2 * 2 n H S D (every slot is scored, the causal mask zeroes the future ones); the
+// sgemm is matmul_forward [n H, D] x [S, D]^T twice (the same 4 n H S D).
+struct AttentionThroughput {
+  int n = 256, S = 2048, H = 0, Hkv = 0, D = 0;
+  double attention_gflops = 0, sgemm_gflops = 0;
+};
+
+AttentionThroughput measure_cache_attention(Ops& ops, const ModelConfig& m, int repeats) {
+  AttentionThroughput r;
+  r.H = m.n_heads, r.Hkv = m.kv_heads(), r.D = m.head_dim();
+  const int n = r.n, S = r.S, H = r.H, D = r.D, p0 = S - n;
+  Rng rng(7);
+  auto random_buffer = [&](size_t count) {
+    std::vector<float> h(count);
+    for (auto& x : h) x = static_cast<float>(rng.normal());
+    Buffer<float> b(ops, count);
+    ops.to_device(b.data(), h.data(), count * sizeof(float));
+    return b;
+  };
+  Buffer<float> q = random_buffer(static_cast<size_t>(n) * H * D);
+  Buffer<float> kv = random_buffer(static_cast<size_t>(r.Hkv) * S * 2 * D);
+  Buffer<float> out(ops, static_cast<size_t>(n) * H * std::max(D, S));
+  std::vector<int32_t> hp(static_cast<size_t>(r.Hkv) * S);
+  for (size_t i = 0; i < hp.size(); i++) hp[i] = static_cast<int32_t>(i % S);
+  Buffer<int32_t> pos(ops, hp.size());
+  ops.to_device(pos.data(), hp.data(), hp.size() * sizeof(int32_t));
+  const CacheAttnShape shape{n, p0, H, r.Hkv, D, H * D, S, 2 * D, static_cast<int64_t>(S) * 2 * D};
+  const double flops = 4.0 * n * H * static_cast<double>(S) * D;
+  auto best_seconds = [&](auto&& fn) {
+    fn();
+    ops.synchronize();
+    std::vector<double> t;
+    for (int i = 0; i < std::max(repeats, 3); i++) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      ops.synchronize();
+      t.push_back(seconds_since(t0));
+    }
+    return median(t);
+  };
+  r.attention_gflops = flops / best_seconds([&] {
+    ops.attention_cache_forward(out.data(), q.data(), kv.data(), kv.data() + D, pos.data(), shape);
+  }) * 1e-9;
+  r.sgemm_gflops = flops / best_seconds([&] {
+    ops.matmul_forward(out.data(), q.data(), kv.data(), static_cast<int64_t>(n) * H, D, S);
+    ops.matmul_forward(out.data(), q.data(), kv.data(), static_cast<int64_t>(n) * H, D, S);
+  }) * 1e-9;
+  return r;
+}
+
 // One variant under test: its backend, the randomly initialised model and its inference cache.
 struct InferenceSubject {
   std::string path, label;
@@ -282,6 +336,8 @@ void run_inference_bench(const BenchArgs& a) {
     subs.push_back(std::move(s));
   }
   const std::string load_start = loadavg_text();
+  const AttentionThroughput att = measure_cache_attention(*subs.front().ops, subs.front().model,
+                                                          a.repeats);
 
   for (const int ctx : all_contexts) {
     std::vector<InferenceSubject*> active;
@@ -356,6 +412,11 @@ void run_inference_bench(const BenchArgs& a) {
     std::printf("| %s | %.3fM | %d | %.1f | %.0f | %.3f | %zu | %.2f |\n", r.variant.c_str(),
                 r.params * 1e-6, r.context, r.prefill_ms, r.context / (r.prefill_ms * 1e-3),
                 r.decode_ms, r.kv_bytes_per_token, r.kv_bytes / 1048576.0);
+  std::printf("\nattention over the KV cache (%s heads: H %d, H_kv %d, d_h %d; %d queries over %d "
+              "cached positions): %.2f GFLOP/s; plain sgemm of the same FLOPs in this run: %.2f "
+              "GFLOP/s; ratio %.2f\n",
+              subs.front().label.c_str(), att.H, att.Hkv, att.D, att.n, att.S,
+              att.attention_gflops, att.sgemm_gflops, att.attention_gflops / att.sgemm_gflops);
   if (!notes.empty()) {
     std::printf("\n");
     for (const auto& n : notes) std::printf("- %s\n", n.c_str());
@@ -364,7 +425,12 @@ void run_inference_bench(const BenchArgs& a) {
     nlohmann::json j = {{"mode", "inference"}, {"backend", backend}, {"threads", threads},
                         {"repeats", a.repeats}, {"decode_tokens", a.decode_tokens},
                         {"loadavg_start", load_start}, {"loadavg_end", load_end},
-                        {"notes", notes}, {"rows", nlohmann::json::array()}};
+                        {"notes", notes}, {"rows", nlohmann::json::array()},
+                        {"cache_attention", {{"queries", att.n}, {"cached_positions", att.S},
+                                             {"heads", att.H}, {"kv_heads", att.Hkv},
+                                             {"head_dim", att.D},
+                                             {"attention_gflops", att.attention_gflops},
+                                             {"sgemm_gflops", att.sgemm_gflops}}}};
     for (const auto& r : rows)
       j["rows"].push_back({{"config", r.config}, {"variant", r.variant}, {"params", r.params},
                            {"context", r.context}, {"prefill_ms", r.prefill_ms},

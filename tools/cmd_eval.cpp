@@ -123,7 +123,7 @@ void run_eval(const EvalArgs& a) {
   auto ops = make_ops(a.backend);
   Transformer net(m, *ops, 1, need_oracle ? 2 * P + Q : 1, /*with_grads=*/false);
   net.params_from_host(model.params);
-  InferenceModel inf(net, InferenceOptions{std::min(a.chunk, m.max_seq_len), false});
+  InferenceModel inf(net, InferenceOptions{std::min(a.chunk, m.max_seq_len)});
   std::unique_ptr<GateModel> gates;
   if (!a.gates.empty()) {
     std::string warning;

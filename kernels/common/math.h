@@ -41,6 +41,11 @@ KVT_HD float exp_fast(float x) {
   return p * scale;
 }
 
+// The softmax weight of a logit x in a row whose largest logit is mx: e^(x - mx) in (0, 1].
+// Every softmax of the attention family (CPU and CUDA attention, attention over the KV cache)
+// goes through this one helper.
+KVT_HD float softmax_weight(float x, float mx) { return exp_fast(x - mx); }
+
 // sigmoid(a) = 1 / (1 + e^-a)
 KVT_HD float sigmoid(float a) { return 1.0f / (1.0f + exp_fast(-a)); }
 

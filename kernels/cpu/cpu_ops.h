@@ -17,6 +17,8 @@ class CpuOps final : public Ops {
   void to_host(void* dst, const void* src, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void zero(void* p, size_t bytes) override;
+  void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                 int cols) override;
   void synchronize() override {}
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
@@ -40,6 +42,8 @@ class CpuOps final : public Ops {
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
                           const float* q, const float* k, const float* v,
                           const AttnShape& s) override;
+  void attention_cache_forward(float* out, const float* q, const float* k, const float* v,
+                               const int32_t* pos, const CacheAttnShape& s) override;
   void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
                        int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,
                        int D, bool pair_tied) override;

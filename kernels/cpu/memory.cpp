@@ -21,5 +21,10 @@ void CpuOps::to_device(void* dst, const void* src, size_t bytes) { std::memcpy(d
 void CpuOps::to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void CpuOps::copy(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
 void CpuOps::zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+void CpuOps::copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                       int cols) {
+  for (int64_t r = 0; r < rows; r++)
+    std::memmove(dst + r * ldd, src + r * lds, static_cast<size_t>(cols) * sizeof(float));
+}
 
 }  // namespace kvt

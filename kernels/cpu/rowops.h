@@ -26,13 +26,13 @@ inline float row_sum_exp(const float* x, int n, float shift, float* out) {
   int j = 0;
   for (; j + 8 <= n; j += 8)
     for (int l = 0; l < 8; l++) {
-      const float e = math::exp_fast(x[j + l] - shift);
+      const float e = math::softmax_weight(x[j + l], shift);
       if (out) out[j + l] = e;
       s[l] += e;
     }
   float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
   for (; j < n; j++) {
-    const float e = math::exp_fast(x[j] - shift);
+    const float e = math::softmax_weight(x[j], shift);
     if (out) out[j] = e;
     r += e;
   }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/common/math.h"
 #include "kernels/cuda/launch.cuh"
 
 namespace kvt::cuda {
@@ -82,7 +83,7 @@ __global__ void attention_forward_kernel(float* out, float* att, const float* q,
   m = block_max(m, red);
   float sum = 0.0f;
   for (int j = threadIdx.x; j <= t; j += blockDim.x) {
-    const float e = expf(p[j] - m);
+    const float e = math::softmax_weight(p[j], m);
     p[j] = e;
     sum += e;
   }

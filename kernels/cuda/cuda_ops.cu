@@ -127,6 +127,12 @@ class CudaOps final : public Ops {
     if (bytes == 0) return;
     CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
   }
+  void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                 int cols) override {
+    if (rows <= 0 || cols <= 0) return;
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, ldd * sizeof(float), src, lds * sizeof(float),
+                                 cols * sizeof(float), rows, cudaMemcpyDeviceToDevice, stream_));
+  }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // ---- ops ----------------------------------------------------------------------------------
@@ -170,6 +176,10 @@ class CudaOps final : public Ops {
                           const float* q, const float* k, const float* v,
                           const AttnShape& s) override {
     cuda::attention_backward(stream_, scratch_, dq, dk, dv, dout, att, q, k, v, s);
+  }
+  void attention_cache_forward(float* out, const float* q, const float* k, const float* v,
+                               const int32_t* pos, const CacheAttnShape& s) override {
+    cuda::attention_cache_forward(stream_, out, q, k, v, pos, s);
   }
   void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
                        int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,

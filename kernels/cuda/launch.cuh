@@ -40,6 +40,10 @@ void attention_backward(cudaStream_t stream, Scratch& scratch, float* dq, float*
                         const float* dout, const float* att, const float* q, const float* k,
                         const float* v, const AttnShape& s);
 
+// attention_cache.cu: attention of new queries over a KV cache (one warp per query and head).
+void attention_cache_forward(cudaStream_t stream, float* out, const float* q, const float* k,
+                             const float* v, const int32_t* pos, const CacheAttnShape& s);
+
 // kv_fuse.cu (FusedKV); weight gradients reduced through `scratch` in a fixed order.
 void kv_fuse_forward(cudaStream_t stream, float* out, int ldo, const float* first, int ld_first,
                      const float* last, int ld_last, const float* w_first, const float* w_last,
