@@ -30,8 +30,11 @@ float* KvCache::entries(int layer, int head) const {
 }
 
 std::vector<int> KvCache::block_table(int layer, int head) const {
+  // Pool blocks are numbered in allocation order: storage layers, then heads, then blocks.
+  int storing_before = 0;
+  for (int l = 0; l < layer; l++) storing_before += width_[l] > 0;
   std::vector<int> t(blocks_per_head_);
-  const int first = (layer * heads_ + head) * blocks_per_head_;
+  const int first = (storing_before * heads_ + head) * blocks_per_head_;
   for (int b = 0; b < blocks_per_head_; b++) t[b] = first + b;
   return t;
 }

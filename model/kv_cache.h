@@ -52,7 +52,7 @@ class KvCache {
   void keep_range(int from, int to);  // every head's positions [from, to) kept again
 
   size_t capacity_bytes() const { return pool_.bytes(); }
-  // Floats of one entry of `layer` (width(layer)), and of the kept entries among [0, len).
+  // Floats of the kept entries among positions [0, len), over every storage layer and head.
   size_t kept_floats(int len) const;
 
  private:
@@ -61,8 +61,8 @@ class KvCache {
   }
   int heads_ = 0, blocks_per_head_ = 0;
   std::vector<int> width_;
-  std::vector<size_t> first_block_;  // per layer: pool block of (layer, head 0) logical block 0
-  std::vector<size_t> block_floats_; // per layer: kBlock * width
+  std::vector<size_t> first_block_;  // per layer: float offset of (layer, head 0)'s first block
+  std::vector<size_t> block_floats_; // per layer: floats of one block, kBlock * width
   Buffer<float> pool_;
   std::vector<uint8_t> keep_;
 };

@@ -184,6 +184,44 @@ TEST(Inference, ChunkSizesAgree) {
   }
 }
 
+// ---- cache layout ------------------------------------------------------------------------------
+
+// Per (storage layer, head): its own blocks of KvCache::kBlock entries, one stride apart, each
+// block a distinct pool block; layers that store nothing own none.
+TEST(KvCacheLayout, EveryStorageLayerHeadOwnsDistinctBlocks) {
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    ModelConfig cfg = config_of(v);
+    cfg.max_seq_len = 150;  // 3 blocks, the last one partly used
+    auto ops = make_ops("cpu");
+    const std::vector<LayerPlan> plan = build_layer_plan(build_param_table(cfg), cfg);
+    KvCache cache(*ops, cfg, plan);
+    EXPECT_EQ(cache.blocks_per_head(), 3);
+    EXPECT_EQ(cache.heads(), cfg.lrkv() ? 1 : cfg.kv_heads());
+    std::vector<int> seen;
+    size_t floats = 0;
+    for (int l = 0; l < cfg.n_layers; l++) {
+      EXPECT_EQ(cache.width(l) > 0, plan[l].stores());
+      if (!plan[l].stores()) continue;
+      EXPECT_EQ(cache.width(l) * cache.heads(), plan[l].kv_width);
+      for (int h = 0; h < cache.heads(); h++) {
+        for (int b : cache.block_table(l, h)) seen.push_back(b);
+        if (h > 0) {
+          EXPECT_EQ(cache.entries(l, h) - cache.entries(l, h - 1), cache.head_stride(l));
+        }
+        floats += static_cast<size_t>(cache.head_stride(l));
+      }
+    }
+    std::sort(seen.begin(), seen.end());
+    EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end());  // no block shared
+    EXPECT_EQ(cache.capacity_bytes(), floats * sizeof(float));
+    cache.set_kept(0, 0, 149, false);
+    EXPECT_FALSE(cache.kept(0, 0, 149));
+    cache.keep_range(140, 150);
+    EXPECT_TRUE(cache.kept(0, 0, 149));
+  }
+}
+
 // ---- KV bytes ----------------------------------------------------------------------------------
 
 TEST(Inference, KvBytesEqualHandComputedNumbers) {
