@@ -29,7 +29,10 @@
 #include "model/kv_sharing.h"
 #include "model/memory_estimate.h"
 #include "model/transformer.h"
+#include "data/shard.h"
 #include "tests/model_checks.h"
+#include "tests/small_disk.h"
+#include "tools/safetensors.h"
 #include "tools/memory_check.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -506,6 +509,76 @@ TEST_F(MemoryRefusal, BadAllocNamesTheAllocation) {
             std::string::npos)
       << c.err;
   EXPECT_NE(c.err.find("activations "), std::string::npos) << c.err;
+}
+
+// ---- a full disk: export and prepare --------------------------------------------------------------
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> temporaries_under(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp") != std::string::npos) out.push_back(e.path().string());
+  return out;
+}
+
+// Fills the disk until about `leave` bytes are free.
+void fill_disk(const std::string& dir, uint64_t leave) {
+  std::ofstream f(dir + "/filler", std::ios::binary);
+  const std::string block(4096, 'x');
+  while (free_bytes(dir) > leave + block.size() && f.write(block.data(), block.size())) f.flush();
+}
+
+void expect_disk_full(const Child& c, const std::string& file) {
+  ASSERT_TRUE(c.exited) << "signal " << c.signal << ": " << c.err;
+  EXPECT_EQ(c.code, 1);
+  EXPECT_EQ(lines_of(c.err), 1u) << c.err;
+  EXPECT_NE(c.err.find(file + ": no space left on device (needs "), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find(" free)"), std::string::npos) << c.err;
+}
+
+TEST_F(MemoryRefusal, ExportOnAFullDiskKeepsTheEarlierExport) {
+  kvt::test::SmallDisk disk(1 << 20);
+  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  const std::string out = disk.dir() + "/hf";
+  const Child first = run_cli({"export", "--checkpoint", ckpt_, "--out", out});
+  ASSERT_EQ(first.code, 0) << first.err;
+  const std::string weights = read_bytes(out + "/model.safetensors");
+  ASSERT_GT(weights.size(), 100000u);
+  fill_disk(disk.dir(), 20000);  // room for the small files, not for the weights
+  const Child c = run_cli({"export", "--checkpoint", ckpt_, "--out", out, "--force"});
+  expect_disk_full(c, out + "/model.safetensors");
+  EXPECT_EQ(temporaries_under(disk.dir()), std::vector<std::string>{});
+  EXPECT_EQ(read_bytes(out + "/model.safetensors"), weights);  // the earlier export is whole
+  EXPECT_NO_THROW(SafetensorsReader r(out + "/model.safetensors"));
+}
+
+TEST_F(MemoryRefusal, PrepareOnAFullDiskKeepsTheEarlierShards) {
+  kvt::test::SmallDisk disk(1 << 20);
+  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  const std::string out = disk.dir() + "/data";
+  const std::string tok = (dir_ / "data" / "tokenizer.model").string();
+  const std::vector<std::string> args{"prepare", "--input", (dir_ / "text.txt").string(), "--out", out,
+                                      "--tokenizer", tok, "--val-fraction", "0.1", "--val-block", "0"};
+  const Child first = run_cli(args);
+  ASSERT_EQ(first.code, 0) << first.err;
+  const std::string shard = out + "/data_train_000000.bin", stats = read_bytes(out + "/stats.json");
+  const std::string tokens = read_bytes(shard);
+  ASSERT_GT(tokens.size(), 4096u);
+  fill_disk(disk.dir(), 1000);
+  std::vector<std::string> again = args;
+  again[6] = out + "/tokenizer.model";  // the copy there: nothing to copy
+  const Child c = run_cli(again);
+  expect_disk_full(c, shard);
+  EXPECT_EQ(temporaries_under(disk.dir()), std::vector<std::string>{});
+  EXPECT_EQ(read_bytes(shard), tokens);
+  EXPECT_EQ(read_bytes(out + "/stats.json"), stats);
+  EXPECT_NO_THROW(Shard s(shard, 300));
 }
 
 }  // namespace
