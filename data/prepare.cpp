@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/file_commit.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -91,9 +92,10 @@ std::string shard_name(const std::string& name, const char* split, size_t index)
   return name + buf;
 }
 
-// Removes <name>_{train,val}_NNNNNN.bin from dir so a re-run never leaves stale shards that a glob
-// would pick up.
-void remove_stale_shards(const fs::path& dir, const std::string& name, std::ostream* log) {
+// Removes the <name>_{train,val}_NNNNNN.bin of dir that `keep` does not list, so a re-run never
+// leaves stale shards that a glob would pick up.
+void remove_stale_shards(const fs::path& dir, const std::string& name, const CorpusStats& keep,
+                         std::ostream* log) {
   std::string escaped;
   for (char ch : name) {
     if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) escaped += '\\';
@@ -101,7 +103,10 @@ void remove_stale_shards(const fs::path& dir, const std::string& name, std::ostr
   }
   const std::regex re(escaped + "_(train|val)_[0-9]{6}\\.bin");
   for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file() && std::regex_match(e.path().filename().string(), re)) {
+    const std::string f = e.path().filename().string();
+    const bool kept = f == keep.val_shard ||
+                      std::find(keep.train_shards.begin(), keep.train_shards.end(), f) != keep.train_shards.end();
+    if (e.is_regular_file() && std::regex_match(f, re) && !kept) {
       if (log) *log << "prepare: removing stale shard " << e.path().string() << "\n";
       fs::remove(e.path());
     }
@@ -150,7 +155,7 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
     if (!fs::is_regular_file(opt.tokenizer))
       throw std::runtime_error("prepare: tokenizer " + opt.tokenizer + " does not exist");
     if (!fs::exists(model) || !fs::equivalent(opt.tokenizer, model))
-      fs::copy_file(opt.tokenizer, model, fs::copy_options::overwrite_existing);
+      write_file_atomic(model.string(), read_text_file(opt.tokenizer));
   }
   const Tokenizer tok(model.string());
 
@@ -206,7 +211,8 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
   st.train_tokens = train.size();
   st.val_tokens = val.size();
 
-  remove_stale_shards(dir, opt.name, log);
+  // New shards replace old ones of the same name atomically; stale ones (beyond the new count)
+  // go only after every new one is committed, so a full disk leaves the earlier output whole.
   const uint64_t per = static_cast<uint64_t>(opt.shard_tokens);
   for (uint64_t b = 0, i = 0; b < st.train_tokens; b += per, ++i) {
     const std::string fname = shard_name(opt.name, "train", i);
@@ -219,6 +225,7 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
     st.val_shard = shard_name(opt.name, "val", 0);
     write_shard((dir / st.val_shard).string(), val, version);
   }
+  remove_stale_shards(dir, opt.name, st, log);
 
   BigramCounter counts;
   counts.add(train);
@@ -238,11 +245,7 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
   // H(X_t | X_{t-1}) of the train stream: the loss of the best bigram model (in-sample).
   j["bigram_entropy_nats"] = st.bigram_entropy;
   j["inputs"] = opt.inputs;
-  const fs::path stats_path = dir / "stats.json";
-  std::ofstream out(stats_path);
-  out << std::setw(2) << j << "\n";
-  out.close();
-  if (!out) throw std::runtime_error("prepare: cannot write " + stats_path.string());
+  write_file_atomic((dir / "stats.json").string(), j.dump(2) + "\n");
   return st;
 }
 

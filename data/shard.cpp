@@ -1,6 +1,8 @@
 // data/shard.cpp — writing and mmap-reading llm.c token shards.
 #include "data/shard.h"
 
+#include "data/file_commit.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -61,15 +63,21 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, int3
   header[1] = version;
   header[2] = static_cast<int32_t>(tokens.size());
 
-  const std::string tmp = path + ".tmp";
+  // Through data/file_commit.h: the temporary goes on every failure (a bad token too), and a
+  // full disk names the shard, its size and the bytes free.
+  const uint64_t total = kShardHeaderBytes + tokens.size() * (version == kShardVersionU16 ? 2 : 4);
+  AtomicFile file(path);
   {
-    std::unique_ptr<std::FILE, FileCloser> f(std::fopen(tmp.c_str(), "wb"));
-    if (!f) throw shard_error(tmp, std::string("cannot create: ") + std::strerror(errno));
-    bool ok = std::fwrite(header.data(), sizeof(int32_t), header.size(), f.get()) == header.size();
+    std::unique_ptr<std::FILE, FileCloser> f(std::fopen(file.tmp_path().c_str(), "wb"));
+    if (!f) throw_write_error(path, "cannot create " + file.tmp_path(), errno, total);
+    auto put = [&](const void* p, size_t bytes) {
+      if (bytes && std::fwrite(p, 1, bytes, f.get()) != bytes) throw_write_error(path, "write failed", errno, total);
+    };
+    put(header.data(), header.size() * sizeof(int32_t));
     if (version == kShardVersionU16) {
       std::vector<uint16_t> buf;
       constexpr size_t kChunk = size_t(1) << 20;
-      for (size_t c = 0; ok && c < tokens.size(); c += kChunk) {
+      for (size_t c = 0; c < tokens.size(); c += kChunk) {
         const size_t e = std::min(tokens.size(), c + kChunk);
         buf.resize(e - c);
         for (size_t i = c; i < e; ++i) {
@@ -79,22 +87,15 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, int3
                                         " does not fit uint16 (version 1); use version 7");
           buf[i - c] = static_cast<uint16_t>(tokens[i]);
         }
-        ok = std::fwrite(buf.data(), sizeof(uint16_t), buf.size(), f.get()) == buf.size();
+        put(buf.data(), buf.size() * sizeof(uint16_t));
       }
     } else {
-      ok = ok && std::fwrite(tokens.data(), sizeof(uint32_t), tokens.size(), f.get()) ==
-                     tokens.size();
+      put(tokens.data(), tokens.size() * sizeof(uint32_t));
     }
-    ok = ok && std::fflush(f.get()) == 0;
-    if (!ok) {
-      std::remove(tmp.c_str());
-      throw shard_error(tmp, std::string("write failed: ") + std::strerror(errno));
-    }
+    if (std::fflush(f.get()) != 0) throw_write_error(path, "write failed", errno, total);
+    if (std::fclose(f.release()) != 0) throw_write_error(path, "write failed", errno, total);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw shard_error(path, std::string("cannot rename from ") + tmp + ": " + std::strerror(errno));
-  }
+  file.commit();
 }
 
 Shard::Shard(const std::string& path, int64_t vocab_size) : path_(path) {

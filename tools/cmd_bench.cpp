@@ -32,6 +32,7 @@
 #include "model/kv_sharing.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/adamw.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -47,6 +48,7 @@ struct BenchArgs {
   bool inference = false;
   std::string contexts = "256,1024,max";
   int decode_tokens = 32, repeats = 3;
+  bool ignore_memory = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -66,6 +68,7 @@ void run_bench(const BenchArgs& a) {
   auto comm = make_communicator(ctx, t.backend);  // picks the GPU before the CUDA Ops exist
   const int world = comm->world();
   cfg.train.batch_size = per_rank_batch_size(t, world);
+  const auto memory = check_bench_memory(a.config, cfg, a.ignore_memory);
   auto ops = make_ops(t.backend);
   Transformer model(cfg.model, *ops, t.batch_size, t.seq_len, true, t.decay_embeddings);
   model.init_parameters(t.seed);
@@ -467,6 +470,7 @@ void add_bench(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--repeats", args->repeats, "--inference: prefill repeats, median (default 3)")
       ->check(CLI::PositiveNumber);
+  add_memory_limit_flag(*sub, args->ignore_memory);
   sub->callback([args]() {
     if (args->inference) return run_inference_bench(*args);
     if (args->configs.size() != 1)

@@ -7,6 +7,7 @@
 // nats), the kept share of cache entries and the KV bytes the evicted cache still holds, measured
 // from the cache's keep-mask. With kvzip in the policies it also reports how sparse the oracle
 // KVzip scores are. --json writes one record per row, with the per-context losses too.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -27,6 +28,7 @@
 #include "model/kvzip.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/checkpoint.h"
 #include "train/gate_config.h"
 #include "train/gate_trainer.h"
@@ -43,6 +45,7 @@ struct EvalArgs {
   int context = 1024, continuation = 64, contexts = 8, chunk = 256, sinks = 4, recent = 32;
   int threads = 0;
   uint64_t seed = 0;
+  bool ignore_memory = false;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -100,6 +103,9 @@ void run_eval(const EvalArgs& a) {
     if (!ok) throw std::invalid_argument(what);
   const int threads = configure_threads(a.threads, 1);
 
+  const auto memory = check_eval_memory(a.checkpoint, a.tokenizer, a.prompt, a.context, a.chunk,
+                                        std::count(policies.begin(), policies.end(), EvictPolicy::kvzip) > 0,
+                                        !a.gates.empty(), a.backend, a.ignore_memory);
   const ModelCheckpoint model = load_model_checkpoint(a.checkpoint);
   const ModelConfig& m = model.config.model;
   const std::string tok_path = a.tokenizer.empty() ? model.config.data.tokenizer : a.tokenizer;
@@ -246,6 +252,7 @@ void add_eval(CLI::App& app) {
   sub->add_option("--backend", a->backend, "cpu or cuda (default cpu)");
   sub->add_option("--threads", a->threads, "OpenMP threads (default: automatic)");
   sub->add_option("--json", a->json, "write one JSON record per row to this file");
+  add_memory_limit_flag(*sub, a->ignore_memory);
   sub->callback([a] { run_eval(*a); });
 }
 

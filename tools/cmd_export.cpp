@@ -24,11 +24,13 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "data/file_commit.h"
 #include "model/config.h"
 #include "model/kv_sharing.h"
 #include "model/transformer.h"
@@ -48,12 +50,17 @@ struct ExportArgs {
   bool merge_lrkv = false, force = false;
 };
 
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  if (!f) throw std::runtime_error("export: cannot write " + p.string());
-  f << text;
-  f.close();
-  if (!f) throw std::runtime_error("export: error writing " + p.string());
+// Every file goes through data/file_commit.h: a reader (or an earlier export in --out) never
+// sees a torn file, a failure leaves no temporary, and a full disk names the file, the bytes
+// needed and the bytes free.
+void write_text(const fs::path& p, const std::string& text) { write_file_atomic(p.string(), text); }
+// A copy of `from` as `to`, committed the same way.
+void copy_file_atomic(const fs::path& from, const fs::path& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) throw std::runtime_error("export: cannot read " + from.string());
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  write_file_atomic(to.string(), bytes.str());
 }
 void write_json(const fs::path& p, const ojson& j) { write_text(p, j.dump(2) + "\n"); }
 
@@ -120,7 +127,7 @@ TokenizerInfo load_tokenizer(const std::string& path, int model_vocab) {
 }
 
 void write_tokenizer(const fs::path& out, const std::string& path, const TokenizerInfo& t, int max_len) {
-  fs::copy_file(path, out / "tokenizer.model", fs::copy_options::overwrite_existing);
+  copy_file_atomic(path, out / "tokenizer.model");
   auto added = [](const std::string& piece) {
     return ojson{{"content", piece}, {"lstrip", false}, {"normalized", false}, {"rstrip", false},
                  {"single_word", false}, {"special", true}};
@@ -270,7 +277,7 @@ void run_export(const ExportArgs& a) {
   write_tokenizer(out, tok_path, tok, m.max_seq_len);
   if (!llama)
     for (const char* f : {"configuration_kvtrain.py", "modeling_kvtrain.py"})
-      fs::copy_file(hf_code / f, out / f, fs::copy_options::overwrite_existing);
+      copy_file_atomic(hf_code / f, out / f);
 
   std::printf("export: %s (step %lld) -> %s\n", a.checkpoint.c_str(), static_cast<long long>(w.step),
               out.string().c_str());

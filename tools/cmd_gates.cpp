@@ -8,6 +8,7 @@
 
 #include "model/kv_sharing.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/gate_config.h"
 #include "train/gate_trainer.h"
 #include "train/trainer.h"
@@ -20,6 +21,7 @@ struct GatesArgs {
   std::vector<std::string> overrides;
   bool resume = false;
   int64_t stop_after = 0;
+  bool ignore_memory = false;
 };
 
 void print_banner(GateTrainer& tr, int threads) {
@@ -51,12 +53,14 @@ void add_gates(CLI::App& app) {
                 "continue from the newest valid gate checkpoint of output.dir (same as gates.resume=auto)");
   sub->add_option("--stop-after", args->stop_after, "checkpoint and exit after this step (continue with --resume)")
       ->check(CLI::NonNegativeNumber);
+  add_memory_limit_flag(*sub, args->ignore_memory);
   sub->callback([args]() {
     if (dist_context().world() > 1)
       throw std::runtime_error("gates runs as one process: start it without mpirun");
     GateRunConfig cfg = args->config.empty() ? parse_gate_config("", args->overrides, "gate defaults")
                                              : load_gate_config(args->config, args->overrides);
     if (!args->checkpoint.empty()) cfg.gates.checkpoint = args->checkpoint;
+    const auto memory = check_gates_memory(cfg, args->ignore_memory);
     const int threads = configure_threads(cfg.gates.threads, 1);
     GateTrainer trainer(cfg);
     print_banner(trainer, threads);

@@ -20,6 +20,7 @@
 #include "model/sampling.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -34,6 +35,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   int threads = 0;
   bool print_ids = false;
+  bool ignore_memory = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -47,6 +49,7 @@ void run_generate(const GenerateArgs& a) {
   if (a.max_new_tokens < 0) throw std::invalid_argument("--max-new-tokens must be >= 0");
   configure_threads(a.threads, 1);
 
+  const auto memory = check_generate_memory(a.checkpoint, a.backend, a.ignore_memory);
   const ModelCheckpoint w = load_model_checkpoint(a.checkpoint);
   const RunConfig& cfg = w.config;
   const ModelConfig& m = cfg.model;
@@ -128,6 +131,7 @@ void add_generate(CLI::App& app) {
   sub->add_option("--backend", a->backend, "cpu | cuda")->capture_default_str();
   sub->add_option("--threads", a->threads, "OpenMP threads (0 = all cores)")->capture_default_str();
   sub->add_flag("--print-ids", a->print_ids, "also print the generated token ids");
+  add_memory_limit_flag(*sub, a->ignore_memory);
   sub->callback([a]() { run_generate(*a); });
 }
 

@@ -12,13 +12,17 @@
 #include <stdexcept>
 #include <string>
 
+#include "data/file_commit.h"
 #include "model/kv_sharing.h"
+#include "model/memory_estimate.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/gate_config.h"
 #include "train/gate_trainer.h"
+#include "train/trainer.h"
 
 namespace kvt::cli {
 namespace {
@@ -101,13 +105,39 @@ void inspect(const std::string& path) {
   std::printf("verification: %s%s\n", why.c_str(), table_check.c_str());
 }
 
+// Layers up to which `inspect --config` lists every tensor (a longer list says little and the
+// parameter table's cost grows with it).
+constexpr int kListTensorsUpToLayers = 64;
+
+// The memory a config needs, counted without allocating (model/memory_estimate.h), against the
+// memory available here.
+void print_memory(const RunConfig& cfg) {
+  const TrainConfig& t = cfg.train;
+  const MemoryAvailable avail = memory_available();
+  auto line = [&](const char* what, const MemoryEstimate& e) {
+    std::printf("memory (%s): %s = %s\n", what, format_bytes(e.total()).c_str(), memory_breakdown(e).c_str());
+  };
+  line("train, one rank", estimate_train_memory(cfg.model, per_rank_batch_size(t, 1), t.seq_len));
+  line("generate", estimate_generate_memory(cfg.model));
+  if (avail.known)
+    std::printf("memory available: %s (%s)\n", format_bytes(avail.bytes).c_str(), avail.source.c_str());
+  else
+    std::printf("memory available: unknown (no MemAvailable or cgroup limit readable)\n");
+}
+
 // `inspect --config X [--set k=v]`: what a config would build, without training — its model
-// section, KV cache per token and parameter table.
+// section, KV cache per token, memory estimate and parameter table.
 void inspect_config(const std::string& path, const std::vector<std::string>& overrides) {
   const RunConfig cfg = load_run_config(path, overrides);
   std::printf("config:      %s\n", path.c_str());
   print_model_section(cfg);
   std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
+  print_memory(cfg);
+  if (cfg.model.n_layers > kListTensorsUpToLayers) {
+    std::printf("parameters: %llu (tensors listed for at most %d layers)\n",
+                static_cast<unsigned long long>(parameter_count(cfg.model)), kListTensorsUpToLayers);
+    return;
+  }
   const ParamTable table = build_param_table(cfg.model, cfg.train.decay_embeddings);
   std::vector<CheckpointTensor> tensors;
   for (const ParamInfo& p : table.entries())

@@ -4,6 +4,7 @@
 
 #include "model/kv_sharing.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
@@ -15,6 +16,7 @@ struct TrainArgs {
   std::vector<std::string> overrides;
   bool resume = false;
   int64_t stop_after = 0;
+  bool ignore_memory = false;
 };
 
 void print_banner(const RunConfig& cfg, Trainer& tr, int threads, int world) {
@@ -43,9 +45,11 @@ void add_train(CLI::App& app) {
   sub->add_option("--stop-after", args->stop_after,
                   "checkpoint and exit after this step (continue later with --resume)")
       ->check(CLI::NonNegativeNumber);
+  add_memory_limit_flag(*sub, args->ignore_memory);
   sub->callback([args]() {
     DistContext& ctx = dist_context();
     RunConfig cfg = load_run_config(args->config, args->overrides);
+    const auto memory = check_train_memory(args->config, cfg, args->ignore_memory);
     const int threads = configure_threads(cfg.train.threads, ctx.local_size());
     auto comm = make_communicator(ctx, cfg.train.backend);
     Trainer trainer(cfg, *comm);

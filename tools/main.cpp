@@ -2,9 +2,11 @@
 // as one line; with several ranks the job is aborted so no rank waits forever (DESIGN.md §6).
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "dist/dist.h"
 #include "tools/commands.h"
+#include "tools/memory_check.h"
 
 int main(int argc, char** argv) {
   kvt::DistContext ctx(&argc, &argv);
@@ -26,9 +28,15 @@ int main(int argc, char** argv) {
     if (rc != 0 && ctx.world() > 1) ctx.abort(rc);
     return rc;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvtrain: error%s: %s\n",
+    // An allocation the estimate did not foresee (or one run with --ignore-memory-limit) names
+    // the command's allocation instead of printing "std::bad_alloc".
+    const std::string& what = kvt::AllocationScope::current();
+    const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
+    std::fprintf(stderr, "kvtrain: error%s: %s%s%s\n",
                  ctx.world() > 1 ? (" on rank " + std::to_string(ctx.rank())).c_str() : "",
-                 e.what());
+                 oom ? "out of memory (std::bad_alloc) while allocating " : "",
+                 oom ? (what.empty() ? "the command's buffers" : what.c_str()) : e.what(),
+                 oom ? "; reduce the model or batch, or free memory" : "");
     std::fflush(stderr);
     if (ctx.world() > 1) ctx.abort(1);
     return 1;

@@ -1,5 +1,7 @@
 #include "tools/safetensors.h"
 
+#include "data/file_commit.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -168,40 +170,29 @@ void SafetensorsWriter::write(const std::string& path) const {
   text.append((8 - text.size() % 8) % 8, ' ');  // 8 + N stays a multiple of 8
   const uint64_t n = text.size();
 
-  const std::string tmp = path + ".tmp";
-  auto closer = [](std::FILE* f) {
-    if (f) std::fclose(f);
-  };
-  std::unique_ptr<std::FILE, decltype(closer)> f(std::fopen(tmp.c_str(), "wb"), closer);
-  if (!f) throw std::runtime_error(path + ": cannot create " + tmp + ": " + std::strerror(errno));
-  auto put = [&](const void* p, size_t bytes) {
-    if (bytes && std::fwrite(p, 1, bytes, f.get()) != bytes) {
-      int err = errno;
-      f.reset();
-      std::remove(tmp.c_str());
-      throw std::runtime_error(path + ": write failed: " + std::strerror(err));
-    }
-  };
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  put(len, 8);
-  put(text.data(), text.size());
-  for (const auto& [name, e] : tensors_) put(e.data, e.nbytes);
-  if (std::fflush(f.get()) != 0 || ::fsync(::fileno(f.get())) != 0) {
-    int err = errno;
-    f.reset();
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": flush failed: " + std::strerror(err));
+  // Through data/file_commit.h: the temporary is removed on every failure, and a full disk
+  // names the file, the bytes it needed and the bytes free.
+  uint64_t total = 8 + n;
+  for (const auto& [name, e] : tensors_) total += e.nbytes;
+  AtomicFile file(path);
+  {
+    auto closer = [](std::FILE* f) {
+      if (f) std::fclose(f);
+    };
+    std::unique_ptr<std::FILE, decltype(closer)> f(std::fopen(file.tmp_path().c_str(), "wb"), closer);
+    if (!f) throw_write_error(path, "cannot create " + file.tmp_path(), errno, total);
+    auto put = [&](const void* p, size_t bytes) {
+      if (bytes && std::fwrite(p, 1, bytes, f.get()) != bytes) throw_write_error(path, "write failed", errno, total);
+    };
+    unsigned char len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+    put(len, 8);
+    put(text.data(), text.size());
+    for (const auto& [name, e] : tensors_) put(e.data, e.nbytes);
+    if (std::fflush(f.get()) != 0) throw_write_error(path, "write failed", errno, total);
+    if (std::fclose(f.release()) != 0) throw_write_error(path, "write failed", errno, total);
   }
-  if (std::fclose(f.release()) != 0) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": close failed: " + std::strerror(errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": rename from " + tmp + " failed: " + std::strerror(err));
-  }
+  file.commit();
 }
 
 // ---- reader ---------------------------------------------------------------------------------
