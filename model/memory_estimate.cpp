@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "model/gates.h"
+#include "model/kv_cache.h"
 #include "model/kv_sharing.h"
 
 namespace kvt {
@@ -69,6 +70,13 @@ LayerShape layer_shape(const ModelConfig& c, int l) {
   s.own_kv_buffer = c.lrkv() || src.kind == KvSource::Kind::fused;
   s.dedicated_grad = src.kind == KvSource::Kind::own && has_consumers(c, l);
   return s;
+}
+
+// Positions the KV cache allocates per (layer, head): max_seq_len rounded up to whole blocks
+// (model/kv_cache.h, KvCache::kBlock).
+uint64_t cache_slots(const ModelConfig& c) {
+  const uint64_t B = KvCache::kBlock;
+  return (static_cast<uint64_t>(c.max_seq_len) + B - 1) / B * B;
 }
 
 int default_chunk(const ModelConfig& c, int chunk) {
@@ -149,25 +157,32 @@ uint64_t inference_cache_bytes(const ModelConfig& cfg) {
   const ModelConfig c = resolved(cfg);
   uint64_t per_pos = 0;
   for (int l = 0; l < c.n_layers; l++) per_pos = add(per_pos, layer_shape(c, l).cache_width);
-  return mul(per_pos, static_cast<uint64_t>(c.max_seq_len), sizeof(float));
+  return mul(per_pos, cache_slots(c), sizeof(float));
 }
 
 uint64_t inference_working_bytes(const ModelConfig& cfg, int chunk) {
   const ModelConfig c = resolved(cfg);
   const uint64_t N = default_chunk(c, chunk), T = c.max_seq_len, C = c.d_model, H = c.n_heads,
-                 D = c.head_dim(), F = c.ffn_dim(), V = c.vocab_size;
+                 D = c.head_dim(), F = c.ffn_dim(), V = c.vocab_size, S = cache_slots(c),
+                 heads_read = c.lrkv() ? H : static_cast<uint64_t>(c.kv_heads());
   bool scratch = c.lrkv();
-  for (int l = 0; l < c.n_layers && !scratch; l++)
-    scratch = kv_source_of_layer(c, l).kind == KvSource::Kind::fused;
-  // x, ln, tmp [N, C]; rstd [N]; q, atty [N, HD]; gate_up [N, 2F]; swi [N, F]; logits [N, V];
-  // rebuilt K|V scratch [T, 2HD] (fused, LRKV); RoPE cos, sin [T, D/2]
+  uint64_t max_proj = 0;
+  for (int l = 0; l < c.n_layers; l++) {
+    scratch = scratch || kv_source_of_layer(c, l).kind == KvSource::Kind::fused;
+    max_proj = std::max(max_proj, layer_shape(c, l).proj);
+  }
+  // x, ln, tmp [N, C]; rstd [N]; qkv [N, max proj]; atty [N, HD]; gate_up [N, 2F]; swi [N, F];
+  // logits [N, V]; rebuilt K|V scratch [heads read, S, 2D] (fused, LRKV); RoPE cos, sin [T, D/2]
   uint64_t floats = add(mul(3, slot(mul(N, C))), slot(N));
-  floats = add(floats, add(mul(2, slot(mul(N, H * D))), add(slot(mul(N, 2 * F)), slot(mul(N, F)))));
+  floats = add(floats, add(slot(mul(N, max_proj)), slot(mul(N, H * D))));
+  floats = add(floats, add(slot(mul(N, 2 * F)), slot(mul(N, F))));
   floats = add(floats, add(slot(mul(N, V)), mul(2, slot(mul(T, D / 2)))));
-  if (scratch) floats = add(floats, slot(mul(T, 2 * H * D)));
+  if (scratch) floats = add(floats, slot(mul(heads_read, S, 2 * D)));
+  // token ids [N] and visible positions [heads read, T] (int32, backend and a host copy)
+  const uint64_t ids = add(mul(N, sizeof(int32_t)), mul(2, mul(heads_read, T, sizeof(int32_t))));
   const uint64_t mask_heads = c.lrkv() ? 1 : c.kv_heads();
-  const uint64_t keep = mul(static_cast<uint64_t>(c.n_layers), mask_heads, T);  // uint8 flags
-  return add(add(mul(floats, sizeof(float)), mul(N, sizeof(int32_t))), keep);
+  const uint64_t keep = mul(static_cast<uint64_t>(c.n_layers), mask_heads, S);  // uint8 flags
+  return add(add(mul(floats, sizeof(float)), ids), keep);
 }
 
 uint64_t gate_activation_bytes(const ModelConfig& cfg, int64_t max_tokens) {

@@ -14,20 +14,17 @@ size_t ParamTable::add(const std::string& name, std::vector<int64_t> shape, bool
   p.offset = total_;
   p.weight_decay = weight_decay;
   total_ += p.numel;
+  index_.emplace(p.name, entries_.size());
   entries_.push_back(std::move(p));
   return entries_.size() - 1;
 }
 
-bool ParamTable::contains(const std::string& name) const {
-  for (const auto& e : entries_)
-    if (e.name == name) return true;
-  return false;
-}
+bool ParamTable::contains(const std::string& name) const { return index_.count(name) != 0; }
 
 const ParamInfo& ParamTable::find(const std::string& name) const {
-  for (const auto& e : entries_)
-    if (e.name == name) return e;
-  throw std::out_of_range("no parameter named " + name);
+  const auto it = index_.find(name);
+  if (it == index_.end()) throw std::out_of_range("no parameter named " + name);
+  return entries_[it->second];
 }
 
 }  // namespace kvt

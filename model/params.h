@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace kvt {
@@ -29,6 +30,7 @@ class ParamTable {
 
  private:
   std::vector<ParamInfo> entries_;
+  std::unordered_map<std::string, size_t> index_;  // name -> entry (add and find in O(1))
   size_t total_ = 0;
 };
 

@@ -5,7 +5,7 @@
 //  * the memory available: /proc/meminfo and cgroup v1/v2 texts and trees, malformed ones too;
 //  * the refusal through the CLI (train, bench, gates, generate, eval): one line with the numbers,
 //    non-zero exit, nothing written; --ignore-memory-limit runs; a std::bad_alloc names the
-//    allocation; `inspect --config` of a 65536-layer model under a small address space and a CPU
+//    allocation; `inspect --config` of a 65536-layer model under a small data-segment limit and a CPU
 //    time limit.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
@@ -26,6 +26,7 @@
 #include "kernels/ops.h"
 #include "model/gates.h"
 #include "model/inference.h"
+#include "model/kv_cache.h"
 #include "model/kv_sharing.h"
 #include "model/memory_estimate.h"
 #include "model/transformer.h"
@@ -163,12 +164,18 @@ TEST(memoryEstimate, InferenceAndGateBuffersEqualTheAllocations) {
     for (int chunk : {0, 5, 1000}) {
       std::unique_ptr<InferenceModel> inf;
       const uint64_t bytes = backend_bytes_of([&] {
-        inf = std::make_unique<InferenceModel>(cfg, *ops, host, InferenceOptions{chunk, false});
+        inf = std::make_unique<InferenceModel>(cfg, *ops, host, InferenceOptions{chunk});
       });
       EXPECT_EQ(inf->kv_capacity_bytes(), inference_cache_bytes(cfg));
-      // The keep-mask is host memory (one byte per layer, mask head and position).
-      const uint64_t mask = static_cast<uint64_t>(cfg.n_layers) * inf->mask_heads() * inf->capacity();
-      EXPECT_EQ(bytes, 4 * host.size() + inference_cache_bytes(cfg) + inference_working_bytes(cfg, chunk) - mask);
+      // Host memory, not counted by the allocator hook: the keep flags (one byte per layer,
+      // mask head and cache slot) and the host copy of the visible positions [heads read, T].
+      const uint64_t slots = (static_cast<uint64_t>(inf->capacity()) + KvCache::kBlock - 1) /
+                             KvCache::kBlock * KvCache::kBlock;
+      const uint64_t mask = static_cast<uint64_t>(cfg.n_layers) * inf->mask_heads() * slots;
+      const uint64_t heads_read = cfg.lrkv() ? cfg.n_heads : cfg.kv_heads();
+      const uint64_t host_pos = heads_read * inf->capacity() * sizeof(int32_t);
+      EXPECT_EQ(bytes, 4 * host.size() + inference_cache_bytes(cfg) +
+                           inference_working_bytes(cfg, chunk) - mask - host_pos);
     }
     const MemoryEstimate g = estimate_generate_memory(cfg);
     EXPECT_EQ(g.params, 4 * host.size());
@@ -305,10 +312,10 @@ struct Child {
   std::string out, err;
 };
 
-// Runs the kvtrain binary with extra environment and optional address-space and CPU-time
+// Runs the kvtrain binary with extra environment and optional data-segment (RLIMIT_DATA) and CPU-time
 // limits; stdout and stderr apart. A guard kills it after 300 s (a hang), reported as a signal.
 Child run_cli(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
-              rlim_t address_space = 0, rlim_t cpu_seconds = 0) {
+              rlim_t data_limit = 0, rlim_t cpu_seconds = 0) {
   const fs::path dir = fs::temp_directory_path() / ("kvt_test_resources_io_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string out = (dir / "out").string(), err = (dir / "err").string();
@@ -318,9 +325,9 @@ Child run_cli(const std::vector<std::string>& args, const std::vector<std::strin
     setenv("OMP_NUM_THREADS", "1", 1);
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     for (const std::string& kv : env) putenv(const_cast<char*>(kv.c_str()));
-    if (address_space) {
-      const rlimit r{address_space, address_space};
-      setrlimit(RLIMIT_AS, &r);
+    if (data_limit) {
+      const rlimit r{data_limit, data_limit};
+      setrlimit(RLIMIT_DATA, &r);  // heap and anonymous maps: not the mapped CUDA libraries
     }
     if (cpu_seconds) {
       const rlimit r{cpu_seconds, cpu_seconds};
@@ -360,7 +367,7 @@ Child run_cli(const std::vector<std::string>& args, const std::vector<std::strin
 
 size_t lines_of(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
 
-// `kvtrain inspect --config` of 65536 layers: with 512 MiB of address space (the process itself
+// `kvtrain inspect --config` of 65536 layers: with 512 MiB of data segment (the process itself
 // needs about 250 MiB; the parameter table of 590k tensors it built before took more) and 60 s of
 // CPU time (it ran for minutes, quadratic in the tensors), it prints the estimate.
 TEST(memoryCli, InspectOfAHugeConfigIsBoundedWork) {
@@ -495,7 +502,7 @@ TEST_F(MemoryRefusal, GenerateGatesAndEvalRefuse) {
                  ckpt_, {"KV cache ", "activations "});
 }
 
-// With the check skipped, an allocation beyond the address space gives one line naming the
+// With the check skipped, an allocation beyond the data-segment limit gives one line naming the
 // allocation, not "std::bad_alloc" alone.
 TEST_F(MemoryRefusal, BadAllocNamesTheAllocation) {
   const Child c = run_cli({"bench", "--config", config(), "--set", "train.batch_size=256", "--set",
