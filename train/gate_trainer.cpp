@@ -401,8 +401,8 @@ CheckpointState GateTrainer::state() const {
   s.adam_v = opt_->v_to_host();
   s.adam_step = opt_->t();
   s.loader_seed = cfg_.gates.seed;
-  s.loader_next_sample = static_cast<uint64_t>(step_) * cfg_.gates.contexts_per_step;
-  s.rng_state = cfg_.gates.seed;  // no random numbers are drawn after init
+  s.loader_next_sample = static_cast<uint64_t>(step_) * cfg_.gates.contexts_per_step;  // no other randomness
+  s.global_batch = cfg_.gates.contexts_per_step;
   s.texts = {{kGateTextModelConfig, to_yaml(frozen_.config)},
              {kGateTextModelCheckpoint, frozen_.path},
              {kGateTextModelSha256, frozen_.sha256}};

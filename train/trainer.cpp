@@ -187,11 +187,11 @@ void Trainer::save_checkpoint() {
     s.adam_m = opt_->m_to_host();
     s.adam_v = opt_->v_to_host();
     s.adam_step = opt_->t();
+    s.global_batch = global_batch_;
+    // Training draws no random numbers after init (no dropout); the data order is a function of
+    // (seed, epoch): the loader's seed and cursor are all the random state there is.
     s.loader_seed = cfg_.train.seed;
     s.loader_next_sample = next_sample();
-    // Training draws no random numbers after init (no dropout); the data order is a function of
-    // (seed, epoch). The RNG state stored is therefore the seed everything derives from.
-    s.rng_state = cfg_.train.seed;
     checkpoint_write_atomic(cfg_.output.dir, model_->params(), s,
                             RetentionPolicy{cfg_.output.keep_last, cfg_.output.keep_every});
   }
@@ -203,22 +203,15 @@ void Trainer::restore(const CheckpointState& s) {
     throw std::runtime_error("checkpoint at step " + std::to_string(s.step) + " was trained with seed " +
                              std::to_string(s.loader_seed) + ", the config says train.seed " +
                              std::to_string(cfg_.train.seed));
-  // The position is a global sample index, valid on any world size with the same global batch.
-  // The checkpoint's resolved config holds its per-rank batch (derived if global_batch was set).
-  int64_t ckpt_batch = 0;
-  try {
-    const RunConfig c = parse_run_config(s.config_yaml, {}, "checkpoint at step " + std::to_string(s.step));
-    ckpt_batch = static_cast<int64_t>(c.train.batch_size) * c.train.grad_accum * s.world_size;
-  } catch (const std::invalid_argument&) {
-    // a config this version cannot read: nothing to compare against
-  }
-  if (ckpt_batch > 0 && ckpt_batch != global_batch_)
+  // The position is a global sample index, valid on any world size with the same global batch
+  // (stored since checkpoint format 2, derived from a version-1 file's config on read).
+  if (s.global_batch != global_batch_)
     throw std::runtime_error(
         "checkpoint at step " + std::to_string(s.step) + " was trained with a global batch of " +
-        std::to_string(ckpt_batch) + " sequences on " + std::to_string(s.world_size) +
+        std::to_string(s.global_batch) + " sequences on " + std::to_string(s.world_size) +
         " rank(s); this run's is " + std::to_string(global_batch_) + " on " +
         std::to_string(comm_.world()) + " rank(s): set train.global_batch: " +
-        std::to_string(ckpt_batch) + " to resume with the same data order and schedule");
+        std::to_string(s.global_batch) + " to resume with the same data order and schedule");
   model_->params_from_host(s.params);
   opt_->load(s.adam_m, s.adam_v, s.adam_step);
   step_ = step_base_ = s.step;
