@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/file_commit.h"
 #include "data/tokenizer.h"
 #include "train/adamw.h"
 #include "train/metrics.h"
@@ -204,7 +205,7 @@ class GateTrainer::ContextCache {
         throw std::runtime_error("gates.cache_dir " + dir_ + " holds the contexts of another model, context "
                                  "length, prompt or data (see its KEY): delete it or choose another directory");
     } else {
-      write_atomic(key_path, {key.data(), key.size()});
+      write_file_atomic(key_path, key);
     }
   }
 
@@ -229,20 +230,11 @@ class GateTrainer::ContextCache {
     std::string bytes(reinterpret_cast<const char*>(header_), sizeof header_);
     bytes.append(reinterpret_cast<const char*>(hidden.data()), hidden.size() * sizeof(float));
     bytes.append(reinterpret_cast<const char*>(targets.data()), targets.size() * sizeof(float));
-    write_atomic(dir_ + "/" + name + ".bin", bytes);
+    write_file_atomic(dir_ + "/" + name + ".bin", bytes);  // fsync, rename; ENOSPC in one line
   }
 
  private:
   static constexpr int64_t kMagic = 0x6b767a6970637478;  // "kvzipctx"
-  static void write_atomic(const std::string& path, std::string_view bytes) {
-    const std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      if (!out) throw std::runtime_error(tmp + ": cannot write (gates.cache_dir)");
-    }
-    std::filesystem::rename(tmp, path);
-  }
   std::string dir_;
   int64_t header_[8];
 };
