@@ -7,12 +7,12 @@
 //
 // Distributed semantics: in optimizer step s with global batch Gb = B * grad_accum * world,
 // micro-step m of rank r reads the B global samples starting at
-//     s * Gb + (m * world + r) * B                    (sample_index() below).
+//     s * Gb + (m * world + r) * B
 // Every rank therefore reads a disjoint slice of the same global sequence, and reading 2B samples
 // at once equals reading them as two calls of B: two ranks with batch B see exactly what one rank
-// with batch 2B sees. The loader keeps no position: the trainer's LoaderState (seed and the next
-// global sample) is all a checkpoint needs, and a resume on any world size that divides Gb
-// continues the same sequence with no sample repeated or skipped.
+// with batch 2B sees. The loader keeps no position: its seed and the next global sample are all a
+// checkpoint needs, and a resume on any world size that divides Gb continues the same sequence
+// with no sample repeated or skipped.
 #pragma once
 
 #include <cstdint>
@@ -25,19 +25,6 @@ namespace kvt {
 
 // Files matching a glob pattern, sorted; throws naming the pattern when nothing matches.
 std::vector<std::string> expand_glob(const std::string& pattern);
-
-// What a checkpoint stores for the loader; the epoch is next_sample / num_windows().
-struct LoaderState {
-  uint64_t seed = 0;
-  uint64_t next_sample = 0;
-};
-
-// First global sample index read by micro-step `micro` of rank `rank` in optimizer step `step`.
-inline uint64_t sample_index(uint64_t step, int micro, int rank, int batch, int grad_accum,
-                             int world) {
-  const uint64_t global_batch = static_cast<uint64_t>(batch) * grad_accum * world;
-  return step * global_batch + (static_cast<uint64_t>(micro) * world + rank) * batch;
-}
 
 class WindowLoader {
  public:

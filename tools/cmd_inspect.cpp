@@ -69,6 +69,7 @@ void inspect(const std::string& path) {
   std::printf("step:        %lld\n", static_cast<long long>(s.step));
   std::printf("tokens seen: %lld\n", static_cast<long long>(s.tokens_seen));
   std::printf("world size:  %d\n", s.world_size);
+  if (s.format_version >= 2) std::printf("global batch: %lld sequences per step\n", static_cast<long long>(s.global_batch));
   std::printf("written:     %s by kvtrain %s\n", s.utc_time.c_str(), s.kvtrain_version.c_str());
 
   // The config must parse and its parameter table must match the stored tensors, or the checkpoint

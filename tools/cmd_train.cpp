@@ -28,7 +28,7 @@ void print_banner(const RunConfig& cfg, Trainer& tr, int threads, int world) {
               m.n_layers, m.d_model, m.n_heads, m.kv_heads(), m.head_dim(), m.ffn_dim(),
               m.vocab_size, m.tie_embeddings ? "tied" : "untied");
   std::printf("params: %zu (%.2fM) | global batch %lld x %d tokens | %lld steps | run dir %s\n", np,
-              np * 1e-6, static_cast<long long>(tr.global_batch()), cfg.train.seq_len,
+              np * 1e-6, static_cast<long long>(tr.global_batch()), tr.seq_len(),
               static_cast<long long>(cfg.train.steps), cfg.output.dir.c_str());
   std::printf("%s\n", kv_cache_summary(m).c_str());
   std::fflush(stdout);

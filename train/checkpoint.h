@@ -1,10 +1,11 @@
-// train/checkpoint.h — HDF5 checkpoints that never lose a run (DESIGN.md §7,
+// train/checkpoint.h — HDF5 checkpoints that never lose a run (docs/design.md, "Checkpoints";
 // docs/checkpoint_format.md).
 //
 // One file per checkpoint, run_dir/ckpt_<step, 8 digits>.h5, next to a sha256sum-style sidecar
 // ckpt_<step>.h5.sha256; run_dir/latest names the newest committed one with its hash. Writing is
 // atomic (temporary name, fsync, rename, fsync the directory); reading verifies the whole-file
 // SHA-256 first, then every dataset's Fletcher32 checksum and shape. Only rank 0 calls the writer.
+// Format version 2 writes /meta/global_batch and no /rng/state; version-1 files still load.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 
 #include "model/params.h"
 #include "train/config.h"
+#include "train/run_dir.h"
 
 namespace kvt {
 
@@ -26,14 +28,19 @@ const std::string* find_text(const NamedTexts& texts, const std::string& name);
 // tensor i at [offset, offset + numel).
 struct CheckpointState {
   std::string format = "kvtrain-checkpoint";  // kCheckpointFormatName, or kGatesFormatName
+  int format_version = 0;     // as read (1 or 2); the writer always writes kCheckpointFormatVersion
   int64_t step = 0;           // optimizer steps completed
   int64_t tokens_seen = 0;
   int world_size = 1;
+  // Sequences per optimizer step (all ranks and micro-steps; gates: contexts per step). Version 1
+  // did not store it: read back from a model checkpoint's config, 0 for a version-1 gate file.
+  int64_t global_batch = 0;
   std::string config_yaml;    // the resolved run config (to_yaml)
   std::vector<float> params, adam_m, adam_v;
   int64_t adam_step = 0;
+  // The loader's position: its seed and the global sample index the next step starts at (the
+  // epoch is next_sample / windows). Nothing else draws random numbers after init.
   uint64_t loader_seed = 0, loader_next_sample = 0;
-  uint64_t rng_state = 0;
   std::string kvtrain_version;
   std::string utc_time;       // ISO 8601, e.g. 2025-01-31T12:00:00Z
   // Further named texts, stored as string datasets /text/<name> (gates: the frozen model's
@@ -41,23 +48,18 @@ struct CheckpointState {
   NamedTexts texts;
 };
 
-struct RetentionPolicy {
-  int keep_last = 3;       // newest checkpoints kept (>= 1)
-  int64_t keep_every = 0;  // also keep steps that are multiples of this; 0 = none
-};
-
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;        // what the writer writes
+inline constexpr int kOldestCheckpointFormatVersion = 1;  // the oldest the reader reads
 inline constexpr const char* kCheckpointFormatName = "kvtrain-checkpoint";
 // Fast KVzip gate files (gates.h5 and a gate run's ckpt_<step>.h5): the same layout, with the gate
 // parameter table under /model (train/gate_trainer.h).
 inline constexpr const char* kGatesFormatName = "kvtrain-gates";
 
-// "ckpt_00000042.h5": the step zero-padded to 8 digits so names sort like steps.
-std::string checkpoint_file_name(int64_t step);
-
 // Writes run_dir/ckpt_<step>.h5 atomically, updates `latest`, then prunes by the policy (never the
 // checkpoint just written, never before it is committed). Creates run_dir if needed. Returns the
-// path written. Throws std::runtime_error naming the file on any failure.
+// path written. Throws std::runtime_error naming the file on any failure; on a full disk, one line
+// "<file>: no space left on device (needs N, M free)", the temporary removed and the earlier
+// checkpoints and `latest` untouched.
 std::string checkpoint_write_atomic(const std::string& run_dir, const ParamTable& table,
                                     const CheckpointState& state, const RetentionPolicy& policy);
 // Writes dir/file_name (and its .sha256 sidecar) with the same atomic protocol, leaving `latest`
@@ -93,9 +95,6 @@ struct ModelCheckpoint {
 };
 ModelCheckpoint load_model_checkpoint(const std::string& path);
 
-// Checkpoint files of run_dir (full paths), newest step first. Temporary files are never listed.
-std::vector<std::string> list_checkpoints(const std::string& run_dir);
-
 // The newest checkpoint of run_dir that verifies and reads against `table`, or nullopt if none
 // does. Each damaged checkpoint passed over adds one message ("<path>: <why>") to *skipped.
 std::optional<std::string> find_latest_valid(const std::string& run_dir, const ParamTable& table,
@@ -117,6 +116,7 @@ struct CheckpointSummary {
   int format_version = 0;
   int64_t step = 0, tokens_seen = 0;
   int world_size = 0;
+  int64_t global_batch = 0;  // 0 when not stored (version 1)
   std::string utc_time, kvtrain_version, config_yaml;
   std::vector<CheckpointTensor> tensors;  // /model, in the order written (the table's order)
   NamedTexts texts;  // /text/<name>

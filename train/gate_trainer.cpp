@@ -1,4 +1,4 @@
-// train/gate_trainer.cpp — the forward-only gate trainer, its held-out metrics and gate files.
+// train/gate_trainer.cpp — the forward-only gate trainer: one step, eval, state and its run loop.
 #include "train/gate_trainer.h"
 
 #include <algorithm>
@@ -13,69 +13,14 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/file_commit.h"
 #include "data/tokenizer.h"
 #include "train/adamw.h"
-#include "train/metrics.h"
+#include "train/run_loop.h"
 #include "train/signals.h"
 #include "train/trainer.h"
 
 namespace kvt {
-
-double gate_lr_factor(int64_t step, int64_t steps, const std::string& schedule) {
-  if (schedule == "constant") return 1.0;
-  const double t = static_cast<double>(step + 1), S = static_cast<double>(steps);
-  if (t <= 0.01 * S) return std::min(1.0, 0.01 * t);
-  if (t <= 0.5 * S) return 1.0;
-  if (t <= 0.75 * S) return 0.5;
-  return 0.25;
-}
-
-// ---- held-out metrics -----------------------------------------------------------------------
-
-void GateEvalAccumulator::add_context(std::span<const float> scores, std::span<const float> targets,
-                                      double loss) {
-  if (scores.size() != targets.size() || scores.empty())
-    throw std::invalid_argument("gate eval: " + std::to_string(scores.size()) + " scores for " +
-                                std::to_string(targets.size()) + " targets");
-  const size_t n = scores.size();
-  for (size_t i = 0; i < n; i++) {
-    agree_ += (scores[i] >= thr_) == (targets[i] >= thr_);
-    dense_ += targets[i] >= thr_;
-    target_sum_ += targets[i];
-  }
-  // Top k by target and by score (ties: the lower index), then their overlap.
-  const size_t k = std::max<size_t>(1, static_cast<size_t>(std::llround(top_ * static_cast<double>(n))));
-  auto top_set = [&](std::span<const float> v) {
-    std::vector<uint32_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0u);
-    std::nth_element(idx.begin(), idx.begin() + static_cast<int64_t>(k) - 1, idx.end(),
-                     [&](uint32_t a, uint32_t b) { return v[a] != v[b] ? v[a] > v[b] : a < b; });
-    std::vector<uint8_t> in(n, 0);
-    for (size_t i = 0; i < k; i++) in[idx[i]] = 1;
-    return in;
-  };
-  const std::vector<uint8_t> truth = top_set(targets), pred = top_set(scores);
-  size_t hit = 0;
-  for (size_t i = 0; i < n; i++) hit += truth[i] && pred[i];
-  recall_ += static_cast<double>(hit) / static_cast<double>(k);
-  loss_ += loss;
-  entries_ += static_cast<int64_t>(n);
-  contexts_++;
-}
-
-GateEvalStats GateEvalAccumulator::result() const {
-  GateEvalStats s;
-  if (contexts_ == 0) return s;
-  const double e = static_cast<double>(entries_);
-  s.loss = loss_ / contexts_;
-  s.accuracy = agree_ / e;
-  s.recall = recall_ / contexts_;
-  s.target_density = dense_ / e;
-  s.target_mean = target_sum_ / e;
-  s.entries = entries_;
-  s.contexts = contexts_;
-  return s;
-}
 
 std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
                                           int vocab_size) {
@@ -87,46 +32,6 @@ std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, con
                                   std::to_string(id) + ", outside the model's vocab_size " +
                                   std::to_string(vocab_size) + " (a tokenizer of another model?)");
   return ids;
-}
-
-// ---- gate files -----------------------------------------------------------------------------
-
-namespace {
-
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); i++) s += (i ? sep : "") + v[i];
-  return s;
-}
-
-}  // namespace
-
-std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
-                              std::string* warning) {
-  // The gates' model config first, so that gates of another model fail naming the keys that
-  // differ rather than the first tensor whose shape does not fit; then the verified read.
-  const CheckpointSummary sum = read_checkpoint_summary(path);
-  if (sum.format != kGatesFormatName)
-    throw std::runtime_error(path + ": is a " + sum.format + " file, not Fast KVzip gates (kvtrain gates writes gates.h5)");
-  const std::string* cfg_text = find_text(sum.texts, kGateTextModelConfig);
-  if (!cfg_text) throw std::runtime_error(path + ": has no /text/" + kGateTextModelConfig);
-  const RunConfig theirs = parse_run_config(*cfg_text, {}, path + ": /text/" + kGateTextModelConfig);
-  const std::vector<std::string> diff = config_differences(theirs, model.config, "model");
-  if (!diff.empty())
-    throw std::runtime_error(path + ": gates trained for another model (" + join(diff, ", ") +
-                             "; the gates' model vs " + model.path + "'s)");
-  const CheckpointState s = checkpoint_read(path, build_gate_param_table(model.config.model), kGatesFormatName);
-  const std::string* sha = find_text(s.texts, kGateTextModelSha256);
-  if (warning) {
-    warning->clear();
-    if (sha && *sha != model.sha256) {
-      const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
-      *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) +
-                 " (SHA-256 " + sha->substr(0, 12) + "...), not on " + model.path + " (" +
-                 model.sha256.substr(0, 12) + "...): same model config, other weights";
-    }
-  }
-  return s.params;
 }
 
 // ---- the optimizer --------------------------------------------------------------------------
@@ -180,71 +85,6 @@ class GateTrainer::Optimizer {
   std::unique_ptr<AdamW> adamw_;
   Buffer<float> buf_;
   int64_t t_ = 0;
-};
-
-// ---- the context cache ----------------------------------------------------------------------
-
-// One file per context, <dir>/<split>_<window>.bin: a header of 8 int64 (magic, P, C, layers,
-// decisions, 0, 0, 0), the gate inputs [layers, P, C] and the targets [layers, decisions, P], all
-// little-endian float32. <dir>/KEY says what they were computed from (the model's SHA-256, the
-// context length, the repeat prompt's ids, the shards); a directory with another KEY is an error,
-// never reused. Files are written to a temporary name and renamed, so a killed run leaves none
-// half-written; a file of the wrong size is an error naming it.
-class GateTrainer::ContextCache {
- public:
-  ContextCache(std::string dir, const std::string& key, int64_t P, int64_t C, int64_t layers, int64_t M)
-      : dir_(std::move(dir)), header_{kMagic, P, C, layers, M, 0, 0, 0} {
-    namespace fs = std::filesystem;
-    fs::create_directories(dir_);
-    const std::string key_path = dir_ + "/KEY";
-    if (fs::exists(key_path)) {
-      std::ifstream in(key_path, std::ios::binary);
-      const std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (have != key)
-        throw std::runtime_error("gates.cache_dir " + dir_ + " holds the contexts of another model, context "
-                                 "length, prompt or data (see its KEY): delete it or choose another directory");
-    } else {
-      write_atomic(key_path, {key.data(), key.size()});
-    }
-  }
-
-  bool load(const std::string& name, std::vector<float>& hidden, std::vector<float>& targets) const {
-    const std::string path = dir_ + "/" + name + ".bin";
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    int64_t h[8];
-    in.read(reinterpret_cast<char*>(h), sizeof h);
-    if (!in || !std::equal(h, h + 8, header_))
-      throw std::runtime_error(path + ": not a context of this gate run (header differs); delete gates.cache_dir");
-    hidden.resize(static_cast<size_t>(header_[3] * header_[1] * header_[2]));
-    targets.resize(static_cast<size_t>(header_[3] * header_[4] * header_[1]));
-    in.read(reinterpret_cast<char*>(hidden.data()), static_cast<std::streamsize>(hidden.size() * sizeof(float)));
-    in.read(reinterpret_cast<char*>(targets.data()), static_cast<std::streamsize>(targets.size() * sizeof(float)));
-    if (!in || in.peek() != std::char_traits<char>::eof())
-      throw std::runtime_error(path + ": truncated or oversized context file; delete gates.cache_dir");
-    return true;
-  }
-
-  void store(const std::string& name, const std::vector<float>& hidden, const std::vector<float>& targets) const {
-    std::string bytes(reinterpret_cast<const char*>(header_), sizeof header_);
-    bytes.append(reinterpret_cast<const char*>(hidden.data()), hidden.size() * sizeof(float));
-    bytes.append(reinterpret_cast<const char*>(targets.data()), targets.size() * sizeof(float));
-    write_atomic(dir_ + "/" + name + ".bin", bytes);
-  }
-
- private:
-  static constexpr int64_t kMagic = 0x6b767a6970637478;  // "kvzipctx"
-  static void write_atomic(const std::string& path, std::string_view bytes) {
-    const std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      if (!out) throw std::runtime_error(tmp + ": cannot write (gates.cache_dir)");
-    }
-    std::filesystem::rename(tmp, path);
-  }
-  std::string dir_;
-  int64_t header_[8];
 };
 
 // ---- the trainer ----------------------------------------------------------------------------
@@ -401,8 +241,8 @@ CheckpointState GateTrainer::state() const {
   s.adam_v = opt_->v_to_host();
   s.adam_step = opt_->t();
   s.loader_seed = cfg_.gates.seed;
-  s.loader_next_sample = static_cast<uint64_t>(step_) * cfg_.gates.contexts_per_step;
-  s.rng_state = cfg_.gates.seed;  // no random numbers are drawn after init
+  s.loader_next_sample = static_cast<uint64_t>(step_) * cfg_.gates.contexts_per_step;  // no other randomness
+  s.global_batch = cfg_.gates.contexts_per_step;
   s.texts = {{kGateTextModelConfig, to_yaml(frozen_.config)},
              {kGateTextModelCheckpoint, frozen_.path},
              {kGateTextModelSha256, frozen_.sha256}};
@@ -447,60 +287,54 @@ bool GateTrainer::resume_latest(std::ostream& out) {
 }
 
 int64_t GateTrainer::run(std::ostream& out, bool resume, int64_t stop_after) {
-  const GateTrainConfig& g = cfg_.gates;
-  if (resume || g.resume == "auto") {
-    if (!resume_latest(out)) out << "no checkpoint in " << cfg_.output.dir << "; starting from step 0" << std::endl;
-  }
-  install_stop_signals();
-  std::filesystem::create_directories(cfg_.output.dir);
-  std::ofstream(cfg_.output.dir + "/config.yaml") << to_yaml(cfg_);
-  MetricsLog metrics(cfg_.output.dir + "/metrics.jsonl", step_);
-  const int64_t tokens_per_step = static_cast<int64_t>(g.contexts_per_step) * g.context;
-  double elapsed = 0;
-  const int64_t first = step_;
-  while (step_ < g.steps) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const StepResult r = step();
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    elapsed += dt;
-    metrics.log(nlohmann::json{{"kind", "train"}, {"step", step_}, {"loss", r.loss}, {"lr", r.lr},
-                               {"tokens_seen", step_ * tokens_per_step},
-                               {"tokens_per_s", tokens_per_step / dt}, {"step_time_s", dt}});
-    const double eta = elapsed / static_cast<double>(step_ - first) * static_cast<double>(g.steps - step_);
-    char line[256];
-    std::snprintf(line, sizeof line, "gates step %6lld/%lld | loss %.4f | lr %.3e | %.0f context tok/s | ETA %s",
-                  static_cast<long long>(step_), static_cast<long long>(g.steps), r.loss, r.lr,
-                  tokens_per_step / dt, format_duration(eta).c_str());
-    out << line << std::endl;
-    const bool last = step_ == g.steps;
-    const bool stop = stop_signal() != 0 || step_ == stop_after;
-    if ((g.eval_every > 0 && step_ % g.eval_every == 0) || last) {
-      const GateEvalStats e = evaluate();
-      metrics.log(nlohmann::json{{"kind", "eval"}, {"step", step_}, {"val_loss", e.loss},
-                                 {"accuracy", e.accuracy}, {"recall", e.recall},
-                                 {"target_density", e.target_density}, {"target_mean", e.target_mean},
-                                 {"contexts", e.contexts}, {"tokens_seen", step_ * tokens_per_step}});
+  struct Task final : RunTask {
+    GateTrainer& tr;
+    StepResult last;
+    const GateTrainConfig& g;
+    const int64_t tokens_per_step;
+    explicit Task(GateTrainer& t)
+        : tr(t), g(t.cfg_.gates), tokens_per_step(static_cast<int64_t>(g.contexts_per_step) * g.context) {}
+    int64_t steps_done() const override { return tr.step_; }
+    int64_t total_steps() const override { return g.steps; }
+    bool resume_latest(std::ostream& o) override { return tr.resume_latest(o); }
+    void step() override { last = tr.step(); }
+    RunReport step_report(double dt) const override {
+      char line[256];
+      std::snprintf(line, sizeof line, "gates step %6lld/%lld | loss %.4f | lr %.3e | %.0f context tok/s",
+                    static_cast<long long>(tr.step_), static_cast<long long>(g.steps), last.loss, last.lr,
+                    tokens_per_step / dt);
+      return {{{"kind", "train"}, {"step", tr.step_}, {"loss", last.loss}, {"lr", last.lr},
+               {"tokens_seen", tr.step_ * tokens_per_step}, {"tokens_per_s", tokens_per_step / dt},
+               {"step_time_s", dt}},
+              line};
+    }
+    std::optional<RunReport> eval() override {
+      const GateEvalStats e = tr.evaluate();
+      char line[256];
       std::snprintf(line, sizeof line,
                     "eval step %lld | gate loss %.4f | accuracy@%.2f %.4f | recall of top %.0f%% %.4f | "
                     "targets >= %.2f: %.2f%%",
-                    static_cast<long long>(step_), e.loss, g.threshold, e.accuracy, 100.0 * g.recall_top,
+                    static_cast<long long>(tr.step_), e.loss, g.threshold, e.accuracy, 100.0 * g.recall_top,
                     e.recall, g.threshold, 100.0 * e.target_density);
-      out << line << std::endl;
+      return RunReport{{{"kind", "eval"}, {"step", tr.step_}, {"val_loss", e.loss}, {"accuracy", e.accuracy},
+                        {"recall", e.recall}, {"target_density", e.target_density}, {"target_mean", e.target_mean},
+                        {"contexts", e.contexts}, {"tokens_seen", tr.step_ * tokens_per_step}},
+                       line};
     }
-    if (last || stop || (cfg_.output.checkpoint_every > 0 && step_ % cfg_.output.checkpoint_every == 0)) {
-      save_checkpoint();
-      out << "checkpoint " << cfg_.output.dir << "/" << checkpoint_file_name(step_) << std::endl;
+    std::string save() override {
+      tr.save_checkpoint();
+      return tr.cfg_.output.dir + "/" + checkpoint_file_name(tr.step_);
     }
-    if (last) {
-      const std::string path = checkpoint_write_file_atomic(cfg_.output.dir, "gates.h5", gates_->params(), state());
-      out << "gates " << path << std::endl;
+    void finish(std::ostream& o) override {
+      o << "gates "
+        << checkpoint_write_file_atomic(tr.cfg_.output.dir, "gates.h5", tr.gates_->params(), tr.state())
+        << std::endl;
     }
-    if (stop) {
-      out << stop_message(step_) << std::endl;
-      break;
-    }
-  }
-  return step_;
+    bool stop_requested() override { return stop_signal() != 0; }
+  } task(*this);
+  const RunLoopOptions opts{cfg_.output.dir, to_yaml(cfg_), cfg_.gates.eval_every, cfg_.output.checkpoint_every,
+                            cfg_.gates.resume == "auto"};
+  return run_loop(task, opts, out, resume, stop_after);
 }
 
 }  // namespace kvt

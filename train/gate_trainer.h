@@ -23,60 +23,18 @@
 #include "model/kvzip.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
+#include "train/context_cache.h"
 #include "train/gate_config.h"
+#include "train/gate_eval.h"
+#include "train/gate_files.h"
+#include "train/schedule.h"
 
 namespace kvt {
-
-// Multiplier of gates.lr at 0-based step s of S. "kvzip" (the reference recipe, DESIGN.md §4),
-// with t = s + 1: min(1, 0.01 t) while t <= 0.01 S, 1 while t <= 0.5 S, 0.5 while t <= 0.75 S,
-// then 0.25. "constant": 1.
-double gate_lr_factor(int64_t step, int64_t steps, const std::string& schedule);
-
-// Held-out quality of the gates on some contexts. An entry is one (storage layer, decision, context
-// position); each context's entries are ranked together, as eviction ranks them.
-struct GateEvalStats {
-  double loss = 0;            // BCE summed over layers and decisions, mean over tokens and contexts
-  double accuracy = 0;        // share of entries where (score >= thr) == (target >= thr)
-  double recall = 0;          // mean over contexts: share of the true top-`recall_top` entries (by
-                              // target) that are also in the gates' top (by score)
-  double target_density = 0;  // share of entries with target >= thr (how sparse the targets are)
-  double target_mean = 0;
-  int64_t entries = 0;
-  int contexts = 0;
-};
-
-// Accumulates GateEvalStats context by context. scores and targets: [entries] of one context, in
-// the same order; layer_losses: its per-layer BCE sum (the loss is given, not recomputed).
-class GateEvalAccumulator {
- public:
-  GateEvalAccumulator(float threshold, float recall_top) : thr_(threshold), top_(recall_top) {}
-  void add_context(std::span<const float> scores, std::span<const float> targets, double loss);
-  GateEvalStats result() const;
-
- private:
-  float thr_, top_;
-  double loss_ = 0, recall_ = 0, target_sum_ = 0;
-  int64_t agree_ = 0, dense_ = 0, entries_ = 0;
-  int contexts_ = 0;
-};
 
 // The repeat prompt's ids with the SentencePiece model at tokenizer_path (no BOS). Throws naming
 // the tokenizer when the text encodes to nothing or to ids the model cannot embed.
 std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
                                           int vocab_size);
-
-// The texts a gate file stores about its frozen model (CheckpointState::texts).
-inline constexpr const char* kGateTextModelConfig = "model_config";      // its resolved run config
-inline constexpr const char* kGateTextModelCheckpoint = "model_checkpoint";  // its path
-inline constexpr const char* kGateTextModelSha256 = "model_sha256";      // its SHA-256
-
-// Reads gates (gates.h5 or a gate run's ckpt_<step>.h5) for `model`: the file must be a
-// kvtrain-gates file whose frozen model has the same model config (else std::runtime_error naming
-// the file and every differing key), and every gate tensor must have the shape `model` needs.
-// A different model checkpoint hash is only reported in *warning (gates may serve a fine-tuned
-// model of the same shape). Returns the gate parameters, laid out by build_gate_param_table.
-std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
-                              std::string* warning);
 
 class GateTrainer {
  public:
@@ -112,7 +70,6 @@ class GateTrainer {
 
  private:
   class Optimizer;
-  class ContextCache;
   CheckpointState state() const;
   // Makes window w of `data` the current context: targets_ and hidden_ from the cache, or from a
   // forward of the frozen model (then cached, when a cache is set).

@@ -13,4 +13,13 @@ double lr_at(int64_t step, const TrainConfig& t) {
   return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * p));
 }
 
+double gate_lr_factor(int64_t step, int64_t steps, const std::string& schedule) {
+  if (schedule == "constant") return 1.0;
+  const double t = static_cast<double>(step + 1), S = static_cast<double>(steps);
+  if (t <= 0.01 * S) return std::min(1.0, 0.01 * t);
+  if (t <= 0.5 * S) return 1.0;
+  if (t <= 0.75 * S) return 0.5;
+  return 0.25;
+}
+
 }  // namespace kvt

@@ -19,14 +19,6 @@
 
 namespace kvt {
 
-std::string format_duration(double s) {
-  char b[32];
-  const long t = static_cast<long>(s + 0.5);
-  if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-  else std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
-  return b;
-}
-
 int configure_threads(int threads, int local_ranks) {
   int n = threads;
   if (n <= 0) {
@@ -108,8 +100,9 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   if (!cfg_.data.val.empty())
     val_data_ = std::make_unique<WindowLoader>(files_of("data.val", cfg_.data.val), t.seq_len,
                                                cfg_.model.vocab_size, t.seed, /*shuffle*/ false);
-  const size_t n = static_cast<size_t>(t.batch_size) * t.seq_len;
-  windows_.resize(static_cast<size_t>(t.batch_size) * (t.seq_len + 1));
+  // From here on the loader answers for the window length (seq_len() is its seq_len).
+  const size_t n = static_cast<size_t>(t.batch_size) * seq_len();
+  windows_.resize(static_cast<size_t>(t.batch_size) * train_data_->window_len());
   inputs_.resize(n);
   targets_.resize(n);
 }
@@ -118,7 +111,7 @@ Trainer::~Trainer() = default;
 
 StepResult Trainer::step() {
   const TrainConfig& t = cfg_.train;
-  const int B = t.batch_size, T = t.seq_len, A = t.grad_accum, W = comm_.world();
+  const int B = t.batch_size, T = seq_len(), A = t.grad_accum, W = comm_.world();
   model_->zero_grads();
   double loss_sum = 0.0;
   last_samples_.clear();
@@ -158,7 +151,7 @@ StepResult Trainer::step() {
 double Trainer::evaluate() {
   if (!val_data_) return std::nan("");
   const TrainConfig& t = cfg_.train;
-  const int B = t.batch_size, T = t.seq_len, W = comm_.world();
+  const int B = t.batch_size, T = seq_len(), W = comm_.world();
   // The first eval_batches * B * W validation windows (capped to what exists), split over ranks.
   const int64_t total = std::min<int64_t>(static_cast<int64_t>(t.eval_batches) * B * W,
                                           val_data_->num_windows());
@@ -187,11 +180,11 @@ void Trainer::save_checkpoint() {
     s.adam_m = opt_->m_to_host();
     s.adam_v = opt_->v_to_host();
     s.adam_step = opt_->t();
+    s.global_batch = global_batch_;
+    // Training draws no random numbers after init (no dropout); the data order is a function of
+    // (seed, epoch): the loader's seed and cursor are all the random state there is.
     s.loader_seed = cfg_.train.seed;
     s.loader_next_sample = next_sample();
-    // Training draws no random numbers after init (no dropout); the data order is a function of
-    // (seed, epoch). The RNG state stored is therefore the seed everything derives from.
-    s.rng_state = cfg_.train.seed;
     checkpoint_write_atomic(cfg_.output.dir, model_->params(), s,
                             RetentionPolicy{cfg_.output.keep_last, cfg_.output.keep_every});
   }
@@ -203,22 +196,15 @@ void Trainer::restore(const CheckpointState& s) {
     throw std::runtime_error("checkpoint at step " + std::to_string(s.step) + " was trained with seed " +
                              std::to_string(s.loader_seed) + ", the config says train.seed " +
                              std::to_string(cfg_.train.seed));
-  // The position is a global sample index, valid on any world size with the same global batch.
-  // The checkpoint's resolved config holds its per-rank batch (derived if global_batch was set).
-  int64_t ckpt_batch = 0;
-  try {
-    const RunConfig c = parse_run_config(s.config_yaml, {}, "checkpoint at step " + std::to_string(s.step));
-    ckpt_batch = static_cast<int64_t>(c.train.batch_size) * c.train.grad_accum * s.world_size;
-  } catch (const std::invalid_argument&) {
-    // a config this version cannot read: nothing to compare against
-  }
-  if (ckpt_batch > 0 && ckpt_batch != global_batch_)
+  // The position is a global sample index, valid on any world size with the same global batch
+  // (stored since checkpoint format 2, derived from a version-1 file's config on read).
+  if (s.global_batch != global_batch_)
     throw std::runtime_error(
         "checkpoint at step " + std::to_string(s.step) + " was trained with a global batch of " +
-        std::to_string(ckpt_batch) + " sequences on " + std::to_string(s.world_size) +
+        std::to_string(s.global_batch) + " sequences on " + std::to_string(s.world_size) +
         " rank(s); this run's is " + std::to_string(global_batch_) + " on " +
         std::to_string(comm_.world()) + " rank(s): set train.global_batch: " +
-        std::to_string(ckpt_batch) + " to resume with the same data order and schedule");
+        std::to_string(s.global_batch) + " to resume with the same data order and schedule");
   model_->params_from_host(s.params);
   opt_->load(s.adam_m, s.adam_v, s.adam_step);
   step_ = step_base_ = s.step;
@@ -245,61 +231,46 @@ bool Trainer::resume_latest(std::ostream& out) {
 }
 
 int64_t Trainer::run(std::ostream& out, bool resume, int64_t stop_after) {
-  const TrainConfig& t = cfg_.train;
-  const bool leader = comm_.rank() == 0;
-  if (resume || t.resume == "auto") {
-    if (!resume_latest(out) && leader)
-      out << "no checkpoint in " << cfg_.output.dir << "; starting from step 0" << std::endl;
-  }
-  install_stop_signals();
-  std::unique_ptr<MetricsLog> metrics;
-  if (leader) {
-    std::filesystem::create_directories(cfg_.output.dir);
-    std::ofstream(cfg_.output.dir + "/config.yaml") << to_yaml(cfg_);
-    metrics = std::make_unique<MetricsLog>(cfg_.output.dir + "/metrics.jsonl", step_);
-  }
-  const double flops_tok = train_flops_per_token(cfg_.model, t.seq_len);
-  const int64_t tokens_per_step = global_batch_ * t.seq_len;
-  double elapsed = 0.0;
-  const int64_t first = step_;
-  while (step_ < t.steps) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const StepResult r = step();
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    elapsed += dt;
-    if (leader) {
-      StepRecord rec{step_, r.loss, r.lr, r.grad_norm, tokens_per_step / dt,
-                     flops_tok * tokens_per_step / dt, dt, tokens_seen()};
-      metrics->log_step(rec);
-      const double eta = elapsed / static_cast<double>(step_ - first) * static_cast<double>(t.steps - step_);
+  struct Task final : RunTask {
+    Trainer& tr;
+    StepResult last;
+    const double flops_tok, tokens_per_step;
+    explicit Task(Trainer& t)
+        : tr(t), flops_tok(train_flops_per_token(t.cfg_.model, t.seq_len())),
+          tokens_per_step(static_cast<double>(t.global_batch_ * t.seq_len())) {}
+    int64_t steps_done() const override { return tr.step_; }
+    int64_t total_steps() const override { return tr.cfg_.train.steps; }
+    bool resume_latest(std::ostream& o) override { return tr.resume_latest(o); }
+    void step() override { last = tr.step(); }
+    RunReport step_report(double dt) const override {
+      const double tok_s = tokens_per_step / dt, flop_s = flops_tok * tokens_per_step / dt;
       char line[256];
-      std::snprintf(line, sizeof line,
-                    "step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | %.2f GFLOP/s | ETA %s",
-                    static_cast<long long>(step_), static_cast<long long>(t.steps), r.loss, r.lr,
-                    r.grad_norm, rec.tokens_per_s, rec.flops_per_s * 1e-9, format_duration(eta).c_str());
-      out << line << std::endl;
+      std::snprintf(line, sizeof line, "step %6lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | %.2f GFLOP/s",
+                    static_cast<long long>(tr.step_), static_cast<long long>(tr.cfg_.train.steps), last.loss,
+                    last.lr, last.grad_norm, tok_s, flop_s * 1e-9);
+      return {{{"kind", "train"}, {"step", tr.step_}, {"loss", last.loss}, {"lr", last.lr},
+               {"grad_norm", last.grad_norm}, {"tokens_seen", tr.tokens_seen()}, {"tokens_per_s", tok_s},
+               {"flops_per_s", flop_s}, {"step_time_s", dt}},
+              line};
     }
-    const bool last = step_ == t.steps;
-    const bool stop = comm_.max_flag(stop_signal()) != 0 || step_ == stop_after;
-    if (val_data_ && ((t.eval_every > 0 && step_ % t.eval_every == 0) || last)) {
-      const double vl = evaluate();
-      if (leader) {
-        metrics->log_eval(step_, vl, tokens_seen());
-        char line[128];
-        std::snprintf(line, sizeof line, "eval step %lld | val loss %.4f", static_cast<long long>(step_), vl);
-        out << line << std::endl;
-      }
+    std::optional<RunReport> eval() override {
+      if (!tr.val_data_) return std::nullopt;
+      const double vl = tr.evaluate();
+      char line[128];
+      std::snprintf(line, sizeof line, "eval step %lld | val loss %.4f", static_cast<long long>(tr.step_), vl);
+      return RunReport{{{"kind", "eval"}, {"step", tr.step_}, {"val_loss", vl}, {"tokens_seen", tr.tokens_seen()}},
+                       line};
     }
-    if (last || stop || (cfg_.output.checkpoint_every > 0 && step_ % cfg_.output.checkpoint_every == 0)) {
-      save_checkpoint();
-      if (leader) out << "checkpoint " << cfg_.output.dir << "/" << checkpoint_file_name(step_) << std::endl;
+    std::string save() override {
+      tr.save_checkpoint();
+      return tr.cfg_.output.dir + "/" + checkpoint_file_name(tr.step_);
     }
-    if (stop) {
-      if (leader) out << stop_message(step_) << std::endl;
-      break;
-    }
-  }
-  return step_;
+    bool stop_requested() override { return tr.comm_.max_flag(stop_signal()) != 0; }
+    bool leader() const override { return tr.comm_.rank() == 0; }
+  } task(*this);
+  const RunLoopOptions opts{cfg_.output.dir, to_yaml(cfg_), cfg_.train.eval_every, cfg_.output.checkpoint_every,
+                            cfg_.train.resume == "auto"};
+  return run_loop(task, opts, out, resume, stop_after);
 }
 
 }  // namespace kvt

@@ -16,6 +16,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/metrics.h"
+#include "train/run_loop.h"
 
 namespace kvt {
 
@@ -59,7 +60,9 @@ class Trainer {
   double evaluate();
 
   int64_t steps_done() const { return step_; }
-  int64_t tokens_seen() const { return step_ * global_batch_ * cfg_.train.seq_len; }
+  // Tokens per training window (inputs): the loader's, which the model's buffers were sized for.
+  int seq_len() const { return train_data_->seq_len(); }
+  int64_t tokens_seen() const { return step_ * global_batch_ * seq_len(); }
   int64_t global_batch() const { return global_batch_; }
   // The loader cursor: the global sample index the next step starts at (what checkpoints store).
   uint64_t next_sample() const {
@@ -93,9 +96,6 @@ class Trainer {
 // global_batch / (grad_accum x world); throws std::invalid_argument naming train.global_batch
 // and the numbers when world does not divide it.
 int per_rank_batch_size(const TrainConfig& t, int world);
-
-// "1h05m" or "4m07s": the ETA of progress lines.
-std::string format_duration(double seconds);
 
 // Sets OpenMP (and so OpenBLAS) threads and returns the count: `threads` if > 0; else
 // OMP_NUM_THREADS if set; else max(1, min(cores / local_ranks, cores this process may run on)) —

@@ -1,0 +1,100 @@
+// A full disk during a checkpoint, through the CLI (docs/design.md, "Failures and resources"):
+// `kvtrain train` with output.dir on a 3.5 MB tmpfs exits 1 (not a signal) with one line naming
+// the temporary and "no space left", leaves no temporary, keeps the earlier checkpoints and
+// `latest` intact, and resumes once space is freed. Skips where a tmpfs cannot be mounted.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "data/shard.h"
+#include "kernels/common/rng.h"
+#include "small_disk.h"
+#include "train/checkpoint.h"
+#include "train/checkpoint_commit.h"
+
+namespace fs = std::filesystem;
+using namespace kvt;
+
+namespace {
+
+struct CliRun {
+  int status = -1;
+  std::string out, err;
+};
+
+// Runs kvtrain with `args` (exec'd, so the status is the binary's own, signals included).
+CliRun kvtrain(const std::string& args, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string cmd = "OMP_NUM_THREADS=1 exec " + std::string(KVT_BINARY) + " " + args + " >" + out.string() +
+                          " 2>" + err.string();
+  CliRun r;
+  r.status = std::system(cmd.c_str());
+  auto slurp = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+std::vector<std::string> temporaries(const fs::path& dir) {
+  std::vector<std::string> t;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".tmp") t.push_back(e.path().filename().string());
+  return t;
+}
+
+}  // namespace
+
+TEST(DiskFull, CheckpointFailsInOneLineAndTheRunResumes) {
+  test::SmallDisk disk(3500000);
+  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  const fs::path work = fs::temp_directory_path() / ("kvt_test_disk_full_" + std::to_string(getpid()));
+  fs::remove_all(work);
+  fs::create_directories(work);
+  std::vector<uint32_t> tokens(20000);
+  Rng rng(1);
+  for (uint32_t& t : tokens) t = static_cast<uint32_t>(rng.below(512));
+  write_shard((work / "train.bin").string(), tokens, 1);
+  const fs::path run = fs::path(disk.dir()) / "run";
+  // About 1.4 MB per checkpoint: steps 2 and 4 fit, step 6 does not.
+  std::ofstream(work / "c.yaml")
+      << "model: {vocab_size: 512, d_model: 64, n_layers: 2, n_heads: 2, n_kv_heads: 2, d_ff: 128, max_seq_len: 32}\n"
+      << "train: {batch_size: 2, seq_len: 16, steps: 20, eval_every: 0, threads: 1}\n"
+      << "data: {train: '" << (work / "train.bin").string() << "', val: ''}\n"
+      << "output: {dir: '" << run.string() << "', checkpoint_every: 2, keep_last: 10}\n";
+
+  const CliRun full = kvtrain("train --config " + (work / "c.yaml").string(), work);
+  ASSERT_TRUE(WIFEXITED(full.status)) << "killed by signal " << WTERMSIG(full.status) << "\n" << full.err;
+  EXPECT_EQ(WEXITSTATUS(full.status), 1) << full.err;
+  EXPECT_EQ(std::count(full.err.begin(), full.err.end(), '\n'), 1) << full.err;
+  EXPECT_NE(full.err.find(".ckpt_00000006.h5.tmp: no space left on device (needs "), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find(" free)"), std::string::npos) << full.err;
+  EXPECT_TRUE(temporaries(run).empty()) << temporaries(run).front();
+  for (int step : {2, 4}) {
+    std::string why;
+    EXPECT_TRUE(checkpoint_verify((run / checkpoint_file_name(step)).string(), &why)) << why;
+  }
+  EXPECT_FALSE(fs::exists(run / checkpoint_file_name(6)));
+  const auto latest = read_hash_line((run / "latest").string());
+  EXPECT_EQ(latest.second, checkpoint_file_name(4));
+  EXPECT_EQ(latest.first, sha256_file_hex((run / checkpoint_file_name(4)).string()));
+
+  // Space freed: the run resumes from step 4 and finishes.
+  fs::remove(run / checkpoint_file_name(2));
+  const CliRun resumed =
+      kvtrain("train --config " + (work / "c.yaml").string() + " --resume --set output.keep_last=1", work);
+  ASSERT_TRUE(WIFEXITED(resumed.status)) << resumed.err;
+  EXPECT_EQ(WEXITSTATUS(resumed.status), 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("resumed from " + (run / checkpoint_file_name(4)).string() + " at step 4"),
+            std::string::npos)
+      << resumed.out;
+  EXPECT_EQ(list_checkpoints(run.string()), std::vector<std::string>{(run / checkpoint_file_name(20)).string()});
+  fs::remove_all(work);
+}

@@ -1,0 +1,48 @@
+// train/gate_files.cpp — reading gate files against a model (train/gate_files.h).
+#include "train/gate_files.h"
+
+#include <stdexcept>
+
+#include "model/gates.h"
+
+namespace kvt {
+
+namespace {
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); i++) s += (i ? sep : "") + v[i];
+  return s;
+}
+
+}  // namespace
+
+std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
+                              std::string* warning) {
+  // The gates' model config first, so that gates of another model fail naming the keys that
+  // differ rather than the first tensor whose shape does not fit; then the verified read.
+  const CheckpointSummary sum = read_checkpoint_summary(path);
+  if (sum.format != kGatesFormatName)
+    throw std::runtime_error(path + ": is a " + sum.format + " file, not Fast KVzip gates (kvtrain gates writes gates.h5)");
+  const std::string* cfg_text = find_text(sum.texts, kGateTextModelConfig);
+  if (!cfg_text) throw std::runtime_error(path + ": has no /text/" + kGateTextModelConfig);
+  const RunConfig theirs = parse_run_config(*cfg_text, {}, path + ": /text/" + kGateTextModelConfig);
+  const std::vector<std::string> diff = config_differences(theirs, model.config, "model");
+  if (!diff.empty())
+    throw std::runtime_error(path + ": gates trained for another model (" + join(diff, ", ") +
+                             "; the gates' model vs " + model.path + "'s)");
+  const CheckpointState s = checkpoint_read(path, build_gate_param_table(model.config.model), kGatesFormatName);
+  const std::string* sha = find_text(s.texts, kGateTextModelSha256);
+  if (warning) {
+    warning->clear();
+    if (sha && *sha != model.sha256) {
+      const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
+      *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) +
+                 " (SHA-256 " + sha->substr(0, 12) + "...), not on " + model.path + " (" +
+                 model.sha256.substr(0, 12) + "...): same model config, other weights";
+    }
+  }
+  return s.params;
+}
+
+}  // namespace kvt

@@ -1,0 +1,26 @@
+// train/gate_files.h — Fast KVzip gate files (gates.h5 and a gate run's ckpt_<step>.h5): the
+// checkpoint layout with format kvtrain-gates, the gate parameter table under /model, and texts
+// naming the frozen model they were trained on.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "train/checkpoint.h"
+
+namespace kvt {
+
+// The texts a gate file stores about its frozen model (CheckpointState::texts).
+inline constexpr const char* kGateTextModelConfig = "model_config";      // its resolved run config
+inline constexpr const char* kGateTextModelCheckpoint = "model_checkpoint";  // its path
+inline constexpr const char* kGateTextModelSha256 = "model_sha256";      // its SHA-256
+
+// Reads gates (gates.h5 or a gate run's ckpt_<step>.h5) for `model`: the file must be a
+// kvtrain-gates file whose frozen model has the same model config (else std::runtime_error naming
+// the file and every differing key), and every gate tensor must have the shape `model` needs.
+// A different model checkpoint hash is only reported in *warning (gates may serve a fine-tuned
+// model of the same shape). Returns the gate parameters, laid out by build_gate_param_table.
+std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
+                              std::string* warning);
+
+}  // namespace kvt
