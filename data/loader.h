@@ -1,4 +1,4 @@
-// data/loader.h — the distributed, resumable window loader (DESIGN.md §5).
+// data/loader.h — the distributed, resumable window loader (docs/design.md, "Data").
 //
 // The training stream is cut into non-overlapping windows of seq_len + 1 tokens (inputs are the
 // first seq_len, targets the last seq_len); windows never cross a shard boundary and the tail of a

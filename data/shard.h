@@ -1,4 +1,4 @@
-// data/shard.h — llm.c token shards (DESIGN.md §5).
+// data/shard.h — llm.c token shards (docs/design.md, "Data").
 //
 // Layout: a header of 256 int32 (1024 bytes), then the tokens, little-endian.
 //   header[0] = 20240520, header[1] = 1: uint16 tokens (vocab <= 65536)

@@ -1,4 +1,4 @@
-// data/tokenizer.h — a SentencePiece BPE tokenizer (DESIGN.md §5).
+// data/tokenizer.h — a SentencePiece BPE tokenizer (docs/design.md, "Data").
 //
 // Training settings (Tokenizer::train) and why:
 //   model_type=bpe, character_coverage=1.0, byte_fallback=true: every byte string is

@@ -1,4 +1,4 @@
-// dist/dist.h — rank/world bootstrap and the Communicator (DESIGN.md §6).
+// dist/dist.h — rank/world bootstrap and the Communicator (docs/design.md, "Distribution").
 // Under mpirun (or srun) MPI is initialised and every process learns its rank, world size and
 // local rank; started directly, kvtrain is one rank and never touches MPI.
 #pragma once

@@ -7,7 +7,7 @@
 //    D head dim, F MLP width, V vocab.
 //  * Parameter gradients ACCUMULATE (+=): that is what makes gradient accumulation work.
 //    Activation gradients are OVERWRITTEN (=), except where a signature says "+=" (residual
-//    stream, and dK/dV, which several consumers may add into: DESIGN.md §3).
+//    stream, and dK/dV, which several consumers may add into: docs/design.md, "The model family").
 //  * Every reduction runs in a fixed order (no float atomics, no OpenMP reduction clauses), so
 //    results are bitwise repeatable for a given thread count.
 #pragma once
@@ -122,7 +122,7 @@ class Ops {
                                        const float* v, const int32_t* pos,
                                        const CacheAttnShape& s) = 0;
 
-  // ---- FusedKV: a reusing layer's K or V from two storage layers (DESIGN.md §3) ------------
+  // ---- FusedKV: a reusing layer's K or V from two storage layers (docs/design.md, "The model family") ------------
   // x viewed [N, Hkv, D] with row strides (floats between tokens). For KV head h, channel j:
   //   out[n,h,j] = w_first[h,c] first[n,h,j] + w_last[h,c] last[n,h,j]
   // pair_tied (keys, post-RoPE): c = j mod D/2, weights [Hkv, D/2] (channels j and j + D/2 of a
@@ -139,7 +139,7 @@ class Ops {
                                 const float* w_last, int64_t N, int Hkv, int D,
                                 bool pair_tied) = 0;
 
-  // ---- LRKV: shared + per-head low-rank K or V (DESIGN.md §3) -----------------------------
+  // ---- LRKV: shared + per-head low-rank K or V (docs/design.md, "The model family") -----------------------------
   // shared [N, D] (row stride lds) = x W_shared^T; lat [N, H*R] (row stride ldl) = x U^T, the
   // per-head latents; up [H, D, R] (B_h stacked). out [N, H*D] (row stride ldo):
   //   out[n,h,d] = shared[n,d] + sum_r lat[n,h,r] up[h,d,r]
@@ -152,7 +152,7 @@ class Ops {
                                     const float* dout, int ldo, const float* lat, int ldl,
                                     const float* up, int64_t N, int H, int D, int R) = 0;
 
-  // ---- Fast KVzip gates (DESIGN.md §4) ----------------------------------------------------
+  // ---- Fast KVzip gates (docs/design.md, "Fast KVzip gates") ----------------------------------------------------
   // x[n, c] += bias[c]   (x [N, C])
   virtual void bias_add_forward(float* x, const float* bias, int64_t N, int C) = 0;
   // dbias[c] += sum_n dout[n, c]   (summed in increasing n)

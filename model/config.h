@@ -20,7 +20,7 @@ struct ModelConfig {
   bool tie_embeddings = true;
   float init_std = 0.02f;
 
-  // KV-lean attention (DESIGN.md §3).
+  // KV-lean attention (docs/design.md, "The model family").
   std::string kv_sharing = "none";     // none | cla | yoco | fusedkv_lite | fusedkv
   int storage_layers = 0;              // n for yoco / fusedkv_lite / fusedkv; 0 = L/2
   std::string fusion_init = "normal";  // fusedkv weights: normal (N(0,1)) | lite (a_n = b_0 = 1)

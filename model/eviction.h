@@ -1,4 +1,4 @@
-// model/eviction.h — KV eviction at inference (DESIGN.md §4): chunked prefill of a context with
+// model/eviction.h — KV eviction at inference (docs/design.md, "Fast KVzip gates"): chunked prefill of a context with
 // eviction after each chunk, then the losses the model still reaches from the evicted cache.
 //
 // After each prefill chunk every cache entry (storage layer, mask head, position) of the filled

@@ -1,4 +1,4 @@
-// model/gates.h — Fast KVzip eviction gates (DESIGN.md §4): a small scorer per storage layer
+// model/gates.h — Fast KVzip eviction gates (docs/design.md, "Fast KVzip gates"): a small scorer per storage layer
 // that reads the normalised hidden state entering attention and predicts, per token and KV head,
 // whether the frozen model will need that KV pair (its KVzip score, model/kvzip.h).
 //

@@ -1,5 +1,5 @@
 // model/kv_sharing.h — where each layer's K and V come from (the cross-layer sharing map of
-// DESIGN.md §3), and what the KV cache holds per token for a config.
+// docs/design.md, "The model family"), and what the KV cache holds per token for a config.
 //
 // One map drives the forward/backward orchestration, the parameter table, init, FLOPs and cache
 // accounting; no scheme has attention code of its own. With n = storage_layers, 0-indexed layers:

@@ -1,4 +1,4 @@
-// model/kvzip.h — KVzip scores (DESIGN.md §4): how much a frozen model needs each cached KV pair
+// model/kvzip.h — KVzip scores (docs/design.md, "Fast KVzip gates"): how much a frozen model needs each cached KV pair
 // of a context, measured by making it reconstruct the context.
 //
 // Input [context (P tokens) ; repeat prompt ; the same context], teacher-forced, one forward.

@@ -1,5 +1,5 @@
 // model/params.h — the parameter table: (name, shape, offset) of every tensor in one contiguous
-// buffer. It drives init, the optimizer, all-reduce, checkpoints and export (DESIGN.md §2).
+// buffer. It drives init, the optimizer, all-reduce, checkpoints and export (docs/design.md, "The op interface").
 #pragma once
 
 #include <cstdint>

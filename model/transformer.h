@@ -1,4 +1,4 @@
-// model/transformer.h — the LLaMA-style decoder (DESIGN.md §3): forward and backward
+// model/transformer.h — the LLaMA-style decoder (docs/design.md, "The model family"): forward and backward
 // orchestration over the op interface. It never branches on the backend.
 //
 // Memory (llm.c): parameters in one contiguous buffer described by the ParamTable, gradients in a
@@ -16,7 +16,7 @@
 
 namespace kvt {
 
-// Builds the parameter table for a config (names and shapes of DESIGN.md §3): reusing layers of a
+// Builds the parameter table for a config (names and shapes of docs/design.md, "The model family"): reusing layers of a
 // cross-layer scheme have q_proj but no k_proj/v_proj (fusedkv adds fuse_{k,v}_{first,last}),
 // LRKV layers have k_shared/v_shared/k_down/v_down/k_up/v_up instead of k_proj/v_proj.
 ParamTable build_param_table(const ModelConfig& cfg, bool decay_embeddings = false);
@@ -66,7 +66,7 @@ class Transformer {
 
   size_t activation_bytes() const;
 
-  // Activations of the last forward, in backend memory (Fast KVzip, DESIGN.md §4):
+  // Activations of the last forward, in backend memory (Fast KVzip, docs/design.md, "Fast KVzip gates"):
   // the normalised hidden state entering layer l's attention [B, T, C], and its attention
   // probabilities [B, H, T, T] (row t is query t; entries past t are 0).
   const float* attention_input(int layer) const;

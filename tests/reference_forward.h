@@ -1,5 +1,5 @@
 // tests/reference_forward.h — an independent double-precision forward of the model family for
-// the inference and eviction tests (header-only). Written from DESIGN.md §3 with plain loops: its
+// the inference and eviction tests (header-only). Written from docs/design.md, "The model family" with plain loops: its
 // own RoPE, projections, fusion, LRKV expansion and visibility rule; it shares nothing with
 // model/ but the parameter table and the KV source map.
 #pragma once
@@ -20,7 +20,7 @@ namespace kvt::testutil {
 // by queries t < n only).
 using KeptFn = std::function<bool(int layer, int mask_head, int s, int t)>;
 
-// Plain double-precision forward of the model family (DESIGN.md §3), written from the document:
+// Plain double-precision forward of the model family (docs/design.md, "The model family"), written from the document:
 // attention of layer l, KV head g at query t skips position s unless every layer it reads K or V
 // from has kept(·, g, s, t). Returns logits [T, V].
 inline std::vector<double> reference_logits(const ModelConfig& cfg, const ParamTable& table,

@@ -1,4 +1,4 @@
-// Checkpoints (DESIGN.md §7, docs/checkpoint_format.md): bitwise round trip, readability by
+// Checkpoints (docs/design.md, "Checkpoints", docs/checkpoint_format.md): bitwise round trip, readability by
 // h5dump and h5py, retention, crash safety at every fault point, and damage that must never load
 // silently.
 #include <gtest/gtest.h>

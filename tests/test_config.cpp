@@ -59,7 +59,7 @@ std::string parse_error(const std::string& text, const std::vector<std::string>&
   return error_of([&] { parse(text, overrides); });
 }
 
-// Parameter count of the LLaMA-style model, written from DESIGN.md §3 (no biases).
+// Parameter count of the LLaMA-style model, written from docs/design.md, "The model family" (no biases).
 int64_t llama_params(const kvt::ModelConfig& m) {
   const int64_t d = m.d_model, hd = m.head_dim(), h = m.n_heads, hkv = m.kv_heads();
   const int64_t f = m.ffn_dim(), v = m.vocab_size;

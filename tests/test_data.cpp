@@ -1,4 +1,4 @@
-// tests/test_data.cpp — shards, the window loader, the tokenizer and `prepare` (DESIGN.md §5).
+// tests/test_data.cpp — shards, the window loader, the tokenizer and `prepare` (docs/design.md, "Data").
 #include <gtest/gtest.h>
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-// Tests of KV eviction at inference (model/eviction.h, DESIGN.md §4) on the CPU backend, for
+// Tests of KV eviction at inference (model/eviction.h, docs/design.md, "Fast KVzip gates") on the CPU backend, for
 // every variant (MHA, GQA, CLA, YOCO, FusedKV-Lite, FusedKV, LRKV):
 //  * chunked prefill with eviction after each chunk equals an independent double-precision dense
 //    forward (tests/reference_forward.h) in which query t sees an entry only until the chunk after

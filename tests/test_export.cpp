@@ -1,4 +1,4 @@
-// Tests of `kvtrain export` (tools/cmd_export.cpp, DESIGN.md §9), CPU only, no transformers:
+// Tests of `kvtrain export` (tools/cmd_export.cpp, docs/design.md, "Inference and the KV cache"), CPU only, no transformers:
 //  * checkpoints are written directly (checkpoint_write_atomic of a randomly initialised
 //    Transformer, a tokenizer trained here), then exported by the kvtrain binary (KVT_BINARY);
 //  * fp32: every tensor of model.safetensors equals the checkpoint's parameter bitwise, under the

@@ -1,5 +1,5 @@
 // Tests of Fast KVzip gate training (model/gates.h, train/gate_trainer.h, `kvtrain gates` and
-// `kvtrain eval`, DESIGN.md §4). The KVzip targets and the gate module are also checked against
+// `kvtrain eval`, docs/design.md, "Fast KVzip gates"). The KVzip targets and the gate module are also checked against
 // the independent float64 PyTorch reference (tests/py/test_gates_reference.py).
 //  * the gate module: directional finite differences of the BCE loss for every gate tensor (MHA,
 //    GQA, LRKV's max over heads);

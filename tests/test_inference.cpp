@@ -1,4 +1,4 @@
-// Tests of the inference path (model/inference.h, DESIGN.md §9) on the CPU backend:
+// Tests of the inference path (model/inference.h, docs/design.md, "Inference and the KV cache") on the CPU backend:
 //  * for every variant (MHA, GQA, MQA, cla, yoco, fusedkv_lite, fusedkv, lrkv): prefill + decode
 //    logits equal Transformer::forward's to 1e-5 max abs (fp32, logits of magnitude ~1: init_std
 //    0.2 makes |logit| up to ~3); prefill in chunks of 1, 7 and whole agree to 1e-5; the

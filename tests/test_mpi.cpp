@@ -1,4 +1,4 @@
-// Data-parallel training under a real mpirun (DESIGN.md §5, §6; issue 5). Each test launches
+// Data-parallel training under a real mpirun (docs/design.md, "Data" and "Distribution"; issue 5). Each test launches
 // `mpirun -np N` on kvtrain or on tests/tools/mpi_driver (a per-step observer of the Trainer) and
 // checks what the ranks wrote:
 //  * 2 ranks x batch B == 1 rank x batch 2B, step by step: loss, gradient norm, the reduced

@@ -1,4 +1,4 @@
-// Tests of the KV-lean attention variants (DESIGN.md §3) on the CPU backend, and of their two
+// Tests of the KV-lean attention variants (docs/design.md, "The model family") on the CPU backend, and of their two
 // ops on every backend:
 //  * config validation (model.kv_sharing, storage_layers, fusion_init, lrkv_rank) and the
 //    sharing map, written out by hand per scheme;

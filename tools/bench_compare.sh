@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench_compare.sh — CPU training throughput, kvtrain vs PyTorch fp32, side by side in one run
-# on the same machine and thread count (DESIGN.md §11; issue "core trainer" item 8).
+# on the same machine and thread count (docs/design.md, "Performance"; issue "core trainer" item 8).
 #
 # Usage (from the repository root):
 #   KVTRAIN=build/kvtrain THREADS=2 bash tools/bench_compare.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench_inference.sh — kvtrain's inference path, every tiny variant side by side in one run
-# (DESIGN.md §9; issue 6 item 4): prefill time, per-token decode time and KV bytes measured from
+# (docs/design.md, "Inference and the KV cache"; issue 6 item 4): prefill time, per-token decode time and KV bytes measured from
 # the cache, at contexts 256, 1024 and 2048 (model.max_seq_len raised to 2048 for all).
 #
 # Usage (from the repository root):

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch (fp32, CPU) counterpart of `kvtrain bench`: the same model, the same step, the same
-FLOP count, for the side-by-side comparison of DESIGN.md §11 (see tools/bench_compare.sh).
+FLOP count, for the side-by-side comparison of docs/design.md, "Performance" (see tools/bench_compare.sh).
 
     /usr/bin/python3 tools/bench_torch.py --config configs/tiny.yaml \
         [--set section.key=value ...] [--steps 5] [--warmup 1] [--threads N] [--json out.json]
 
 Reads a kvtrain YAML config (model: and train: sections; `--set` overrides as in kvtrain) and
-builds the same LLaMA-style model (DESIGN.md §3) in PyTorch fp32: token embedding, L blocks of
+builds the same LLaMA-style model (docs/design.md, "The model family") in PyTorch fp32: token embedding, L blocks of
 (RMSNorm -> causal self-attention with rotate-half RoPE and GQA through repeat-kv -> residual,
 RMSNorm -> SwiGLU MLP -> residual), final RMSNorm, tied or untied LM head, no biases. The
 parameter count equals kvtrain's: q/k/v are one fused [(H + 2 H_kv) d_h, d] matrix and

@@ -2,12 +2,12 @@
 // kvtrain bench --inference --config X [--config Y ...] [--set k=v] [--contexts 256,1024,max]
 //               [--decode-tokens 32] [--repeats 3] [--json FILE]
 // Times full training steps (forward + backward + AdamW) on random tokens of the config's shape
-// and reports the median step time, tokens/s, achieved GFLOP/s (DESIGN.md §11 FLOPs) and the
+// and reports the median step time, tokens/s, achieved GFLOP/s (docs/design.md, "Performance" FLOPs) and the
 // process's peak resident memory. Under mpirun every rank runs the step on its share of the
 // global batch and the gradients are all-reduced as in training; rank 0 reports, adding the time
 // spent in the all-reduce per step and, separately, the time waiting for the slowest rank first.
 //
-// With --inference it times kvtrain's own inference path (model/inference.h, DESIGN.md §9) for
+// With --inference it times kvtrain's own inference path (model/inference.h, docs/design.md, "Inference and the KV cache") for
 // each config (variant) with random init (train.seed): prefill of a random prompt of each context
 // length (median of --repeats), per-token decode averaged over --decode-tokens steps from that
 // context, and the KV bytes measured from the cache; one Markdown table for all configs; and the

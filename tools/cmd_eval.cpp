@@ -1,6 +1,6 @@
 // kvtrain eval --checkpoint ckpt.h5 [--gates gates.h5] --keep 0.3[,0.5,...] --policy gates[,kvzip,...]
 //
-// KV eviction at inference (DESIGN.md §4, model/eviction.h): for each held-out context (the first
+// KV eviction at inference (docs/design.md, "Fast KVzip gates", model/eviction.h): for each held-out context (the first
 // --contexts windows of --context + --continuation tokens of data.val), chunked prefill with
 // eviction after each chunk, then the loss of the continuation and of reconstructing the context
 // from the evicted cache, for every (policy, keep ratio). Prints a table: mean losses (per token,

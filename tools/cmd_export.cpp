@@ -1,5 +1,5 @@
 // tools/cmd_export.cpp — `kvtrain export --checkpoint ckpt.h5 --out DIR`: a Hugging Face model
-// directory (DESIGN.md §9, docs/export.md).
+// directory (docs/design.md, "Inference and the KV cache", docs/export.md).
 //
 //   DIR/model.safetensors        the parameters under the parameter table's Hugging Face names,
 //                                weights [out, in], metadata {"format": "pt"}; F32 or BF16

@@ -12,7 +12,7 @@ or steps), and each run also gets train.seed=<seed> and output.dir=<out>/<varian
 Per variant the table reports: parameters (the banner's count), training FLOPs per token (from
 metrics.jsonl: flops_per_s / tokens_per_s, kvtrain's model FLOPs), KV-cache bytes per token at
 fp32 and bf16 (the banner's "KV cache:" line when printed, else computed from the resolved
-config.yaml with DESIGN.md §3's formulas), final validation loss mean ± sample sd over seeds, and
+config.yaml with docs/design.md, "The model family"'s formulas), final validation loss mean ± sample sd over seeds, and
 tokens/s (median over steps after the first, mean over seeds). It then judges the papers'
 claims; a gap smaller than 2 x the larger of the two sds is "unresolved".
 
@@ -69,7 +69,7 @@ def yaml_scalar(text, section, key):
 
 
 def kv_values_from_config(run_dir):
-    """KV-cache values per token from the resolved config (DESIGN.md §3)."""
+    """KV-cache values per token from the resolved config (docs/design.md, "The model family")."""
     text = open(os.path.join(run_dir, "config.yaml")).read()
     g = lambda k: yaml_scalar(text, "model", k)  # noqa: E731
     L, d, H = int(g("n_layers")), int(g("d_model")), int(g("n_heads"))

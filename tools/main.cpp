@@ -1,5 +1,5 @@
 // kvtrain — one executable, git-style subcommands. Errors are exceptions, caught here and printed
-// as one line; with several ranks the job is aborted so no rank waits forever (DESIGN.md §6).
+// as one line; with several ranks the job is aborted so no rank waits forever (docs/design.md, "Distribution").
 #include <cstdio>
 #include <exception>
 #include <new>

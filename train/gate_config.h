@@ -22,7 +22,7 @@ struct GateTrainConfig {
   int contexts_per_step = 1;      // contexts (of P tokens each) per step
   std::string optimizer = "sgd";  // sgd (momentum, the reference's) | adamw
   float lr = 0.2f;                // peak learning rate
-  std::string schedule = "kvzip"; // kvzip (the reference's steps, DESIGN.md §4) | constant
+  std::string schedule = "kvzip"; // kvzip (the reference's steps, docs/design.md, "Fast KVzip gates") | constant
   float momentum = 0.9f;          // sgd
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;  // adamw
   float weight_decay = 0.0f;      // sgd: L2 added to the gradient; adamw: decoupled, matrices only

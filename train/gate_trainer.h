@@ -1,4 +1,4 @@
-// train/gate_trainer.h — the forward-only Fast KVzip gate trainer (DESIGN.md §4). The model of a
+// train/gate_trainer.h — the forward-only Fast KVzip gate trainer (docs/design.md, "Fast KVzip gates"). The model of a
 // checkpoint is frozen: built without gradient buffers, its forward runs on
 // [context ; repeat prompt ; context] to give both the KVzip targets and the hidden states the
 // gates read (model/kvzip.h); only the gates (model/gates.h) get gradients, from a BCE loss.

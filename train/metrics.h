@@ -1,5 +1,5 @@
 // train/metrics.h — metrics.jsonl in the run directory: one JSON object per line, a "train"
-// record per step and an "eval" record per validation (DESIGN.md §8). A resumed run continues the
+// record per step and an "eval" record per validation (docs/design.md, "Metrics"). A resumed run continues the
 // same file: records after the resume step are dropped first, so no step appears twice.
 #pragma once
 

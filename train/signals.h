@@ -1,4 +1,4 @@
-// train/signals.h — graceful preemption (DESIGN.md §6). SIGTERM, SIGINT and SIGUSR1 only set a
+// train/signals.h — graceful preemption (docs/design.md, "Distribution"). SIGTERM, SIGINT and SIGUSR1 only set a
 // flag; the trainer checks it at each step boundary (max-reduced over ranks, so every rank stops
 // at the same step), writes a checkpoint and exits 0. A second signal ends the process at once.
 #pragma once

@@ -116,7 +116,7 @@ StepResult Trainer::step() {
   double loss_sum = 0.0;
   last_samples_.clear();
   for (int m = 0; m < A; m++) {
-    // Global sample index of this rank's micro-batch (DESIGN.md §5).
+    // Global sample index of this rank's micro-batch (docs/design.md, "Data").
     const uint64_t g0 = next_sample() + static_cast<uint64_t>(m * W + comm_.rank()) * B;
     for (int i = 0; i < B; i++) last_samples_.push_back(g0 + static_cast<uint64_t>(i));
     train_data_->read_samples(g0, B, windows_.data());

@@ -1,4 +1,4 @@
-// dist/cuda/nccl_communicator.h — the Communicator of the CUDA backend (DESIGN.md §6): NCCL over
+// dist/cuda/nccl_communicator.h — the Communicator of the CUDA backend (docs/design.md, "Distribution"): NCCL over
 // all ranks, one GPU per rank. Compiled only when CUDA is found (CMake adds this folder to
 // kvt_dist then); include it only under KVT_WITH_CUDA.
 #pragma once

@@ -1,4 +1,4 @@
-// kernels/common/gate_math.h — per-element math of the Fast KVzip gate ops (DESIGN.md §4, ops.h),
+// kernels/common/gate_math.h — per-element math of the Fast KVzip gate ops (docs/design.md, "Fast KVzip gates", ops.h),
 // shared by the CPU and CUDA backends so both evaluate the same formulas.
 //
 // For one token, KV head h and query group member g (q_g, k, sinks_s are Dg-vectors):

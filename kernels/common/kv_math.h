@@ -1,5 +1,5 @@
 // kernels/common/kv_math.h — per-element math of the KV-lean attention ops (FusedKV fusion,
-// LRKV expansion), shared by the CPU and CUDA backends (DESIGN.md §2, §3).
+// LRKV expansion), shared by the CPU and CUDA backends (docs/design.md, "The op interface" and "The model family").
 #pragma once
 
 #include "kernels/common/math.h"

@@ -1,5 +1,5 @@
 // kernels/common/math.h — per-element math shared by the CPU and CUDA backends, so the CPU
-// tests exercise exactly the formulas the GPU runs (DESIGN.md §2).
+// tests exercise exactly the formulas the GPU runs (docs/design.md, "The op interface").
 #pragma once
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// Fast KVzip gate ops (ops.h, DESIGN.md §4): the bias of the gate query projection, the gate
+// Fast KVzip gate ops (ops.h, docs/design.md, "Fast KVzip gates"): the bias of the gate query projection, the gate
 // score (a softmax of each token's logit against S sink logits, averaged over the G query heads
 // of a KV head) forward and backward, and the KVzip target score (max attention probability).
 // Sums over tokens run in fixed chunks of kGateRowsPerChunk rows, chunks combined in order, so

@@ -1,4 +1,4 @@
-// kernels/cuda/gate.cu — Fast KVzip gate ops (ops.h, DESIGN.md §4), the math of
+// kernels/cuda/gate.cu — Fast KVzip gate ops (ops.h, docs/design.md, "Fast KVzip gates"), the math of
 // kernels/common/gate_math.h:
 //   bias_add:    x[n,c] += bias[c];  dbias[c] += sum_n dout[n,c]
 //   gate_score:  score[n,h] = mean_g p_g (one thread per (n, h)); the backward writes the logit

@@ -1,4 +1,4 @@
-// kernels/cuda/kv_fuse.cu — FusedKV fusion of two storage layers' K or V (ops.h, DESIGN.md §3):
+// kernels/cuda/kv_fuse.cu — FusedKV fusion of two storage layers' K or V (ops.h, docs/design.md, "The model family"):
 //   out[n,h,j] = w_first[h,c] first[n,h,j] + w_last[h,c] last[n,h,j],  c = c(j) (pair-tied keys)
 //   dfirst += w_first dout;  dlast += w_last dout              (one thread per element)
 //   dw_first[h,c] += sum_n sum_{j->c} dout first;  dw_last likewise

@@ -1,5 +1,5 @@
 // kernels/cuda/lrkv.cu — LRKV expansion of shared + per-head low-rank keys or values (ops.h,
-// DESIGN.md §3):
+// docs/design.md, "The model family"):
 //   out[n,h,d] = shared[n,d] + sum_r lat[n,h,r] up[h,d,r]        (thread per (n, h, d))
 //   dshared[n,d] += sum_h dout[n,h,d]                              (thread per (n, d))
 //   dlat[n,h,r] += sum_d dout[n,h,d] up[h,d,r]                      (thread per (n, h, r))

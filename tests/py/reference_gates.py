@@ -1,4 +1,4 @@
-"""An independent float64 PyTorch reference of Fast KVzip (DESIGN.md §4), written from the design
+"""An independent float64 PyTorch reference of Fast KVzip (docs/design.md, "Fast KVzip gates"), written from the design
 text (not translated from the C++): KVzip targets from the reference model's attention
 probabilities, and the gate module with its BCE loss (gradients by autograd).
 
@@ -31,7 +31,7 @@ GATE_EPS = 1e-6
 BCE_CLAMP = 1e-7
 
 
-# ---- which storage layers' caches a layer reads (DESIGN.md §3's table) ---------------------
+# ---- which storage layers' caches a layer reads (docs/design.md, "The model family"'s table) ---------------------
 
 def storage_layers(cfg):
     """The layers that store K/V (and have a gate), in increasing order."""
@@ -121,7 +121,7 @@ def gate_param_shapes(cfg):
 
 
 def gate_head_scores(h, wq, bq, wk, qn, kn, sinks, bias):
-    """h [n, C] -> per-KV-head scores [n, Hkv] (DESIGN.md §4)."""
+    """h [n, C] -> per-KV-head scores [n, Hkv] (docs/design.md, "Fast KVzip gates")."""
     n = h.shape[0]
     Hkv, G = bias.shape
     D = qn.shape[0]

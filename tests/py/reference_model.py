@@ -1,4 +1,4 @@
-"""An independent PyTorch reference of kvtrain's model family, written from DESIGN.md §3 (not
+"""An independent PyTorch reference of kvtrain's model family, written from docs/design.md, "The model family" (not
 translated from the C++), evaluated in float64 and differentiated by autograd.
 
 The model: token embedding, L blocks of (RMSNorm -> attention -> residual, RMSNorm -> SwiGLU MLP
@@ -7,7 +7,7 @@ stored [out, in] (y = x W^T) and keyed by the Hugging Face LLaMA names.
 
 Attention reads its keys and values through `kv_of_layer`, the one place that decides where a
 layer's (post-RoPE) K and V come from: its own projections, LRKV's shared + low-rank projections,
-or the cached K/V of storage layers (CLA, YOCO, FusedKV-Lite, FusedKV; DESIGN.md §3).
+or the cached K/V of storage layers (CLA, YOCO, FusedKV-Lite, FusedKV; docs/design.md, "The model family").
 
 Also a minimal safetensors reader (json + numpy), so the tests need no `safetensors` package.
 """
@@ -49,7 +49,7 @@ class RefConfig:
 
     @property
     def n_storage(self):
-        """n of DESIGN.md §3 for the schemes whose storage layers are 0..n-1."""
+        """n of docs/design.md, "The model family" for the schemes whose storage layers are 0..n-1."""
         return self.storage_layers if self.storage_layers > 0 else self.n_layers // 2
 
     @staticmethod
@@ -142,7 +142,7 @@ def random_params(cfg, seed=0, std=0.3):
     return out
 
 
-# ---- the math of DESIGN.md §3 --------------------------------------------------------------
+# ---- the math of docs/design.md, "The model family" --------------------------------------------------------------
 
 def rmsnorm(x, w, eps):
     """y = x / sqrt(mean(x^2) + eps) * w, over the last dimension."""
@@ -198,7 +198,7 @@ def swiglu_mlp(x, w_gate, w_up, w_down):
 # ---- where each layer's K and V come from --------------------------------------------------
 
 def layer_stores_kv(cfg, i):
-    """Whether layer i computes (and caches) its own K and V (DESIGN.md §3's table)."""
+    """Whether layer i computes (and caches) its own K and V (docs/design.md, "The model family"'s table)."""
     if cfg.kv_sharing == "none":
         return True
     if cfg.kv_sharing == "cla":
@@ -218,7 +218,7 @@ def lrkv_project(params, prefix, kv, h, H, D, r):
 def kv_of_layer(cfg, params, i, h, cos, sin, kv_store):
     """Post-RoPE K and V [B, T, Hkv, D] that layer i attends to. h is the normalised input of
     layer i; kv_store maps the storage layers already run to their (K, V), which reusing layers
-    read (autograd then sums every consumer's gradient into the source, as DESIGN.md §3 asks)."""
+    read (autograd then sums every consumer's gradient into the source, as docs/design.md, "The model family" asks)."""
     B, T, _ = h.shape
     Hkv, D = cfg.n_kv_heads, cfg.head_dim
     p = layer_prefix(i)

@@ -1,5 +1,5 @@
 """kvtrain's KVzip targets and Fast KVzip gates against an independent float64 PyTorch reference
-(DESIGN.md §4; tests/py/reference_gates.py).
+(docs/design.md, "Fast KVzip gates"; tests/py/reference_gates.py).
 
 Run by CTest as `/usr/bin/python3 tests/py/test_gates_reference.py` with KVT_BUILD_DIR (where
 tests/gatedump was built) and KVT_SOURCE_DIR. Two groups:
@@ -109,7 +109,7 @@ def naive_attention_probs(cfg, params, tokens):
 
 
 def naive_targets(cfg, probs, P_, Q_):
-    """Loops straight from DESIGN.md §4's sentence."""
+    """Loops straight from docs/design.md, "Fast KVzip gates"'s sentence."""
     H, Hkv = cfg.n_heads, cfg.n_kv_heads
     G = H // Hkv
     lrkv = cfg.lrkv_rank > 0

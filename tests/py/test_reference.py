@@ -1,4 +1,4 @@
-"""kvtrain against an independent float64 PyTorch reference (DESIGN.md §10).
+"""kvtrain against an independent float64 PyTorch reference (docs/design.md, "Tests").
 
 Run by CTest as `/usr/bin/python3 tests/py/test_reference.py` with KVT_BUILD_DIR (where
 tests/refdump was built) and KVT_SOURCE_DIR. Two groups:
@@ -196,7 +196,7 @@ class ReferenceSelfTest(unittest.TestCase):
         self.assertTrue(torch.equal(a[:, :5], b[:, :5]))
         self.assertFalse(torch.allclose(a[:, 5:], b[:, 5:]))
 
-    # -- cross-layer KV sharing and LRKV (DESIGN.md §3) ---------------------------------------
+    # -- cross-layer KV sharing and LRKV (docs/design.md, "The model family") ---------------------------------------
 
     SMALL = dict(vocab_size=13, d_model=16, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=20)
 
@@ -458,7 +458,7 @@ class KvtrainVsReference(unittest.TestCase):
         self.check_against_reference("mqa_untied_L3",
                                      self.model(n_kv_heads=1, n_layers=3, tie_embeddings=False))
 
-    # -- cross-layer KV sharing and LRKV (DESIGN.md §3, §10: every scheme, n != L/2, odd L for
+    # -- cross-layer KV sharing and LRKV (docs/design.md, "The model family" and "Tests": every scheme, n != L/2, odd L for
     # CLA, GQA; fusion weights N(0,1) so that they matter) ------------------------------------
 
     def test_cla_odd_L3(self):

@@ -1,4 +1,4 @@
-// gatedump — runs kvtrain's KVzip scorer and Fast KVzip gates (DESIGN.md §4) on random tokens
+// gatedump — runs kvtrain's KVzip scorer and Fast KVzip gates (docs/design.md, "Fast KVzip gates") on random tokens
 // and dumps what the Python oracle (tests/py/test_gates_reference.py) needs into one safetensors
 // file:
 //   tokens             I32 [2P+Q]          the full input: context (P) ; prompt (Q) ; context

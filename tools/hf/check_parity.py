@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export parity check (DESIGN.md §9, issue 6 item 6): an exported directory loaded with Hugging
+"""Export parity check (docs/design.md, "Inference and the KV cache", issue 6 item 6): an exported directory loaded with Hugging
 Face transformers gives kvtrain's logits and greedy tokens.
 
   python3 tools/hf/check_parity.py --checkpoint RUN/ckpt_00000004.h5 --export DIR \
@@ -12,7 +12,7 @@ Checks, each printed as one line, exit status 1 if any fails:
      exporter, e.g. a bad --merge-lrkv composition, shows up). Max abs diff <= --tol.
   2. cached decode: the HF model's prefill of half the tokens + one-token steps with its cache
      equals its full forward (<= --tol); for kvtrain models, the cache's values per token equal
-     what the method stores (DESIGN.md §3).
+     what the method stores (docs/design.md, "The model family").
   3. tokenizer: the exported HF tokenizer (slow LlamaTokenizer) encodes the prompt to the same ids
      as the SentencePiece model, BOS first.
   4. greedy: HF generate(max_new_tokens=20, do_sample=False) from BOS + prompt equals
@@ -59,7 +59,7 @@ def checkpoint_reference(path):
 
 
 def expected_cache_values(cfg):
-    """Values per token per sequence, DESIGN.md §3."""
+    """Values per token per sequence, docs/design.md, "The model family"."""
     L, Hkv, D = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
     if cfg.lrkv_rank > 0:
         return 2 * L * (D + cfg.n_heads * cfg.lrkv_rank)

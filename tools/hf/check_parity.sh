@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/hf/check_parity.sh — export parity for every variant (DESIGN.md §9, docs/export.md).
+# tools/hf/check_parity.sh — export parity for every variant (docs/design.md, "Inference and the KV cache", docs/export.md).
 #
 #   tools/hf/check_parity.sh [WORK_DIR]     (default: a new directory under /tmp)
 #

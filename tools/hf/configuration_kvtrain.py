@@ -1,4 +1,4 @@
-"""Hugging Face configuration of kvtrain's KV-lean LLaMA variants (DESIGN.md §3, §9).
+"""Hugging Face configuration of kvtrain's KV-lean LLaMA variants (docs/design.md, "The model family" and "Inference and the KV cache").
 
 Written into every non-LLaMA export by `kvtrain export` and loaded with trust_remote_code. The
 keys are LlamaConfig's plus four of kvtrain's model section:
@@ -84,5 +84,5 @@ class KvtrainConfig(PretrainedConfig):
 
     @property
     def n_storage(self):
-        """n of DESIGN.md §3 for yoco / fusedkv_lite / fusedkv."""
+        """n of docs/design.md, "The model family" for yoco / fusedkv_lite / fusedkv."""
         return self.storage_layers if self.storage_layers > 0 else self.num_hidden_layers // 2

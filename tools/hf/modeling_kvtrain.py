@@ -1,5 +1,5 @@
 """PyTorch implementation of kvtrain's KV-lean LLaMA variants for Hugging Face transformers
-(trust_remote_code), DESIGN.md §3 and §9. Shipped by `kvtrain export` next to configuration_kvtrain.py.
+(trust_remote_code), docs/design.md, "The model family" and §9. Shipped by `kvtrain export` next to configuration_kvtrain.py.
 
 The model is LLaMA (RMSNorm, rotate-half RoPE, SwiGLU, no biases, optional tied embeddings) with
 one change: where each layer's K and V come from.
