@@ -1,7 +1,9 @@
 // A full disk during a checkpoint, through the CLI (docs/design.md, "Failures and resources"):
 // `kvtrain train` with output.dir on a 3.5 MB tmpfs exits 1 (not a signal) with one line naming
 // the temporary and "no space left", leaves no temporary, keeps the earlier checkpoints and
-// `latest` intact, and resumes once space is freed. Skips where a tmpfs cannot be mounted.
+// `latest` intact, and resumes once space is freed. The gate files (gates.h5) and the gate
+// context cache on a full disk: one line, no temporary, the earlier gates.h5 intact. Skips where
+// a tmpfs cannot be mounted.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include "small_disk.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_commit.h"
+#include "train/context_cache.h"
 
 namespace fs = std::filesystem;
 using namespace kvt;
@@ -97,4 +100,58 @@ TEST(DiskFull, CheckpointFailsInOneLineAndTheRunResumes) {
       << resumed.out;
   EXPECT_EQ(list_checkpoints(run.string()), std::vector<std::string>{(run / checkpoint_file_name(20)).string()});
   fs::remove_all(work);
+}
+
+namespace {
+// A gate-file state of `n` floats (params, and the optimizer's two buffers) for table {gates: [n]}.
+CheckpointState gate_state(const ParamTable& t) {
+  CheckpointState s;
+  s.format = kGatesFormatName;
+  s.step = 1;
+  s.config_yaml = "gates: {}\n";
+  s.params.assign(t.total(), 0.5f);
+  s.adam_m.assign(t.total(), 0.0f);
+  s.adam_v.assign(t.total(), 0.0f);
+  return s;
+}
+
+// The message of the exception `f` throws ("" when none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(DiskFull, GateFileAndContextCacheFailInOneLine) {
+  test::SmallDisk disk(1 << 20);
+  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  const std::string dir = disk.dir();
+  ParamTable small, big;
+  small.add("gates.w", {64}, false);
+  big.add("gates.w", {100000}, false);  // 3 x 400 kB: does not fit in 1 MiB
+  checkpoint_write_file_atomic(dir, "gates.h5", small, gate_state(small));
+  const std::string before = sha256_file_hex(dir + "/gates.h5");
+
+  const std::string gates_err = error_of([&] { checkpoint_write_file_atomic(dir, "gates.h5", big, gate_state(big)); });
+  EXPECT_NE(gates_err.find("gates.h5.tmp: no space left on device (needs "), std::string::npos) << gates_err;
+  EXPECT_EQ(gates_err.find('\n'), std::string::npos) << gates_err;
+  EXPECT_TRUE(temporaries(dir).empty()) << temporaries(dir).front();
+  EXPECT_EQ(sha256_file_hex(dir + "/gates.h5"), before) << "the earlier gates.h5 changed";
+  std::string why;
+  EXPECT_TRUE(checkpoint_verify(dir + "/gates.h5", &why)) << why;
+
+  // Context cache: one context of 2 x 600 x 300 floats (1.4 MB) of gate inputs.
+  const ContextCache cache(dir + "/contexts", "key\n", 600, 300, 2, 2);
+  const std::vector<float> hidden(2 * 600 * 300, 1.0f), targets(2 * 2 * 600, 0.25f);
+  const std::string cache_err = error_of([&] { cache.store("train_0", hidden, targets); });
+  EXPECT_NE(cache_err.find("train_0.bin.tmp: no space left on device"), std::string::npos) << cache_err;
+  EXPECT_EQ(cache_err.find('\n'), std::string::npos) << cache_err;
+  EXPECT_TRUE(temporaries(dir + "/contexts").empty()) << temporaries(dir + "/contexts").front();
+  std::vector<float> h, t;
+  EXPECT_FALSE(cache.load("train_0", h, t)) << "a context that failed to store must not load";
 }

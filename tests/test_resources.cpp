@@ -481,8 +481,10 @@ TEST_F(MemoryRefusal, BenchRefusesAndTheFlagRunsIt) {
 }
 
 TEST_F(MemoryRefusal, GenerateGatesAndEvalRefuse) {
+  // KV cache: 2 layers x 2 x 32 floats x 128 positions (max_seq_len 112 in whole 64-position
+  // blocks) x 4 bytes = 65.5 kB.
   expect_refusal(run_cli({"generate", "--checkpoint", ckpt_, "--prompt", "the lord"}, kTiny), ckpt_,
-                 {"params 145.5 kB, KV cache 57.3 kB, activations ", "host copies 145.5 kB", "; use a smaller model"});
+                 {"params 145.5 kB, KV cache 65.5 kB, activations ", "host copies 145.5 kB", "; use a smaller model"});
   const Child gen = run_cli({"generate", "--checkpoint", ckpt_, "--prompt", "the lord", "--max-new-tokens", "3",
                              "--ignore-memory-limit"},
                             kTiny);
