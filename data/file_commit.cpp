@@ -19,7 +19,9 @@ namespace kvt {
 std::string temporary_path_for(const std::string& path) {
   const fs::path p(path);
   const fs::path dir = p.parent_path();
-  const std::string tmp_name = "." + p.filename().string() + ".tmp";
+  std::string tmp_name = ".";  // built by appends: GCC 12 warns (-Wrestrict) on "." + s + ".tmp"
+  tmp_name += p.filename().string();
+  tmp_name += ".tmp";
   return dir.empty() ? tmp_name : (dir / tmp_name).string();
 }
 
