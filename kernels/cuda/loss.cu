@@ -1,9 +1,11 @@
 // kernels/cuda/loss.cu — fused softmax cross-entropy, one block per row of V logits.
 //   forward:  losses[n] = logsumexp(logits[n,:]) - logits[n, targets[n]]
 //   backward: dlogits[n,:] = (softmax(logits[n,:]) - onehot(targets[n])) dloss
-// logsumexp is two-pass (max, then sum of exp(l - max)) with block reductions in a fixed order.
+// logsumexp is two-pass (max, then sum of exp(l - max)) with block reductions in a fixed order;
+// the exponentials are math::softmax_weight, as on the CPU.
 // The backward reads the whole row before any thread writes it, so dlogits may alias logits.
 // A target outside [0, V) gives a NaN loss (and no one-hot term), never an out-of-bounds read.
+#include "kernels/common/math.h"
 #include "kernels/cuda/launch.cuh"
 
 namespace kvt::cuda {
@@ -17,7 +19,7 @@ __device__ void row_logsumexp_parts(const float* l, int V, float* red, float* mx
   for (int c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, l[c]);
   m = block_max(m, red);
   float s = 0.0f;
-  for (int c = threadIdx.x; c < V; c += blockDim.x) s += expf(l[c] - m);
+  for (int c = threadIdx.x; c < V; c += blockDim.x) s += math::softmax_weight(l[c], m);  // the CPU's formula
   s = block_sum(s, red);
   *mx = m;
   *se = s;
@@ -49,7 +51,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* logit
     const float inv = 1.0f / s;
     float* d = dlogits + n * V;
     for (int c = threadIdx.x; c < V; c += blockDim.x) {
-      const float p = expf(l[c] - m) * inv;
+      const float p = math::softmax_weight(l[c], m) * inv;
       d[c] = (p - (c == t ? 1.0f : 0.0f)) * dloss;
     }
   }
