@@ -1,6 +1,6 @@
 """Writes a copy of an llm.c token shard in which every block of N tokens is followed by itself:
 [b0 ; b0 ; b1 ; b1 ; ...] (a trailing partial block is dropped). A model trained on it learns
-in-context copying, which KVzip's reconstruction objective presupposes (README, "KV eviction").
+in-context copying, which KVzip's reconstruction objective presupposes (docs/results.md, "Fast KVzip study and eviction").
 
     /usr/bin/python3 tools/repeat_shard.py IN.bin OUT.bin --block 1024
 """

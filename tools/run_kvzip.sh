@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Fast KVzip study of the README ("KV eviction with Fast KVzip gates"), end to end on the
+# The Fast KVzip study of docs/results.md ("Fast KVzip study and eviction"), end to end on the
 # King James Bible: for the baseline (MHA) and FusedKV, train the tiny model at 2112 tokens
 # (configs/tiny_long*.yaml; skipped when the run directory already has its final checkpoint),
 # train gates on the frozen model (configs/gates.yaml, forward-only), then evaluate every policy
