@@ -553,7 +553,7 @@ void expect_disk_full(const Child& c, const std::string& file) {
 
 TEST_F(MemoryRefusal, ExportOnAFullDiskKeepsTheEarlierExport) {
   kvt::test::SmallDisk disk(1 << 20);
-  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  ASSERT_TRUE(disk.ok()) << disk.reason();
   const std::string out = disk.dir() + "/hf";
   const Child first = run_cli({"export", "--checkpoint", ckpt_, "--out", out});
   ASSERT_EQ(first.code, 0) << first.err;
@@ -569,7 +569,7 @@ TEST_F(MemoryRefusal, ExportOnAFullDiskKeepsTheEarlierExport) {
 
 TEST_F(MemoryRefusal, PrepareOnAFullDiskKeepsTheEarlierShards) {
   kvt::test::SmallDisk disk(1 << 20);
-  if (!disk.ok()) GTEST_SKIP() << disk.reason();
+  ASSERT_TRUE(disk.ok()) << disk.reason();
   const std::string out = disk.dir() + "/data";
   const std::string tok = (dir_ / "data" / "tokenizer.model").string();
   const std::vector<std::string> args{"prepare", "--input", (dir_ / "text.txt").string(), "--out", out,
