@@ -323,7 +323,6 @@ Child run_cli(const std::vector<std::string>& args, const std::vector<std::strin
   if (pid == 0) {
     if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(126);
     setenv("OMP_NUM_THREADS", "1", 1);
-    setenv("OPENBLAS_NUM_THREADS", "1", 1);
     for (const std::string& kv : env) putenv(const_cast<char*>(kv.c_str()));
     if (data_limit) {
       const rlimit r{data_limit, data_limit};

@@ -1,7 +1,6 @@
 // Causal self-attention with grouped KV heads, forward and backward.
 // Per (b, h): S = Q K^T / sqrt(D) (sgemm), causal softmax row by row, O = P V (sgemm).
 // BLAS calls run inside the OpenMP loop; the OpenMP build of OpenBLAS runs them single-threaded.
-#include <cblas.h>
 
 #include <cmath>
 #include <vector>
@@ -9,6 +8,7 @@
 #include "kernels/common/math.h"
 #include "kernels/cpu/rowops.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/gemm.h"
 
 namespace kvt {
 
@@ -36,7 +36,7 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
     for (int h = 0; h < s.H; h++) {
       const int g = h / G;
       float* P = att + hd.att_off(b, h);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q + hd.q_off(b, h),
+      cpu::sgemm(false, true, T, T, D, scale, q + hd.q_off(b, h),
                   s.ldq, k + hd.k_off(b, g), s.ldk, 0.0f, P, T);
       for (int t = 0; t < T; t++) {
         float* row = P + static_cast<int64_t>(t) * T;
@@ -45,7 +45,7 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
         for (int j = 0; j <= t; j++) row[j] *= inv;
         for (int j = t + 1; j < T; j++) row[j] = 0.0f;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, P, T,
+      cpu::sgemm(false, false, T, D, T, 1.0f, P, T,
                   v + hd.v_off(b, g), s.ldv, 0.0f, out + hd.o_off(b, h), ldo);
     }
 }
@@ -68,9 +68,9 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
         for (int h = g * G; h < (g + 1) * G; h++) {
           const float* P = att + hd.att_off(b, h);
           const float* dO = dout + hd.o_off(b, h);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dO, ldo,
+          cpu::sgemm(false, true, T, T, D, 1.0f, dO, ldo,
                       v + hd.v_off(b, g), s.ldv, 0.0f, dS.data(), T);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, P, T, dO, ldo, 1.0f,
+          cpu::sgemm(true, false, T, D, T, 1.0f, P, T, dO, ldo, 1.0f,
                       dv + hd.v_off(b, g), s.ldv);
           for (int t = 0; t < T; t++) {
             const float* p = P + static_cast<int64_t>(t) * T;
@@ -79,9 +79,9 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
             for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
             for (int j = t + 1; j < T; j++) d[j] = 0.0f;
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dS.data(), T,
+          cpu::sgemm(false, false, T, D, T, scale, dS.data(), T,
                       k + hd.k_off(b, g), s.ldk, 0.0f, dq + hd.q_off(b, h), s.ldq);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dS.data(), T,
+          cpu::sgemm(true, false, T, D, T, scale, dS.data(), T,
                       q + hd.q_off(b, h), s.ldq, 1.0f, dk + hd.k_off(b, g), s.ldk);
         }
       }

@@ -8,7 +8,6 @@
 // same for every thread count).
 // Tiles run in parallel (OpenMP, static schedule); BLAS runs single-threaded inside, every sum is
 // in a fixed order, so the result does not depend on the thread count.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +17,7 @@
 
 #include "kernels/common/math.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/gemm.h"
 
 namespace kvt {
 
@@ -87,12 +87,12 @@ void CpuOps::attention_cache_forward(float* out, const float* q, const float* k,
                       q + static_cast<int64_t>(t) * s.ldq + static_cast<int64_t>(h) * D,
                       D * sizeof(float));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, S, D, scale, qg.data(), D, kg,
+        cpu::sgemm(false, true, rows, S, D, scale, qg.data(), D, kg,
                     s.ld, 0.0f, sc.data(), S);
         for (int r = 0; r < rows; r++)
           inv[r] = masked_softmax_weights(sc.data() + static_cast<size_t>(r) * S, pg, S,
                                           s.p0 + (r0 + r) / G);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, S, 1.0f, sc.data(), S, vg,
+        cpu::sgemm(false, false, rows, D, S, 1.0f, sc.data(), S, vg,
                     s.ld, 0.0f, og.data(), D);
         for (int r = 0; r < rows; r++) {
           const int t = (r0 + r) / G, h = g * G + (r0 + r) % G;
