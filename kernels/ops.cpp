@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include "kernels/cpu/cpu_info.h"
+
 namespace kvt {
 
 std::unique_ptr<Ops> make_cpu_ops();
@@ -21,7 +23,10 @@ bool cuda_available(std::string* why) {
 }
 
 std::unique_ptr<Ops> make_ops(const std::string& backend) {
-  if (backend == "cpu") return make_cpu_ops();
+  if (backend == "cpu") {
+    cpu::use_avx512();  // reads KVT_CPU_ISA once, here, so a bad value fails before any op runs
+    return make_cpu_ops();
+  }
   if (backend == "cuda") {
 #ifdef KVT_WITH_CUDA
     std::string why;

@@ -71,8 +71,9 @@ struct CmdResult {
   int rc = -1;
   std::string out;
 };
-inline CmdResult run_kvtrain(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 ") + KVT_BINARY + " " + args + " 2>&1";
+// `env` is prepended to the command line ("NAME=value ...", each followed by a space).
+inline CmdResult run_kvtrain_env(const std::string& env, const std::string& args) {
+  const std::string cmd = "OMP_NUM_THREADS=1 " + env + KVT_BINARY + " " + args + " 2>&1";
   CmdResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -83,6 +84,7 @@ inline CmdResult run_kvtrain(const std::string& args) {
   r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return r;
 }
+inline CmdResult run_kvtrain(const std::string& args) { return run_kvtrain_env("", args); }
 
 // A small English-like text: `lines` lines of 12 words drawn from 16, for tokenizer training
 // and end-to-end CLI tests.

@@ -32,6 +32,7 @@
 #include "model/kv_sharing.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/machine_info.h"
 #include "tools/memory_check.h"
 #include "train/adamw.h"
 #include "train/config.h"
@@ -50,6 +51,14 @@ struct BenchArgs {
   int decode_tokens = 32, repeats = 3;
   bool ignore_memory = false;
 };
+
+std::string loadavg_text() {
+  double l[3] = {0, 0, 0};
+  if (getloadavg(l, 3) != 3) return "n/a";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", l[0], l[1], l[2]);
+  return buf;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -126,6 +135,7 @@ void run_bench(const BenchArgs& a) {
   getrusage(RUSAGE_SELF, &ru);
   const double peak_mb = ru.ru_maxrss / 1024.0;
   if (comm->rank() != 0) return;
+  const MachineInfo mi = machine_info();
   std::printf("bench %s | %s | params %.2fM | batch %d x %d (accum %d) | %d rank(s) x %d thread(s)\n",
               a.config.c_str(), t.backend.c_str(), model.params().total() * 1e-6, B, T,
               t.grad_accum, world, threads);
@@ -133,6 +143,11 @@ void run_bench(const BenchArgs& a) {
               "%.0f tokens/s | %.2f GFLOP/s | peak RSS %.0f MiB (activations %.0f MiB)\n",
               step_s * 1e3, median(fwd) * 1e3, median(bwd) * 1e3, median(upd) * 1e3, a.steps,
               tokens / step_s, flops / step_s * 1e-9, peak_mb, model.activation_bytes() / 1048576.0);
+  if (t.backend == "cpu") {
+    std::printf("%s | load average %s\n", machine_line(mi).c_str(), loadavg_text().c_str());
+    std::fflush(stdout);
+    warn_generic_blas(mi, std::cerr);
+  }
   if (world > 1)
     std::printf("all-reduce %.2f ms/step (%.1f%% of the step; %.1f MiB of gradients) | waiting for "
                 "the slowest rank before it %.2f ms/step\n",
@@ -143,7 +158,9 @@ void run_bench(const BenchArgs& a) {
                         {"batch", B}, {"seq_len", T}, {"threads", threads}, {"ranks", world},
                         {"allreduce_ms", median(reduce) * 1e3}, {"rank_wait_ms", median(wait) * 1e3},
                         {"step_ms", step_s * 1e3}, {"tokens_per_s", tokens / step_s},
-                        {"gflops", flops / step_s * 1e-9}, {"peak_rss_mib", peak_mb}};
+                        {"gflops", flops / step_s * 1e-9}, {"peak_rss_mib", peak_mb},
+                        {"cpu", mi.cpu}, {"blas", mi.blas}, {"kernel_isa", mi.kernel_isa},
+                        {"generic_blas", mi.generic_blas}, {"loadavg_end", loadavg_text()}};
     std::ofstream(a.json_out) << j.dump(2) << "\n";
   }
 }
@@ -204,14 +221,6 @@ struct InferenceRow {
   std::vector<double> prefill_runs_ms;
   size_t kv_bytes_per_token = 0, kv_bytes = 0;
 };
-
-std::string loadavg_text() {
-  double l[3] = {0, 0, 0};
-  if (getloadavg(l, 3) != 3) return "n/a";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.2f %.2f %.2f", l[0], l[1], l[2]);
-  return buf;
-}
 
 // Attention over the KV cache (Ops::attention_cache_forward) against a plain sgemm of the same
 // multiply-accumulates, timed in the same run: n = 256 new queries of the config's heads at
@@ -408,6 +417,12 @@ void run_inference_bench(const BenchArgs& a) {
               "steps | load average %s at start, %s at end\n\n",
               backend.c_str(), threads, a.repeats, a.decode_tokens, load_start.c_str(),
               load_end.c_str());
+  const MachineInfo mi = machine_info();
+  if (backend == "cpu") {
+    std::printf("%s\n\n", machine_line(mi).c_str());
+    std::fflush(stdout);
+    warn_generic_blas(mi, std::cerr);
+  }
   std::printf("| variant | params | context | prefill ms | prefill tokens/s | decode ms/token | "
               "KV bytes/token | KV MiB at context |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -428,6 +443,7 @@ void run_inference_bench(const BenchArgs& a) {
     nlohmann::json j = {{"mode", "inference"}, {"backend", backend}, {"threads", threads},
                         {"repeats", a.repeats}, {"decode_tokens", a.decode_tokens},
                         {"loadavg_start", load_start}, {"loadavg_end", load_end},
+                        {"cpu", mi.cpu}, {"blas", mi.blas}, {"kernel_isa", mi.kernel_isa},
                         {"notes", notes}, {"rows", nlohmann::json::array()},
                         {"cache_attention", {{"queries", att.n}, {"cached_positions", att.S},
                                              {"heads", att.H}, {"kv_heads", att.Hkv},

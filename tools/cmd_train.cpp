@@ -4,6 +4,7 @@
 
 #include "model/kv_sharing.h"
 #include "tools/commands.h"
+#include "tools/machine_info.h"
 #include "tools/memory_check.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -31,6 +32,12 @@ void print_banner(const RunConfig& cfg, Trainer& tr, int threads, int world) {
               np * 1e-6, static_cast<long long>(tr.global_batch()), tr.seq_len(),
               static_cast<long long>(cfg.train.steps), cfg.output.dir.c_str());
   std::printf("%s\n", kv_cache_summary(m).c_str());
+  if (cfg.train.backend == "cpu") {
+    const MachineInfo mi = machine_info();
+    std::printf("%s\n", machine_line(mi).c_str());
+    std::fflush(stdout);
+    warn_generic_blas(mi, std::cerr);
+  }
   std::fflush(stdout);
 }
 }  // namespace

@@ -1,6 +1,8 @@
 // CPU identification and the AVX-512 / AVX2 choice of the project's own kernels.
 #include "kernels/cpu/cpu_info.h"
 
+#include "kernels/cpu/gemm.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -60,5 +62,7 @@ bool use_avx512() {
 }
 
 const char* kernel_isa() { return use_avx512() ? "avx512" : "avx2"; }
+
+std::string BlasInfo::describe() const { return library + " " + version + ", " + kernel; }
 
 }  // namespace kvt::cpu

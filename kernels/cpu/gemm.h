@@ -15,11 +15,12 @@ namespace kvt::cpu {
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
-// What runs the GEMM: e.g. {"oneDNN", "2.6.3", "avx512_core_amx JIT", false}.
+// What runs the GEMM: {"oneDNN", "2.6.3", "JIT kernels for avx512_core", false} or
+// {"OpenBLAS", "0.3.21", "kernel Prescott", true}.
 struct BlasInfo {
   std::string library, version, kernel;
   bool generic = false;  // a kernel below the CPU's vector ISA (e.g. SSE on an AVX2 machine)
-  std::string describe() const;  // "oneDNN 2.6.3, kernel avx512_core_amx JIT"
+  std::string describe() const;  // "oneDNN 2.6.3, JIT kernels for avx512_core"
 };
 BlasInfo blas_info();
 

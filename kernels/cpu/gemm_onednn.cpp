@@ -46,7 +46,7 @@ BlasInfo blas_info() {
   BlasInfo b{"oneDNN",
              std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
                  std::to_string(v->patch),
-             std::string(isa_name(isa)) + " JIT"};
+             "JIT kernels for " + std::string(isa_name(isa))};
   // avx2 and avx512 ISAs share the bit 0x7 (oneDNN's ISA values are nested masks).
   const bool wide = (static_cast<unsigned>(isa) & dnnl_cpu_isa_avx2) == dnnl_cpu_isa_avx2;
   const bool avx512 = (static_cast<unsigned>(isa) & dnnl_cpu_isa_avx512_core) ==

@@ -25,7 +25,7 @@ BlasInfo blas_info() {
   std::string config = openblas_get_config();  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
   std::string version = config.rfind("OpenBLAS ", 0) == 0 ? config.substr(9) : config;
   version = version.substr(0, version.find(' '));
-  BlasInfo b{"OpenBLAS", version, core};
+  BlasInfo b{"OpenBLAS", version, "kernel " + core};
   // Kernels with AVX2 FMA (and AVX-512 for the last four); any other core name is an SSE-era
   // or generic kernel.
   const bool avx2 = core == "Haswell" || core == "Zen" || core == "SkylakeX" ||
