@@ -7,13 +7,19 @@
 
 namespace kvt::cpu {
 
+// The 8 lanes as one GCC/Clang vector: `m = c > m ? c : m` compiles to a vector max, where the
+// same loop over a float[8] stays scalar (GCC 12). Lane l sees the same values in the same order.
+typedef float f8 __attribute__((vector_size(32)));
+
 inline float row_max(const float* x, int n) {
-  float m[8];
-  int j = 0;
   const float first = x[0];
-  for (int l = 0; l < 8; l++) m[l] = first;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; l++) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+  f8 m = {first, first, first, first, first, first, first, first};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    f8 c;
+    __builtin_memcpy(&c, x + j, sizeof c);
+    m = c > m ? c : m;
+  }
   float r = first;
   for (int l = 0; l < 8; l++) r = m[l] > r ? m[l] : r;
   for (; j < n; j++) r = x[j] > r ? x[j] : r;
