@@ -1,7 +1,13 @@
 // Causal self-attention with grouped KV heads, forward and backward.
-// Per (b, h): S = Q K^T / sqrt(D) (sgemm), causal softmax row by row, O = P V (sgemm).
-// BLAS calls run inside the OpenMP loop; the OpenMP build of OpenBLAS runs them single-threaded.
+// Per (b, h), in tiles of kRowTile query rows [r0, r1): row t attends to keys s <= t < r1, so a
+// tile needs only the key columns [0, r1); with k = T / kRowTile tiles the GEMMs do (k + 1) / 2k
+// of the FLOPs of full T x T GEMMs (5/8 at T 256):
+//   S[r0:r1, 0:r1] = Q[r0:r1] K[0:r1]^T / sqrt(D) (sgemm), causal softmax row by row,
+//   O[r0:r1] = P[r0:r1, 0:r1] V[0:r1] (sgemm).
+// att keeps the full [T, T] of each (b, h), zero above the diagonal (other code reads it).
+// sgemm calls run inside the OpenMP loop over heads, so each runs on the calling thread only.
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -13,6 +19,8 @@
 namespace kvt {
 
 namespace {
+constexpr int kRowTile = 64;  // query rows per tile; measured, docs/design.md, "Performance"
+
 struct Heads {  // pointers to the [T, D] blocks of one (b, h) pair, rows strided
   const AttnShape& s;
   int64_t q_off(int b, int h) const { return static_cast<int64_t>(b) * s.T * s.ldq + h * s.D; }
@@ -35,24 +43,35 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
   for (int b = 0; b < s.B; b++)
     for (int h = 0; h < s.H; h++) {
       const int g = h / G;
-      float* P = att + hd.att_off(b, h);
-      cpu::sgemm(false, true, T, T, D, scale, q + hd.q_off(b, h),
-                  s.ldq, k + hd.k_off(b, g), s.ldk, 0.0f, P, T);
-      for (int t = 0; t < T; t++) {
-        float* row = P + static_cast<int64_t>(t) * T;
-        const float mx = cpu::row_max(row, t + 1);
-        const float inv = 1.0f / cpu::row_sum_exp(row, t + 1, mx, row);
-        for (int j = 0; j <= t; j++) row[j] *= inv;
-        for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+      const float* Q = q + hd.q_off(b, h);
+      const float* K = k + hd.k_off(b, g);
+      const float* V = v + hd.v_off(b, g);
+      float* O = out + hd.o_off(b, h);
+      for (int r0 = 0; r0 < T; r0 += kRowTile) {
+        const int r1 = std::min(r0 + kRowTile, T), n = r1 - r0;
+        float* P = att + hd.att_off(b, h) + static_cast<int64_t>(r0) * T;  // rows r0 .. r1-1
+        // S[r0:r1, 0:r1] = Q[r0:r1] K[0:r1]^T / sqrt(D)
+        cpu::sgemm(false, true, n, r1, D, scale, Q + static_cast<int64_t>(r0) * s.ldq, s.ldq,
+                   K, s.ldk, 0.0f, P, T);
+        for (int t = r0; t < r1; t++) {  // P[t, s] = softmax_{s<=t} S[t, s], 0 for s > t
+          float* row = P + static_cast<int64_t>(t - r0) * T;
+          const float mx = cpu::row_max(row, t + 1);
+          const float inv = 1.0f / cpu::row_sum_exp(row, t + 1, mx, row);
+          for (int j = 0; j <= t; j++) row[j] *= inv;
+          for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+        }
+        // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
+        cpu::sgemm(false, false, n, D, r1, 1.0f, P, T, V, s.ldv, 0.0f,
+                   O + static_cast<int64_t>(r0) * ldo, ldo);
       }
-      cpu::sgemm(false, false, T, D, T, 1.0f, P, T,
-                  v + hd.v_off(b, g), s.ldv, 0.0f, out + hd.o_off(b, h), ldo);
     }
 }
 
-// Per (b, KV head g), over its G query heads in increasing h (so dk, dv sum in a fixed order):
-//   dP = dO V^T;  dV += P^T dO;  dS = P ⊙ (dP - rowsum(P ⊙ dP));
-//   dQ = dS K / sqrt(D);  dK += dS^T Q / sqrt(D)
+// Per (b, KV head g), over its G query heads in increasing h, each in row tiles [r0, r1) in
+// increasing r0 (so dk, dv sum in a fixed order); P, dP, dS are zero above the diagonal:
+//   dP[r0:r1, 0:r1] = dO[r0:r1] V[0:r1]^T;  dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
+//   dS = P ⊙ (dP - rowsum(P ⊙ dP))
+//   dQ[r0:r1] = dS[r0:r1, 0:r1] K[0:r1] / sqrt(D);  dK[0:r1] += dS[r0:r1, 0:r1]^T Q[r0:r1] / sqrt(D)
 void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout,
                                 const float* att, const float* q, const float* k, const float* v,
                                 const AttnShape& s) {
@@ -61,28 +80,37 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 #pragma omp parallel
   {
-    std::vector<float> dS(static_cast<size_t>(T) * T);
+    std::vector<float> dS(static_cast<size_t>(std::min(kRowTile, T)) * T);  // one row tile
 #pragma omp for collapse(2) schedule(static)
     for (int b = 0; b < s.B; b++)
       for (int g = 0; g < s.Hkv; g++) {
+        const float* K = k + hd.k_off(b, g);
+        const float* V = v + hd.v_off(b, g);
+        float* dK = dk + hd.k_off(b, g);
+        float* dV = dv + hd.v_off(b, g);
         for (int h = g * G; h < (g + 1) * G; h++) {
-          const float* P = att + hd.att_off(b, h);
+          const float* Q = q + hd.q_off(b, h);
           const float* dO = dout + hd.o_off(b, h);
-          cpu::sgemm(false, true, T, T, D, 1.0f, dO, ldo,
-                      v + hd.v_off(b, g), s.ldv, 0.0f, dS.data(), T);
-          cpu::sgemm(true, false, T, D, T, 1.0f, P, T, dO, ldo, 1.0f,
-                      dv + hd.v_off(b, g), s.ldv);
-          for (int t = 0; t < T; t++) {
-            const float* p = P + static_cast<int64_t>(t) * T;
-            float* d = dS.data() + static_cast<int64_t>(t) * T;
-            const float dot = cpu::row_dot(p, d, t + 1);
-            for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
-            for (int j = t + 1; j < T; j++) d[j] = 0.0f;
+          float* dQ = dq + hd.q_off(b, h);
+          for (int r0 = 0; r0 < T; r0 += kRowTile) {
+            const int r1 = std::min(r0 + kRowTile, T), n = r1 - r0;
+            const float* P = att + hd.att_off(b, h) + static_cast<int64_t>(r0) * T;
+            const float* dOt = dO + static_cast<int64_t>(r0) * ldo;
+            const float* Qt = Q + static_cast<int64_t>(r0) * s.ldq;
+            float* d = dS.data();  // [n, r1], row stride T
+            cpu::sgemm(false, true, n, r1, D, 1.0f, dOt, ldo, V, s.ldv, 0.0f, d, T);
+            cpu::sgemm(true, false, r1, D, n, 1.0f, P, T, dOt, ldo, 1.0f, dV, s.ldv);
+            for (int t = r0; t < r1; t++) {
+              const float* p = P + static_cast<int64_t>(t - r0) * T;
+              float* dr = d + static_cast<int64_t>(t - r0) * T;
+              const float dot = cpu::row_dot(p, dr, t + 1);
+              for (int j = 0; j <= t; j++) dr[j] = p[j] * (dr[j] - dot);
+              for (int j = t + 1; j < r1; j++) dr[j] = 0.0f;
+            }
+            cpu::sgemm(false, false, n, D, r1, scale, d, T, K, s.ldk, 0.0f,
+                       dQ + static_cast<int64_t>(r0) * s.ldq, s.ldq);
+            cpu::sgemm(true, false, r1, D, n, scale, d, T, Qt, s.ldq, 1.0f, dK, s.ldk);
           }
-          cpu::sgemm(false, false, T, D, T, scale, dS.data(), T,
-                      k + hd.k_off(b, g), s.ldk, 0.0f, dq + hd.q_off(b, h), s.ldq);
-          cpu::sgemm(true, false, T, D, T, scale, dS.data(), T,
-                      q + hd.q_off(b, h), s.ldq, 1.0f, dk + hd.k_off(b, g), s.ldk);
         }
       }
   }
