@@ -15,6 +15,7 @@
 #include "kernels/cpu/rowops.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/isa_dispatch.h"
 
 namespace kvt {
 
@@ -31,6 +32,31 @@ struct Heads {  // pointers to the [T, D] blocks of one (b, h) pair, rows stride
   }
   int64_t att_off(int b, int h) const { return (static_cast<int64_t>(b) * s.H + h) * s.T * s.T; }
 };
+
+// Rows t in [r0, r1) of one tile, row stride T (P points at row r0). Per-tile kernels in both
+// ISAs (kernels/cpu/isa_dispatch.h); each thread calls them inside the loop over heads.
+// P[t, s] = softmax_{s<=t} S[t, s], 0 for s > t (in place)
+KVT_ISA_VARIANTS(softmax_tile, (float* P, int T, int r0, int r1), {
+  for (int t = r0; t < r1; t++) {
+    float* row = P + static_cast<int64_t>(t - r0) * T;
+    const float mx = cpu::row_max(row, t + 1);
+    const float inv = 1.0f / cpu::row_sum_exp(row, t + 1, mx, row);
+    for (int j = 0; j <= t; j++) row[j] *= inv;
+    for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+  }
+})
+
+// dS[t, s] = P[t, s] (dP[t, s] - sum_j P[t, j] dP[t, j]) for s <= t, 0 for t < s < r1 (dP in
+// place in d)
+KVT_ISA_VARIANTS(softmax_backward_tile, (const float* P, float* d, int T, int r0, int r1), {
+  for (int t = r0; t < r1; t++) {
+    const float* p = P + static_cast<int64_t>(t - r0) * T;
+    float* dr = d + static_cast<int64_t>(t - r0) * T;
+    const float dot = cpu::row_dot(p, dr, t + 1);
+    for (int j = 0; j <= t; j++) dr[j] = p[j] * (dr[j] - dot);
+    for (int j = t + 1; j < r1; j++) dr[j] = 0.0f;
+  }
+})
 }  // namespace
 
 // att[b,h,t,:] = softmax_{s<=t}(q_t · k_s / sqrt(D)), zero for s > t;  out[b,t,h] = att · v
@@ -53,13 +79,7 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
         // S[r0:r1, 0:r1] = Q[r0:r1] K[0:r1]^T / sqrt(D)
         cpu::sgemm(false, true, n, r1, D, scale, Q + static_cast<int64_t>(r0) * s.ldq, s.ldq,
                    K, s.ldk, 0.0f, P, T);
-        for (int t = r0; t < r1; t++) {  // P[t, s] = softmax_{s<=t} S[t, s], 0 for s > t
-          float* row = P + static_cast<int64_t>(t - r0) * T;
-          const float mx = cpu::row_max(row, t + 1);
-          const float inv = 1.0f / cpu::row_sum_exp(row, t + 1, mx, row);
-          for (int j = 0; j <= t; j++) row[j] *= inv;
-          for (int j = t + 1; j < T; j++) row[j] = 0.0f;
-        }
+        KVT_ISA_CALL(softmax_tile, P, T, r0, r1);  // P = causal softmax of S, rows r0 .. r1-1
         // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
         cpu::sgemm(false, false, n, D, r1, 1.0f, P, T, V, s.ldv, 0.0f,
                    O + static_cast<int64_t>(r0) * ldo, ldo);
@@ -100,13 +120,7 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
             float* d = dS.data();  // [n, r1], row stride T
             cpu::sgemm(false, true, n, r1, D, 1.0f, dOt, ldo, V, s.ldv, 0.0f, d, T);
             cpu::sgemm(true, false, r1, D, n, 1.0f, P, T, dOt, ldo, 1.0f, dV, s.ldv);
-            for (int t = r0; t < r1; t++) {
-              const float* p = P + static_cast<int64_t>(t - r0) * T;
-              float* dr = d + static_cast<int64_t>(t - r0) * T;
-              const float dot = cpu::row_dot(p, dr, t + 1);
-              for (int j = 0; j <= t; j++) dr[j] = p[j] * (dr[j] - dot);
-              for (int j = t + 1; j < r1; j++) dr[j] = 0.0f;
-            }
+            KVT_ISA_CALL(softmax_backward_tile, P, d, T, r0, r1);  // dP -> dS
             cpu::sgemm(false, false, n, D, r1, scale, d, T, K, s.ldk, 0.0f,
                        dQ + static_cast<int64_t>(r0) * s.ldq, s.ldq);
             cpu::sgemm(true, false, r1, D, n, scale, d, T, Qt, s.ldq, 1.0f, dK, s.ldk);

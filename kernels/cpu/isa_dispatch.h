@@ -10,7 +10,7 @@
 //    copy is compiled with the build's flags, so linker COMDAT folding can only ever pick AVX2 code
 //    (no translation unit is compiled with -march=x86-64-v4);
 //  * no reassociation: both variants do the same IEEE operations in the same order (reductions
-//    keep the fixed lanes of rowops.h), so they give bitwise the same results (tests/test_isa.cpp).
+//    keep the fixed lanes of rowops.h), so they give bitwise the same results (tests/test_ops_isa.cpp).
 #pragma once
 
 #include <optional>
