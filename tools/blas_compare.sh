@@ -17,7 +17,7 @@ THREADS=${THREADS:-$(nproc)}
 OUT=${OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/blas_compare.XXXXXX")}
 MKL_PREFIX=${MKL_PREFIX:-build/mkl}
 SRC=tools/blas_bench/blas_bench.cpp
-export OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=passive
+export OMP_NUM_THREADS=$THREADS
 lib=/usr/lib/x86_64-linux-gnu
 build() {  # name, extra g++ arguments...
   local name=$1; shift
