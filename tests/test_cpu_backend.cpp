@@ -55,7 +55,9 @@ TEST(gemm, matches_naive_for_every_transpose_and_padded_strides) {
                             {false, true, 64, 96, 32, 0.5f, 1.0f},
                             {true, false, 17, 130, 71, 1.0f, 1.0f},
                             {true, true, 5, 3, 300, -2.0f, 0.25f},
-                            {false, true, 1, 513, 128, 1.0f, 0.0f}};  // decode-like: one row
+                            {false, true, 1, 513, 128, 1.0f, 0.0f},   // decode-like: one row
+                            {true, false, 256, 300, 320, 0.5f, 1.0f},  // large A^T B (weight
+                            {true, true, 200, 260, 330, 1.0f, 0.0f}};  // gradients)
   uint64_t seed = 1;
   for (const GemmCase& c : cases) {
     const int ar = c.ta ? c.K : c.M, ac = c.ta ? c.M : c.K;
@@ -110,6 +112,18 @@ TEST(gemm, is_bitwise_repeatable_across_calls_alignment_and_parallel_regions) {
     EXPECT_EQ(0, std::memcmp(one.data(), par[i].data(), one.size() * sizeof(float))) << i;
   }
   omp_set_num_threads(2);
+  // A large A^T B (the weight gradients' form): repeatable too, also at other addresses.
+  const int Mt = 384, Nt = 256, Kt = 1024;
+  const auto At = randn(static_cast<size_t>(Kt) * Mt, 9), Bt = randn(static_cast<size_t>(Kt) * Nt, 10);
+  std::vector<float> T1(static_cast<size_t>(Mt) * Nt, 1.0f), T2 = T1, T3(T1.size() + 3, 1.0f);
+  std::vector<float> At3(At.size() + 1);
+  std::memcpy(At3.data() + 1, At.data(), At.size() * sizeof(float));
+  cpu::sgemm(true, false, Mt, Nt, Kt, 1.0f, At.data(), Mt, Bt.data(), Nt, 1.0f, T1.data(), Nt);
+  cpu::sgemm(true, false, Mt, Nt, Kt, 1.0f, At.data(), Mt, Bt.data(), Nt, 1.0f, T2.data(), Nt);
+  cpu::sgemm(true, false, Mt, Nt, Kt, 1.0f, At3.data() + 1, Mt, Bt.data(), Nt, 1.0f,
+             T3.data() + 3, Nt);
+  EXPECT_EQ(0, std::memcmp(T1.data(), T2.data(), T1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(T1.data(), T3.data() + 3, T1.size() * sizeof(float)));
 }
 
 TEST(blas_info, names_the_library_version_and_a_kernel_fit_for_this_cpu) {
