@@ -1,7 +1,7 @@
 // kernels/ops.h — the op interface. The model is written once against this class; the CPU
 // backend (kernels/cpu, the fp32 reference) and the CUDA backend (kernels/cuda) implement it.
 //
-// Conventions (STYLE.md):
+// Conventions (docs/design.md, "The op interface"):
 //  * Pointers are backend memory (host for cpu, device for cuda), row-major, fp32 unless typed.
 //  * Shapes: N rows (= B*T tokens), C model width, B batch, T time, H query heads, Hkv KV heads,
 //    D head dim, F MLP width, V vocab.

@@ -1,4 +1,4 @@
-// tests/op_cases.h — the op test harness, in the shape of ggml's test-backend-ops (STYLE.md).
+// tests/op_cases.h — the op test harness, in the shape of ggml's test-backend-ops.
 //
 // Every op of kernels/ops.h is one small case struct: a name, shapes, seeded random inputs, a
 // forward(ops, buffers) that runs the op, a backward(ops, buffers) that runs the op's
