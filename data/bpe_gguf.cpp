@@ -65,11 +65,11 @@ BpeTokenizer bpe_from_gguf(const GgufFile& f, GgufTokenizerInfo* info) {
       if (type[id] == kControl || type[id] == kUserDefined)
         special.emplace_back(tokens[id], static_cast<int32_t>(id));
   }
-  if (info) {
-    info->bos_id = optional_id(f, "tokenizer.ggml.bos_token_id", tokens.size());
-    info->eos_id = optional_id(f, "tokenizer.ggml.eos_token_id", tokens.size());
-    info->add_bos = f.find("tokenizer.ggml.add_bos_token") && f.get_bool("tokenizer.ggml.add_bos_token");
-  }
+  GgufTokenizerInfo ids;  // checked whether or not the caller asks for them
+  ids.bos_id = optional_id(f, "tokenizer.ggml.bos_token_id", tokens.size());
+  ids.eos_id = optional_id(f, "tokenizer.ggml.eos_token_id", tokens.size());
+  ids.add_bos = f.find("tokenizer.ggml.add_bos_token") && f.get_bool("tokenizer.ggml.add_bos_token");
+  if (info) *info = ids;
   const std::string pre = pre_tokenizer_of(f);
   // Llama 3 emits a piece that is itself a token whole, before merging (llama.cpp sets
   // ignore_merges for it; its tokenizer.json says so, its GGUF does not).
