@@ -2,7 +2,12 @@
 // Builder lays out header, metadata, tensor infos and aligned data as the format says.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -85,5 +90,27 @@ struct Builder {
 inline std::string enc_u32(uint32_t v) { return Bytes().u32(v).b; }
 inline std::string enc_str(const std::string& s) { return Bytes().str(s).b; }
 
+
+// Writes `bytes` to a temporary file whose name carries the process id and `name`; its path.
+inline std::string write_temp(const std::string& name, const std::string& bytes) {
+  const std::filesystem::path p = std::filesystem::temp_directory_path() /
+                                  ("kvt_" + std::to_string(::getpid()) + "_" + name + ".gguf");
+  std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  return p.string();
+}
+
+// f() must throw a std::runtime_error of one line naming `path` and containing `what`.
+template <typename F>
+void expect_file_error(F f, const std::string& path, const std::string& what) {
+  try {
+    f();
+    ADD_FAILURE() << path << ": no error, expected: " << what;
+  } catch (const std::runtime_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(path), std::string::npos) << m;
+    EXPECT_NE(m.find(what), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+}
 
 }  // namespace kvt::gguf_writer

@@ -44,11 +44,7 @@ struct TokFile {
     b.kv("tokenizer.ggml.token_type", GgufType::ARRAY, t.b);
     b.kv("tokenizer.ggml.eos_token_id", GgufType::U32, enc_u32(static_cast<uint32_t>(eos)));
     b.kv("tokenizer.ggml.add_bos_token", GgufType::BOOL, Bytes().u8(add_bos).b);
-    const fs::path p = fs::temp_directory_path() /
-                       ("kvt_bpe_gguf_" + std::to_string(::getpid()) + "_" + name + ".gguf");
-    const std::string bytes = b.build();
-    std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    return p.string();
+    return write_temp("bpe_gguf_" + name, b.build());
   }
 };
 
@@ -83,16 +79,8 @@ TEST(bpe_gguf, maps_llama_cpp_pre_tokenizer_names) {
 // Each bad file: a runtime_error of one line naming the file and containing `what`.
 void expect_error(const TokFile& tf, const std::string& name, const std::string& what) {
   const std::string path = tf.write(name);
-  try {
-    bpe_from_gguf(GgufFile::open(path));
-    ADD_FAILURE() << name << ": no error, expected: " << what;
-  } catch (const std::runtime_error& e) {
-    const std::string m = e.what();
-    EXPECT_NE(m.find(path), std::string::npos) << m;
-    EXPECT_NE(m.find(what), std::string::npos) << m;
-    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
-  }
-  fs::remove(path);
+  expect_file_error([&] { bpe_from_gguf(GgufFile::open(path)); }, path, what);
+  std::filesystem::remove(path);
 }
 
 TEST(bpe_gguf, bad_metadata_is_one_line_naming_file_and_key) {
