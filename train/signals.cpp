@@ -18,9 +18,19 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
+// The handler runs on a stack of its own (SA_ONSTACK): a signal that arrives while JIT-generated
+// code (oneDNN's GEMM kernels) uses the stack pointer for its own purposes must not push its frame
+// wherever that register points. Seen without it: a SIGUSR1 during dnnl_sgemm corrupted the heap.
+alignas(64) char g_signal_stack[64 * 1024];
+
 void install_stop_signals() {
+  stack_t ss{};
+  ss.ss_sp = g_signal_stack;
+  ss.ss_size = sizeof g_signal_stack;
+  sigaltstack(&ss, nullptr);
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
   for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &sa, nullptr);
 }
