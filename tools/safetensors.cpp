@@ -1,5 +1,7 @@
 #include "tools/safetensors.h"
 
+#include "data/gguf_quant.h"
+
 #include "data/file_commit.h"
 
 #include <unistd.h>
@@ -75,7 +77,7 @@ uint16_t float_to_bf16(float x) {
   return static_cast<uint16_t>((u + rounding) >> 16);
 }
 
-float bf16_to_float(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+float bf16_to_float(uint16_t b) { return ggml_bf16_to_float(b); }  // one conversion: data/gguf_quant.h
 
 size_t shape_numel(const std::vector<int64_t>& shape) {
   size_t n = 1;
