@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <stdexcept>
@@ -497,11 +498,17 @@ std::string pre_tokenizer_name(const json& pt, const std::string& path) {
 }  // namespace
 
 BpeTokenizer BpeTokenizer::from_json(const std::string& path) {
-  std::ifstream f(path);
+  std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error(path + ": cannot open");
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw std::runtime_error(path + ": read error");
+  return from_json_text(text, path);
+}
+
+BpeTokenizer BpeTokenizer::from_json_text(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw std::runtime_error(path + ": not valid JSON: " + e.what());
   }
@@ -566,6 +573,68 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& path) {
     return BpeTokenizer(std::move(vocab), merges, special, pre, model.value("ignore_merges", false));
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(path + ": " + e.what());
+  }
+}
+
+// The pre_tokenizer object pre_tokenizer_name maps back to `name`: Hugging Face's own forms.
+static json pre_tokenizer_json(const std::string& name) {
+  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                           {"use_regex", true}};
+  if (name == "gpt2") return byte_level;
+  if (name == "smollm")
+    return {{"type", "Sequence"},
+            {"pretokenizers", json::array({{{"type", "Digits"}, {"individual_digits", true}}, byte_level})}};
+  json split = {{"type", "Split"},
+                {"pattern", {{"Regex", name == "qwen2" ? kQwen2Regex : kLlamaRegex}}},
+                {"behavior", "Isolated"},
+                {"invert", false}};
+  json bl = byte_level;
+  bl["use_regex"] = false;
+  return {{"type", "Sequence"}, {"pretokenizers", json::array({split, bl})}};
+}
+
+std::string BpeTokenizer::to_json() const {
+  const Impl& m = *impl_;
+  using ojson = nlohmann::ordered_json;
+  ojson vocab = ojson::object();
+  for (size_t id = 0; id < m.vocab.size(); ++id) vocab[m.vocab[id]] = id;
+  // Merges in rank order, from the (left, right) -> rank table.
+  std::vector<std::pair<int32_t, uint64_t>> by_rank;
+  by_rank.reserve(m.merges.size());
+  for (const auto& [pair, merge] : m.merges) by_rank.emplace_back(merge.rank, pair);
+  std::sort(by_rank.begin(), by_rank.end());
+  ojson merges = ojson::array();
+  for (const auto& [rank, pair] : by_rank)
+    merges.push_back(ojson::array({m.vocab[pair >> 32], m.vocab[pair & 0xffffffffu]}));
+  // Special tokens in id order.
+  std::vector<std::pair<int32_t, std::string>> special;
+  for (const auto& [text, id] : m.special) special.emplace_back(id, text);
+  std::sort(special.begin(), special.end());
+  ojson added = ojson::array();
+  for (const auto& [id, text] : special)
+    added.push_back({{"id", id}, {"content", text}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  ojson j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  j["added_tokens"] = added;
+  j["normalizer"] = nullptr;
+  j["pre_tokenizer"] = ojson::parse(pre_tokenizer_json(m.pre_name).dump());
+  j["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false},
+                         {"use_regex", true}};
+  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
+                  {"use_regex", true}};
+  j["model"] = {{"type", "BPE"},          {"dropout", nullptr},
+                {"unk_token", nullptr},   {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr}, {"fuse_unk", false},
+                {"byte_fallback", false}, {"ignore_merges", m.ignore_merges},
+                {"vocab", vocab},         {"merges", merges}};
+  try {
+    return j.dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(std::string("BPE: the vocabulary is not valid UTF-8, so it has no tokenizer.json: ") +
+                             e.what());
   }
 }
 

@@ -56,6 +56,12 @@ class BpeTokenizer {
                const std::string& pre_tokenizer, bool ignore_merges = false);
   // Hugging Face tokenizer.json (model.type "BPE"). Throws naming the file and the key.
   static BpeTokenizer from_json(const std::string& path);
+  // The same from the file's text; `where` names it in errors.
+  static BpeTokenizer from_json_text(const std::string& text, const std::string& where);
+  // This tokenizer as a Hugging Face tokenizer.json (vocab, merges as pairs in rank order, the
+  // special tokens as added_tokens, the pre-tokenizer in the form from_json maps back to it):
+  // from_json_text(to_json()) encodes as this one does.
+  std::string to_json() const;
 
   ~BpeTokenizer();
   BpeTokenizer(BpeTokenizer&&) noexcept;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <regex>
@@ -15,6 +16,7 @@
 
 #include "data/file_commit.h"
 #include "data/shard.h"
+#include "data/text_tokenizer.h"
 #include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -147,20 +149,34 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
 
   const fs::path dir(opt.out_dir);
   fs::create_directories(dir);
-  const fs::path model = dir / "tokenizer.model";
+  // The tokenizer, kept beside the shards: a SentencePiece model as tokenizer.model (trained here
+  // or copied), a byte-level BPE one (.gguf, tokenizer.json) as tokenizer.json and kvtrain's
+  // tokenizer_config.json (data/text_tokenizer.h), which open_tokenizer reads back.
+  fs::path model = dir / "tokenizer.model";
+  std::unique_ptr<TextTokenizer> tok;
   if (opt.tokenizer.empty()) {
     if (log) *log << "prepare: training a " << opt.vocab_size << "-piece BPE tokenizer\n";
     Tokenizer::train(opt.inputs, opt.vocab_size, (dir / "tokenizer").string());
+    tok = open_tokenizer(model.string());
   } else {
     if (!fs::is_regular_file(opt.tokenizer))
       throw std::runtime_error("prepare: tokenizer " + opt.tokenizer + " does not exist");
-    if (!fs::exists(model) || !fs::equivalent(opt.tokenizer, model))
-      write_file_atomic(model.string(), read_text_file(opt.tokenizer));
+    tok = open_tokenizer(opt.tokenizer);
+    if (tok->kind() == "sentencepiece") {
+      if (!fs::exists(model) || !fs::equivalent(opt.tokenizer, model))
+        write_file_atomic(model.string(), read_text_file(opt.tokenizer));
+    } else {
+      model = dir / "tokenizer.json";
+      for (const auto& [name, text] : tok->embedded_texts())
+        if (!fs::exists(dir / name) || !fs::equivalent(opt.tokenizer, dir / name))
+          write_file_atomic((dir / name).string(), text);
+    }
   }
-  const Tokenizer tok(model.string());
+  if (log) *log << "prepare: tokenizer " << tok->kind() << " (" << tok->source() << "), " << tok->vocab_size()
+                << " tokens\n";
 
   CorpusStats st;
-  st.vocab_size = tok.vocab_size();
+  st.vocab_size = tok->vocab_size();
   int32_t version = shard_version_for_vocab(st.vocab_size);
   if (opt.format == "u32") version = kShardVersionU32;
   if (opt.format == "u16") {
@@ -170,11 +186,11 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
     version = kShardVersionU16;
   }
 
-  // The token stream: BOS + document, for each document in order.
+  // The token stream: each document as the model frames it ([BOS] + text + [end-of-text]; see
+  // TextTokenizer::document_ids), in order.
   std::vector<uint32_t> stream;
   for (size_t d = 0; d < texts.size(); ++d) {
-    const std::vector<int32_t> ids = tok.encode(texts[d]);
-    stream.push_back(static_cast<uint32_t>(tok.bos_id()));
+    const std::vector<int32_t> ids = tok->document_ids(texts[d], opt.parse_special);
     stream.insert(stream.end(), ids.begin(), ids.end());
     std::string().swap(texts[d]);
     if (log) *log << "prepare: " << opt.inputs[d] << ": " << ids.size() << " tokens\n";
@@ -238,7 +254,8 @@ CorpusStats prepare_corpus(const PrepareOptions& opt, std::ostream* log) {
   j["val_tokens"] = st.val_tokens;
   j["vocab_size"] = st.vocab_size;
   j["format"] = version == kShardVersionU16 ? "u16" : "u32";
-  j["tokenizer"] = "tokenizer.model";
+  j["tokenizer"] = model.filename().string();
+  j["tokenizer_kind"] = tok->kind();
   j["train_shards"] = st.train_shards;
   j["val_shard"] = st.val_shard;
   j["unigram_entropy_nats"] = st.unigram_entropy;

@@ -36,7 +36,10 @@ struct PrepareOptions {
   std::vector<std::string> inputs;  // text files; each one document
   std::string out_dir;
   int vocab_size = 0;               // train a tokenizer of this size, or
-  std::string tokenizer;            // use this existing SentencePiece model
+  std::string tokenizer;            // use this tokenizer: a SentencePiece .model, a .gguf or a
+                                    // tokenizer.json (data/text_tokenizer.h)
+  bool parse_special = false;       // special-token strings in the text become their ids
+                                    // (default: encoded as the literal text they are)
   double val_fraction = 0.05;       // fraction of the token stream held out for validation
   // Held-out tokens are every k-th block of val_block tokens (k = round(1 / val_fraction)), so
   // validation samples the whole corpus rather than its end (a book's last chapters differ from

@@ -30,6 +30,7 @@
 #include "tools/commands.h"
 #include "tools/memory_check.h"
 #include "train/checkpoint.h"
+#include "train/model_tokenizer.h"
 #include "train/gate_config.h"
 #include "train/gate_trainer.h"
 #include "train/trainer.h"
@@ -108,9 +109,8 @@ void run_eval(const EvalArgs& a) {
                                         !a.gates.empty(), a.backend, a.ignore_memory);
   const ModelCheckpoint model = load_model_checkpoint(a.checkpoint);
   const ModelConfig& m = model.config.model;
-  const std::string tok_path = a.tokenizer.empty() ? model.config.data.tokenizer : a.tokenizer;
-  if (tok_path.empty()) throw std::invalid_argument(a.checkpoint + ": its config has no data.tokenizer; give --tokenizer");
-  const std::vector<int32_t> prompt = repeat_prompt_tokens(tok_path, a.prompt, m.vocab_size);
+  const auto tok = checkpoint_tokenizer(a.checkpoint, model.config.data.tokenizer, m.vocab_size, a.tokenizer);
+  const std::vector<int32_t> prompt = repeat_prompt_tokens(*tok, a.prompt, m.vocab_size);
   const int P = a.context, N = a.continuation, Q = static_cast<int>(prompt.size());
   if (std::max(P + N, 2 * P + Q) > m.max_seq_len)
     throw std::invalid_argument("--context " + std::to_string(P) + ": context + continuation (" +
@@ -247,7 +247,7 @@ void add_eval(CLI::App& app) {
   sub->add_option("--sinks", a->sinks, "first positions never evicted (default 4)");
   sub->add_option("--recent", a->recent, "last positions never evicted (default 32)");
   sub->add_option("--prompt", a->prompt, "repeat prompt for the reconstruction loss and the kvzip oracle");
-  sub->add_option("--tokenizer", a->tokenizer, "SentencePiece model (default: the checkpoint's data.tokenizer)");
+  sub->add_option("--tokenizer", a->tokenizer, "a .model, .gguf or tokenizer.json (default: the checkpoint's embedded tokenizer, else its data.tokenizer)");
   sub->add_option("--seed", a->seed, "the random policy's seed (default 0)");
   sub->add_option("--backend", a->backend, "cpu or cuda (default cpu)");
   sub->add_option("--threads", a->threads, "OpenMP threads (default: automatic)");

@@ -1,11 +1,15 @@
-// kvtrain generate --checkpoint ckpt.h5 --prompt "..." [--tokenizer P] [--max-new-tokens N]
+// kvtrain generate --checkpoint ckpt.h5 --prompt "..." [--chat] [--tokenizer P] [--max-new-tokens N]
 //                  [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda]
 //
-// Loads the checkpoint's resolved config and weights, encodes BOS + prompt with the run's
-// SentencePiece tokenizer (as `kvtrain prepare` starts every document with BOS), prefills the
-// cache (model/inference.h), then samples one token at a time. Prints the text (prompt and
-// continuation), then the timings and the KV-cache bytes measured from the cache. Generation ends
-// after --max-new-tokens, at EOS, or when the cache is full (model.max_seq_len), with a message.
+// Loads the checkpoint's resolved config and weights and its tokenizer (train/model_tokenizer.h:
+// embedded in an imported model, else data.tokenizer), encodes the prompt as the model's
+// documents start (BOS when the model adds one: kvtrain's SentencePiece models do, SmolLM2 does
+// not), prefills the cache (model/inference.h), then samples one token at a time. --chat wraps the
+// prompt in the model's ChatML turn (system message of its template, user, assistant) with the
+// special tokens parsed, and prints only the answer. Prints the text (prompt and continuation),
+// then the timings and the KV-cache bytes measured from the cache. Generation ends after
+// --max-new-tokens, at the model's eos or end-of-text token (not printed), or when the cache is
+// full (model.max_seq_len), with a message.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -14,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include "data/tokenizer.h"
 #include "model/inference.h"
 #include "model/kv_sharing.h"
 #include "model/sampling.h"
@@ -23,6 +26,7 @@
 #include "tools/memory_check.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/model_tokenizer.h"
 #include "train/trainer.h"
 
 namespace kvt::cli {
@@ -35,6 +39,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   int threads = 0;
   bool print_ids = false;
+  bool chat = false;
   bool ignore_memory = false;
 };
 
@@ -54,21 +59,19 @@ void run_generate(const GenerateArgs& a) {
   const RunConfig& cfg = w.config;
   const ModelConfig& m = cfg.model;
 
-  const std::string tok_path = a.tokenizer.empty() ? cfg.data.tokenizer : a.tokenizer;
-  if (tok_path.empty())
-    throw std::invalid_argument(a.checkpoint + ": its config has no data.tokenizer; give --tokenizer");
-  const Tokenizer tok(tok_path);
-  if (tok.vocab_size() > m.vocab_size)
-    throw std::invalid_argument("tokenizer " + tok_path + " has " + std::to_string(tok.vocab_size()) +
-                                " pieces, more than the model's vocab_size " +
-                                std::to_string(m.vocab_size));
-  std::vector<int32_t> ids{tok.bos_id()};
-  const std::vector<int32_t> enc = tok.encode(a.prompt);
+  const auto tok = checkpoint_tokenizer(a.checkpoint, cfg.data.tokenizer, m.vocab_size, a.tokenizer);
+  const SpecialTokens& sp = tok->special();
+  std::vector<int32_t> ids;
+  if (sp.add_bos && sp.bos >= 0) ids.push_back(sp.bos);
+  const size_t text_start = ids.size();
+  const std::vector<int32_t> enc = a.chat ? tok->encode(tok->chatml_prompt(a.prompt), /*parse_special=*/true)
+                                          : tok->encode(a.prompt);
   ids.insert(ids.end(), enc.begin(), enc.end());
+  if (ids.empty()) throw std::invalid_argument("the prompt encodes to no tokens (and the model adds no BOS)");
   if (static_cast<int64_t>(ids.size()) > m.max_seq_len)
     throw std::length_error("the prompt is " + std::to_string(ids.size()) +
-                            " tokens (BOS included), longer than model.max_seq_len " +
-                            std::to_string(m.max_seq_len) + " of " + a.checkpoint);
+                            " tokens, longer than model.max_seq_len " + std::to_string(m.max_seq_len) + " of " +
+                            a.checkpoint);
 
   auto ops = make_ops(a.backend);
   InferenceModel inf(m, *ops, w.params);
@@ -83,7 +86,10 @@ void run_generate(const GenerateArgs& a) {
   while (static_cast<int>(gen.size()) < a.max_new_tokens) {
     const int32_t next = sample_token(logits, a.sampling, rng);
     gen.push_back(next);
-    if (next == tok.eos_id()) { stop_reason = "end of sequence"; break; }
+    if (next == sp.eos || next == sp.eot) {
+      stop_reason = "end of sequence (" + tok->token_string(next) + ")";
+      break;
+    }
     if (static_cast<int>(gen.size()) == a.max_new_tokens) break;
     if (inf.length() == inf.capacity()) {
       stop_reason = "stopped: the cache is full at model.max_seq_len " + std::to_string(m.max_seq_len);
@@ -93,9 +99,12 @@ void run_generate(const GenerateArgs& a) {
   }
   const double decode_s = seconds_since(t0);
 
-  std::vector<int32_t> text_ids(ids.begin() + 1, ids.end());
+  // The printed text: prompt and continuation (chat: the answer), without BOS and the stop token.
+  std::vector<int32_t> text_ids;
+  if (!a.chat) text_ids.assign(ids.begin() + text_start, ids.end());
   text_ids.insert(text_ids.end(), gen.begin(), gen.end());
-  std::cout << tok.decode(text_ids) << "\n";
+  if (!gen.empty() && (gen.back() == sp.eos || gen.back() == sp.eot)) text_ids.pop_back();
+  std::cout << tok->decode(text_ids) << "\n";
   if (a.print_ids) {
     std::cout << "generate: ids:";
     for (int32_t t : gen) std::cout << ' ' << t;
@@ -118,9 +127,11 @@ void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* sub = app.add_subcommand("generate", "sample text from a checkpoint with the KV cache");
   sub->add_option("--checkpoint", a->checkpoint, "checkpoint .h5")->required();
-  sub->add_option("--prompt", a->prompt, "text to continue (BOS is prepended)")->required();
+  sub->add_option("--prompt", a->prompt, "text to continue (BOS is prepended when the model adds one)")->required();
+  sub->add_flag("--chat", a->chat, "wrap the prompt in the model's ChatML chat turn and print the answer");
   sub->add_option("--tokenizer", a->tokenizer,
-                  "SentencePiece .model (default: the checkpoint config's data.tokenizer)");
+                  "a .model, .gguf or tokenizer.json (default: the checkpoint's embedded tokenizer, else its "
+                  "data.tokenizer)");
   sub->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate")->capture_default_str();
   sub->add_option("--temperature", a->sampling.temperature, "0 = greedy; > 0 samples softmax(logits / T)")
       ->capture_default_str();

@@ -22,6 +22,7 @@
 #include "train/config.h"
 #include "train/gate_config.h"
 #include "train/gate_trainer.h"
+#include "train/model_tokenizer.h"
 #include "train/trainer.h"
 
 namespace kvt::cli {
@@ -54,6 +55,20 @@ void print_tensors(const std::vector<CheckpointTensor>& tensors) {
     std::printf("  %-*s  %-18s %12zu\n", int(width), t.name.c_str(), shape_text(t.shape).c_str(), t.numel);
 }
 
+// The tokenizer the model is used with (embedded, or data.tokenizer), or why there is none.
+void print_tokenizer(const std::string& path, const RunConfig& cfg) {
+  try {
+    const auto tok = checkpoint_tokenizer(path, cfg.data.tokenizer, cfg.model.vocab_size);
+    const SpecialTokens& t = tok->special();
+    std::printf("tokenizer:   %s, %d tokens, from %s; bos %d, eos %d, end-of-text %d, add_bos %s, chat %s\n",
+                tok->kind().c_str(), tok->vocab_size(), tok->source() == path ? "the checkpoint (embedded)" :
+                tok->source().c_str(), t.bos, t.eos, t.eot, t.add_bos ? "true" : "false",
+                t.chat_template.empty() ? "none" : tok->has_chatml() ? "ChatML" : "template (not ChatML)");
+  } catch (const std::exception& e) {
+    std::printf("tokenizer:   none usable (%s)\n", e.what());
+  }
+}
+
 void inspect(const std::string& path) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
   std::string why;
@@ -71,6 +86,10 @@ void inspect(const std::string& path) {
   std::printf("world size:  %d\n", s.world_size);
   if (s.format_version >= 2) std::printf("global batch: %lld sequences per step\n", static_cast<long long>(s.global_batch));
   std::printf("written:     %s by kvtrain %s\n", s.utc_time.c_str(), s.kvtrain_version.c_str());
+  if (const std::string* src = find_text(s.texts, "import_source")) std::printf("imported:    from %s\n", src->c_str());
+  std::printf("optimizer:   %s\n", s.has_optimizer ? "AdamW state (m, v) stored: the run can resume"
+                                                   : "none: weights only (start runs from it with train.init_from; "
+                                                     "generate, eval, gates and export take it as is)");
 
   // The config must parse and its parameter table must match the stored tensors, or the checkpoint
   // cannot resume anything.
@@ -90,10 +109,12 @@ void inspect(const std::string& path) {
     }
     print_model_section(cfg);
     std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
+    if (!gates && s.format == kCheckpointFormatName) print_tokenizer(path, cfg);
     if (intact) {
-      checkpoint_read(path, gates ? build_gate_param_table(cfg.model)
-                                  : build_param_table(cfg.model, cfg.train.decay_embeddings),
-                      s.format);
+      const ParamTable table = gates ? build_gate_param_table(cfg.model)
+                                     : build_param_table(cfg.model, cfg.train.decay_embeddings);
+      if (s.has_optimizer) checkpoint_read(path, table, s.format);
+      else read_model_weights(path, table);
       table_check = gates ? "; every tensor matches the gate table of that model"
                           : "; every tensor matches the config's parameter table";
     }

@@ -1,4 +1,5 @@
-// tools/cmd_prepare.cpp — `kvtrain prepare`: text files -> SentencePiece BPE -> llm.c shards.
+// tools/cmd_prepare.cpp — `kvtrain prepare`: text files -> tokenizer (a SentencePiece BPE it trains,
+// or a given .model, .gguf or tokenizer.json) -> llm.c shards.
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -17,9 +18,13 @@ void add_prepare(CLI::App& app) {
   auto* vocab = cmd->add_option("--vocab-size", opt->vocab_size,
                                 "Train a BPE tokenizer with this many pieces");
   auto* tok = cmd->add_option("--tokenizer", opt->tokenizer,
-                              "Use this existing SentencePiece model (copied to OUT)");
+                              "Use this tokenizer: a SentencePiece .model, a .gguf or a tokenizer.json "
+                              "(kept in OUT)");
   vocab->excludes(tok);
   tok->excludes(vocab);
+  cmd->add_flag("--parse-special", opt->parse_special,
+                "Special-token strings in the text (e.g. <|endoftext|>) become their ids; by default they "
+                "are encoded as literal text");
   cmd->add_option("--val-fraction", opt->val_fraction,
                   "Fraction of the token stream held out for validation")
       ->capture_default_str();

@@ -20,5 +20,6 @@ void add_generate(CLI::App& app);  // tools/cmd_generate.cpp
 void add_export(CLI::App& app);    // tools/cmd_export.cpp
 void add_gates(CLI::App& app);     // tools/cmd_gates.cpp
 void add_eval(CLI::App& app);      // tools/cmd_eval.cpp
+void add_import(CLI::App& app);    // tools/cmd_import.cpp
 
 }  // namespace kvt::cli

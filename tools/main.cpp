@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   kvt::cli::add_export(app);
   kvt::cli::add_gates(app);
   kvt::cli::add_eval(app);
+  kvt::cli::add_import(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

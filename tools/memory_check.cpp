@@ -14,6 +14,7 @@
 #include "tools/commands.h"
 #include "train/checkpoint.h"
 #include "train/gate_trainer.h"
+#include "train/model_tokenizer.h"
 #include "train/trainer.h"
 
 namespace kvt {
@@ -259,9 +260,13 @@ std::optional<RunConfig> checkpoint_config(const std::string& checkpoint) {
   }
 }
 
-std::optional<int> prompt_length(const std::string& tokenizer, const std::string& text, int vocab) {
+// The repeat prompt's length with the checkpoint's tokenizer (override: a --tokenizer or the gate
+// config's data.tokenizer), or nullopt when the command itself will name the problem.
+std::optional<int> prompt_length(const std::string& checkpoint, const RunConfig& cfg, const std::string& override_path,
+                                 const std::string& text) {
   try {
-    return static_cast<int>(repeat_prompt_tokens(tokenizer, text, vocab).size());
+    const auto tok = checkpoint_tokenizer(checkpoint, cfg.data.tokenizer, cfg.model.vocab_size, override_path);
+    return static_cast<int>(repeat_prompt_tokens(*tok, text, cfg.model.vocab_size).size());
   } catch (const std::exception&) {
     return std::nullopt;
   }
@@ -295,8 +300,7 @@ std::unique_ptr<AllocationScope> check_gates_memory(const GateRunConfig& g, bool
   const std::string& checkpoint = g.gates.checkpoint;
   const auto cfg = checkpoint_config(checkpoint);
   if (!cfg || g.gates.context < 2) return nullptr;
-  const std::string& tokenizer = g.data.tokenizer.empty() ? cfg->data.tokenizer : g.data.tokenizer;
-  const auto Q = prompt_length(tokenizer, g.gates.repeat_prompt, cfg->model.vocab_size);
+  const auto Q = prompt_length(checkpoint, *cfg, g.data.tokenizer, g.gates.repeat_prompt);
   if (!Q || 2 * g.gates.context + *Q > cfg->model.max_seq_len) return nullptr;
   const MemoryEstimate e = estimate_gates_memory(cfg->model, g.gates.context, *Q, g.gates.optimizer == "adamw",
                                                  !g.gates.cache_dir.empty());
@@ -320,7 +324,7 @@ std::unique_ptr<AllocationScope> check_eval_memory(const std::string& checkpoint
   if (!cfg || context < 1 || chunk < 1) return nullptr;
   int oracle_T = 0;
   if (oracle) {
-    const auto Q = prompt_length(tokenizer.empty() ? cfg->data.tokenizer : tokenizer, prompt, cfg->model.vocab_size);
+    const auto Q = prompt_length(checkpoint, *cfg, tokenizer, prompt);
     if (!Q) return nullptr;
     oracle_T = 2 * context + *Q;
     if (oracle_T > cfg->model.max_seq_len) return nullptr;  // eval names the lengths

@@ -47,6 +47,7 @@ size_t dtype_size(DType t) {
     case DType::F64: return 8;
     case DType::I32: return 4;
     case DType::BF16: return 2;
+    case DType::F16: return 2;
   }
   throw std::logic_error("unknown DType");
 }
@@ -57,6 +58,7 @@ const char* dtype_name(DType t) {
     case DType::F64: return "F64";
     case DType::I32: return "I32";
     case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
   }
   throw std::logic_error("unknown DType");
 }
@@ -66,7 +68,8 @@ DType dtype_from_name(const std::string& name) {
   if (name == "F64") return DType::F64;
   if (name == "I32") return DType::I32;
   if (name == "BF16") return DType::BF16;
-  throw std::invalid_argument("unsupported dtype \"" + name + "\" (supported: F32, F64, I32, BF16)");
+  if (name == "F16") return DType::F16;
+  throw std::invalid_argument("unsupported dtype \"" + name + "\" (supported: F32, F64, I32, BF16, F16)");
 }
 
 uint16_t float_to_bf16(float x) {
@@ -369,6 +372,13 @@ std::vector<float> SafetensorsReader::to_f32(const std::string& name,
         uint16_t b;
         std::memcpy(&b, t.data + 2 * i, 2);
         out[i] = bf16_to_float(b);
+      }
+      break;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        out[i] = ggml_half_to_float(h);
       }
       break;
     case DType::F64:

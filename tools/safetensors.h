@@ -25,10 +25,10 @@ namespace kvt {
 static_assert(std::endian::native == std::endian::little,
               "safetensors stores little-endian bytes; this reader/writer copies them as is");
 
-enum class DType { F32, F64, I32, BF16 };
+enum class DType { F32, F64, I32, BF16, F16 };
 
 size_t dtype_size(DType t);            // bytes per element
-const char* dtype_name(DType t);       // "F32", "F64", "I32", "BF16"
+const char* dtype_name(DType t);       // "F32", "F64", "I32", "BF16", "F16"
 // Parses a safetensors dtype name; throws std::invalid_argument for any other.
 DType dtype_from_name(const std::string& name);
 
@@ -103,8 +103,8 @@ class SafetensorsReader {
   // The metadata value, or throws naming the file and the key.
   const std::string& metadata(const std::string& key) const;
 
-  // Typed copies. to_f32 converts F32, BF16 and F64 (rounded) tensors; the others insist on their
-  // exact dtype. expected_shape, when given, must match (else an error naming the tensor).
+  // Typed copies. to_f32 converts F32, BF16, F16 and F64 (rounded) tensors; the others insist on
+  // their exact dtype. expected_shape, when given, must match (else an error naming the tensor).
   std::vector<float> to_f32(const std::string& name,
                             const std::vector<int64_t>* expected_shape = nullptr) const;
   std::vector<double> f64(const std::string& name) const;

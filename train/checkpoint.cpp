@@ -82,7 +82,7 @@ void write_checkpoint_file(const std::string& path, const ParamTable& table, con
     H5Handle model = w.create_group(root, "model");
     write_tensors(model.get(), s.params);
   }
-  {
+  if (!s.adam_m.empty()) {  // a weights-only checkpoint (an imported model) has no /optimizer
     H5Handle opt = w.create_group(root, "optimizer");
     H5Handle m = w.create_group(opt.get(), "m");
     write_tensors(m.get(), s.adam_m);
@@ -152,8 +152,9 @@ NamedTexts read_texts(const H5Reader& r) {
 // Checks the state against the table (what HDF5 would reject later, named now).
 void check_writable(const std::string& final_path, const ParamTable& table, const CheckpointState& state) {
   if (state.step < 0) h5_fail(final_path, "negative step " + std::to_string(state.step));
+  const bool weights_only = state.adam_m.empty() && state.adam_v.empty();
   for (const auto* buf : {&state.params, &state.adam_m, &state.adam_v})
-    if (buf->size() != table.total())
+    if (buf->size() != table.total() && !(weights_only && buf != &state.params))
       h5_fail(final_path, "state buffer holds " + std::to_string(buf->size()) + " floats, the parameter table " +
                               std::to_string(table.total()));
   for (const ParamInfo& p : table.entries()) {
@@ -174,9 +175,10 @@ std::string write_committed(const std::string& dir, const std::string& name, con
   fs::create_directories(dir, ec);
   if (!fs::is_directory(dir)) h5_fail(dir, "cannot create the run directory: " + ec.message());
   remove_stale_temporaries(dir);
-  // The file's size, for the message of a full disk: three float32 buffers and about 64 kB of
-  // metadata and texts.
-  uint64_t bytes = 3 * table.total() * sizeof(float) + state.config_yaml.size() + (uint64_t(64) << 10);
+  // The file's size, for the message of a full disk: three float32 buffers (one without
+  // optimizer state) and about 64 kB of metadata and texts.
+  const uint64_t buffers = state.adam_m.empty() ? 1 : 3;
+  uint64_t bytes = buffers * table.total() * sizeof(float) + state.config_yaml.size() + (uint64_t(64) << 10);
   for (const auto& t : state.texts) bytes += t.second.size();
   return commit_with_sidecar(
       final_path, [&](const std::string& tmp) { write_checkpoint_file(tmp, table, state); }, bytes);
@@ -232,6 +234,9 @@ CheckpointState checkpoint_read(const std::string& path, const ParamTable& expec
   s.kvtrain_version = r.string("/meta/kvtrain_version");
   s.config_yaml = r.string("/config");
   read_tensors(r, "/model", expected, s.params);
+  if (!r.exists("/optimizer"))
+    h5_fail(path, "has no optimizer state (/optimizer): a weights-only checkpoint such as an imported "
+                  "model cannot be resumed; start a run from it with train.init_from");
   read_tensors(r, "/optimizer/m", expected, s.adam_m);
   read_tensors(r, "/optimizer/v", expected, s.adam_v);
   s.adam_step = r.int64("/optimizer/step");
@@ -281,9 +286,11 @@ bool checkpoint_verify(const std::string& path, std::string* why) {
     const int version = check_format(r, "");
     size_t datasets = 0;
     r.read_all_datasets("/", &datasets);
-    // The optimizer moments must mirror the model tensors one for one.
+    // The optimizer moments, when there are any, must mirror the model tensors one for one.
     const std::vector<std::string> model = r.links("/model");
+    const bool has_optimizer = r.exists("/optimizer");
     for (const char* group : {"/optimizer/m", "/optimizer/v"}) {
+      if (!has_optimizer) break;
       const std::vector<std::string> names = r.links(group);
       const std::set<std::string> have(names.begin(), names.end()), want(model.begin(), model.end());
       for (const std::string& name : want)
@@ -296,12 +303,15 @@ bool checkpoint_verify(const std::string& path, std::string* why) {
           h5_fail(path, std::string(group) + "/" + name + " and /model/" + name + " differ in shape");
       }
     }
-    for (const char* scalar : {"/meta/step", "/meta/tokens_seen", "/optimizer/step"}) r.int64(scalar);
+    for (const char* scalar : {"/meta/step", "/meta/tokens_seen"}) r.int64(scalar);
+    if (has_optimizer) r.int64("/optimizer/step");
     if (version >= 2) r.int64("/meta/global_batch");
     for (const char* scalar : {"/loader/seed", "/loader/next_sample"}) r.uint64(scalar);
     if (version == 1) r.uint64("/rng/state");  // version 1 stored the seed again there
     r.string("/config");
-    if (why) *why = "ok: SHA-256 matches, " + std::to_string(datasets) + " datasets read with Fletcher32 verified";
+    if (why)
+      *why = "ok: SHA-256 matches, " + std::to_string(datasets) + " datasets read with Fletcher32 verified" +
+             (has_optimizer ? "" : "; weights only, no optimizer state");
     return true;
   } catch (const std::exception& e) {
     if (why) *why = e.what();
@@ -322,6 +332,7 @@ CheckpointSummary read_checkpoint_summary(const std::string& path) {
   s.utc_time = r.string("/meta/utc_time");
   s.kvtrain_version = r.string("/meta/kvtrain_version");
   s.config_yaml = r.string("/config");
+  s.has_optimizer = r.exists("/optimizer");
   for (const std::string& name : r.links("/model")) {
     H5Handle d = r.open_dataset("/model/" + name);
     CheckpointTensor t;

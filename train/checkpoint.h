@@ -36,6 +36,8 @@ struct CheckpointState {
   // did not store it: read back from a model checkpoint's config, 0 for a version-1 gate file.
   int64_t global_batch = 0;
   std::string config_yaml;    // the resolved run config (to_yaml)
+  // adam_m and adam_v both empty: a weights-only checkpoint (`kvtrain import`), written without
+  // /optimizer; checkpoint_read refuses to resume from one, read_model_weights reads it.
   std::vector<float> params, adam_m, adam_v;
   int64_t adam_step = 0;
   // The loader's position: its seed and the global sample index the next step starts at (the
@@ -118,6 +120,7 @@ struct CheckpointSummary {
   int world_size = 0;
   int64_t global_batch = 0;  // 0 when not stored (version 1)
   std::string utc_time, kvtrain_version, config_yaml;
+  bool has_optimizer = true;  // false for a weights-only checkpoint (an imported model)
   std::vector<CheckpointTensor> tensors;  // /model, in the order written (the table's order)
   NamedTexts texts;  // /text/<name>
 };

@@ -14,7 +14,7 @@
 #include <stdexcept>
 
 #include "data/file_commit.h"
-#include "data/tokenizer.h"
+#include "train/model_tokenizer.h"
 #include "train/adamw.h"
 #include "train/run_loop.h"
 #include "train/signals.h"
@@ -22,13 +22,12 @@
 
 namespace kvt {
 
-std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
-                                          int vocab_size) {
-  const std::vector<int32_t> ids = Tokenizer(tokenizer_path).encode(text);
-  if (ids.empty()) throw std::invalid_argument("the repeat prompt encodes to no tokens with " + tokenizer_path);
+std::vector<int32_t> repeat_prompt_tokens(const TextTokenizer& tok, const std::string& text, int vocab_size) {
+  const std::vector<int32_t> ids = tok.encode(text);
+  if (ids.empty()) throw std::invalid_argument("the repeat prompt encodes to no tokens with " + tok.source());
   for (int32_t id : ids)
     if (id < 0 || id >= vocab_size)
-      throw std::invalid_argument("tokenizer " + tokenizer_path + " encodes the repeat prompt to id " +
+      throw std::invalid_argument("tokenizer " + tok.source() + " encodes the repeat prompt to id " +
                                   std::to_string(id) + ", outside the model's vocab_size " +
                                   std::to_string(vocab_size) + " (a tokenizer of another model?)");
   return ids;
@@ -96,15 +95,16 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
   frozen_ = load_model_checkpoint(g.checkpoint);
   const ModelConfig& m = frozen_.config.model;
   for (auto [key, mine, theirs] : {std::tuple{"data.train", &cfg_.data.train, &frozen_.config.data.train},
-                                   std::tuple{"data.val", &cfg_.data.val, &frozen_.config.data.val},
-                                   std::tuple{"data.tokenizer", &cfg_.data.tokenizer,
-                                              &frozen_.config.data.tokenizer}}) {
+                                   std::tuple{"data.val", &cfg_.data.val, &frozen_.config.data.val}}) {
     if (mine->empty()) *mine = *theirs;
     if (mine->empty())
       throw std::invalid_argument(std::string(key) + ": not set in the gate config, nor in " + g.checkpoint);
   }
-
-  prompt_ = repeat_prompt_tokens(cfg_.data.tokenizer, g.repeat_prompt, m.vocab_size);
+  // data.tokenizer of the gate config, else the frozen model's (embedded, or its data.tokenizer).
+  const auto tok = checkpoint_tokenizer(g.checkpoint, frozen_.config.data.tokenizer, m.vocab_size,
+                                        cfg_.data.tokenizer);
+  prompt_ = repeat_prompt_tokens(*tok, g.repeat_prompt, m.vocab_size);
+  if (cfg_.data.tokenizer.empty()) cfg_.data.tokenizer = frozen_.config.data.tokenizer;
   const int P = g.context, Q = static_cast<int>(prompt_.size()), T = 2 * P + Q;
   if (P < 2) throw std::invalid_argument("gates.context: must be >= 2, got " + std::to_string(P));
   if (T > m.max_seq_len)

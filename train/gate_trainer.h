@@ -11,6 +11,8 @@
 // (format kvtrain-gates) and, at the end, gates.h5: the same file under the name eval reads.
 #pragma once
 
+#include "data/text_tokenizer.h"
+
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
@@ -31,10 +33,9 @@
 
 namespace kvt {
 
-// The repeat prompt's ids with the SentencePiece model at tokenizer_path (no BOS). Throws naming
-// the tokenizer when the text encodes to nothing or to ids the model cannot embed.
-std::vector<int32_t> repeat_prompt_tokens(const std::string& tokenizer_path, const std::string& text,
-                                          int vocab_size);
+// The repeat prompt's ids with the model's tokenizer (no BOS; special-token strings literal).
+// Throws naming the tokenizer when the text encodes to nothing or to ids the model cannot embed.
+std::vector<int32_t> repeat_prompt_tokens(const TextTokenizer& tok, const std::string& text, int vocab_size);
 
 class GateTrainer {
  public:
