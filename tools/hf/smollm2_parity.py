@@ -12,7 +12,9 @@ smollm2.h5 is `kvtrain import --from <the gguf>`. Checks (one line each; exit st
   2. greedy: --gen (32) tokens from a chat prompt, kvtrain's KV-cache decode vs transformers'
      float64 greedy (with its cache): equal ids, and each step's logits within the same
      tolerance, except that at a step where the float64 top-2 margin is below --margin (1e-4) the
-     remaining tokens are not compared (reported).
+     remaining tokens are not compared (reported). Also `kvtrain generate --chat` (its own ChatML
+     rendering, stop at EOS): the prompt as many tokens as transformers' chat template, and its
+     ids a prefix of the float64 greedy ids.
   3. perplexity on held-out text: --windows (2) windows of --ppl-len (1024) next-token
      predictions from the last 5% of the text (the held-out part `kvtrain prepare --val-block 0`
      would take), kvtrain's own cross-entropy vs transformers' float64: |Δ loss| <= 1e-4 nats.
@@ -286,6 +288,22 @@ def main():
     summary["greedy"] = {"prompt": PROMPT, "prompt_tokens": len(prompt), "n": a.gen, "equal_tokens": compared,
                          "min_margin": min_margin, "stopped_at": stop, "worst_step_ratio": step_ratio,
                          "kvtrain_ids": got_ids, "reference_ids": ref_ids, "completion": completion}
+
+    # 2b. the CLI: `kvtrain generate --chat` renders the ChatML turn itself and stops at EOS
+    p, _ = run([a.kvtrain, "generate", "--checkpoint", a.checkpoint, "--chat", "--prompt", PROMPT,
+                "--temperature", "0", "--max-new-tokens", str(a.gen), "--print-ids", "--threads", "2"],
+               "kvtrain generate --chat")
+    tag = "generate: ids:"
+    cli_ids = next([int(x) for x in line[len(tag):].split()] for line in p.stdout.splitlines()
+                   if line.startswith(tag))
+    cli_prefill = next(int(line.split()[2]) for line in p.stdout.splitlines()
+                       if line.startswith("generate: prefill "))
+    k = len(cli_ids) if stop is None else min(len(cli_ids), stop[0])  # not past a near tie
+    same = cli_ids[:k] == ref_ids[:k]
+    report("generate --chat", cli_prefill == len(prompt) and same,
+           f"prompt {cli_prefill} tokens (transformers' chat template: {len(prompt)}); its {len(cli_ids)} ids: "
+           f"the first {k} {'equal' if same else 'differ from'} the float64 greedy's")
+    summary["generate_chat"] = {"prompt_tokens": cli_prefill, "ids": cli_ids}
 
     # 3. perplexity
     hf = [hf_loss(m64, row) for row in rows]
