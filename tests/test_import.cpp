@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 
 #include "data/bpe.h"
 #include "data/gguf_quant.h"
+#include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "gguf_writer.h"
 #include "kernels/ops.h"
@@ -357,6 +359,43 @@ TEST_F(Import, HuggingFaceRefusesWhatIsNotPlainLlama) {
   std::ofstream(s / "model.safetensors.index.json") << index.dump();
   expect_file_error([&] { import_hf_dir(s.string()); }, (s / "model.safetensors.index.json").string(),
                     "has no such tensor");
+}
+
+// A run starts from an imported model (train.init_from) on shards `prepare` wrote with its
+// tokenizer: after one step at lr 1e-9 the weights are the imported ones to within 1e-6.
+TEST_F(Import, TrainStartsFromAnImportedModel) {
+  std::vector<float> want;
+  const ImportedModel m = import_gguf(write_gguf("m", &want));
+  const std::string ck = (dir_ / "m.h5").string();
+  write_imported_checkpoint(m, ck, false);
+  const fs::path hf = write_hf("tok", tiny_llama(), want);
+  {
+    std::ofstream t(dir_ / "text.txt");
+    for (int i = 0; i < 400; ++i) t << "ab ab the cab " << i << " <|im_end|>\n";
+  }
+  PrepareOptions opt;
+  opt.inputs = {(dir_ / "text.txt").string()};
+  opt.out_dir = (dir_ / "data").string();
+  opt.tokenizer = (hf / "tokenizer.json").string();
+  opt.val_fraction = 0.1;
+  opt.val_block = 256;
+  prepare_corpus(opt, nullptr);
+  const std::string yaml =
+      "model: {vocab_size: 261, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 64, max_seq_len: 64, "
+      "rope_theta: 100000}\n"
+      "train: {steps: 1, batch_size: 2, seq_len: 32, lr: 1.0e-9, warmup_steps: 0, eval_every: 0, eval_batches: 1, "
+      "init_from: '" + ck + "'}\n"
+      "data: {train: '" + (dir_ / "data").string() + "/*train*.bin', val: '" + (dir_ / "data").string() +
+      "/*val*.bin'}\noutput: {dir: '" + (dir_ / "run").string() + "'}\n";
+  std::ofstream(dir_ / "run.yaml") << yaml;
+  const auto r = testutil::run_kvtrain("train --config " + (dir_ / "run.yaml").string());
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const ModelCheckpoint after = load_model_checkpoint((dir_ / "run" / "ckpt_00000001.h5").string());
+  ASSERT_EQ(after.params.size(), want.size());
+  float worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(after.params[i] - want[i]));
+  EXPECT_LT(worst, 1e-6f);
+  EXPECT_TRUE(read_checkpoint_summary((dir_ / "run" / "ckpt_00000001.h5").string()).has_optimizer);
 }
 
 // kvtrain's own fp32 export of every variant imports bitwise, config included.
