@@ -21,6 +21,8 @@ fp32 exports (tolerances are on max |logit difference|, logits of size ~1-10):
      for LRKV; docs/design.md, "The model family").
   4. padding: generate() on a left-padded batch of two prompts equals each prompt alone
      (attention_mask and position_ids through the cache), 8 greedy tokens.
+     Beam search (3 beams) with the cache equals it without; generate() given a DynamicCache()
+     made without the config gives the default's tokens.
   5. tokenizer: AutoTokenizer(export) encodes the prompt to BOS + the SentencePiece ids.
   6. greedy: generate(max_new_tokens=20, do_sample=False) from BOS + prompt equals
      `kvtrain generate --temperature 0 --print-ids`.
@@ -215,6 +217,19 @@ def run_case(case, kvtrain, report):
                  and all(t == pad for t in both[i, len(alone[i]):].tolist()) for i in range(2))
         report(tag, "left-padded batch generate", ok,
                f"batch {both.tolist()} vs alone {[x.tolist() for x in alone]}")
+
+        # Beam search reorders the cache (3 beams, with vs without it); a DynamicCache made
+        # without the config (layers added as they are written) gives generate()'s tokens.
+        x = tokens[:1, :5]
+        with torch.no_grad():
+            kw = dict(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
+                      pad_token_id=pad)
+            beam = model.generate(num_beams=3, **kw)[0].tolist()
+            beam_nc = model.generate(num_beams=3, use_cache=False, **kw)[0].tolist()
+            plain = model.generate(**kw)[0].tolist()
+            given = model.generate(cache=DynamicCache(), **kw)[0].tolist()
+        report(tag, "beam search and a config-less DynamicCache", beam == beam_nc and plain == given,
+               f"beams {beam[5:]} vs without cache {beam_nc[5:]}; DynamicCache() {given[5:]} vs default {plain[5:]}")
 
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=os.path.join(export, "tokenizer.model"))
