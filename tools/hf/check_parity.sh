@@ -98,5 +98,28 @@ EOF
   done
 done
 echo "]" >> "$cases"
+
+# ---- an imported-style checkpoint: mha's weights with /text/tokenizer.json (hf_mha's) and
+# kvtrain's /text/tokenizer_config.json with a ChatML template, as `kvtrain import` embeds them;
+# tools/hf/check_tokenizer.py --imported checks its export (CTest export_tokenizer_torch2).
+if [ -d "$WORK/hf_mha" ]; then
+  imp="$WORK/run_imported"
+  rm -rf "$imp" && mkdir -p "$imp"
+  cp "$(ls "$WORK/run_mha"/ckpt_*.h5 | sort | tail -1)" "$imp/ckpt_00000003.h5"
+  "$SYS_PYTHON" - "$imp/ckpt_00000003.h5" "$WORK/hf_mha/tokenizer.json" <<'PYEOF'
+import json, sys, h5py, numpy as np
+chatml = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+cfg = {"bos_token_id": 1, "eos_token_id": 2, "eot_token_id": -1, "add_bos_token": True, "chat_template": chatml}
+texts = {"tokenizer.json": open(sys.argv[2], "rb").read(), "tokenizer_config.json": json.dumps(cfg).encode()}
+with h5py.File(sys.argv[1], "a") as f:
+    g = f.require_group("text")
+    for name, b in texts.items():  # fixed-length strings, shape [1], as the checkpoint writer makes them
+        g.create_dataset(name, data=np.array([b], dtype=f"S{len(b)}"))
+PYEOF
+  (cd "$imp" && sha256sum ckpt_00000003.h5 > ckpt_00000003.h5.sha256)
+  "$KVTRAIN" export --checkpoint "$imp/ckpt_00000003.h5" --out "$WORK/hf_imported" --force > "$WORK/export_imported.log" 2>&1 \
+    || { echo "export imported failed: $(tail -1 "$WORK/export_imported.log")"; fail=1; }
+fi
 "$PYTHON" "$ROOT/tools/hf/check_parity.py" --cases "$cases" --kvtrain "$KVTRAIN" || fail=1
 exit $fail
