@@ -416,7 +416,8 @@ void add_export(CLI::App& app) {
   sub->add_option("--checkpoint", a->checkpoint, "checkpoint .h5")->required();
   sub->add_option("--out", a->out, "output directory (must be new or empty unless --force)")->required();
   sub->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
-  sub->add_option("--tokenizer", a->tokenizer, "SentencePiece .model (default: the config's data.tokenizer)");
+  sub->add_option("--tokenizer", a->tokenizer,
+                  "SentencePiece .model (default: the tokenizer an imported checkpoint embeds, else data.tokenizer)");
   sub->add_flag("--merge-lrkv", a->merge_lrkv,
                 "LRKV only: write plain per-head k_proj/v_proj (LlamaForCausalLM); loses the cache saving");
   sub->add_flag("--force", a->force, "write into an existing non-empty directory");
