@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init  # skips tensors already loaded (_is_hf_initialized)
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -217,10 +218,10 @@ class KvtrainPreTrainedModel(PreTrainedModel):
         """Only for weights a checkpoint lacks (from_pretrained fills the rest from model.safetensors)."""
         super()._init_weights(module)
         if isinstance(module, _Weight):
-            nn.init.normal_(module.weight, 0.0, 0.1 / math.sqrt(max(1, module.weight.shape[-1])))
+            init.normal_(module.weight, 0.0, 0.1 / math.sqrt(max(1, module.weight.shape[-1])))
         elif isinstance(module, KvtrainAttention) and hasattr(module, "fuse_k_first"):
             for p in (module.fuse_k_first, module.fuse_k_last, module.fuse_v_first, module.fuse_v_last):
-                nn.init.normal_(p, 0.0, 1.0)
+                init.normal_(p, 0.0, 1.0)
 
 
 class KvtrainModel(KvtrainPreTrainedModel):
