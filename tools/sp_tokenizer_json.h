@@ -37,7 +37,7 @@ struct SpModel {
   bool byte_fallback = false, treat_whitespace_as_suffix = false;
   std::string normalizer_name, precompiled_charsmap;
   bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
-  int unk_id = -1, bos_id = -1, eos_id = -1;  // the first piece of type unknown / "<s>" / "</s>" controls
+  int unk_id = -1, bos_id = -1, eos_id = -1;  // TrainerSpec unk_id/bos_id/eos_id (-1: none or out of range)
 };
 
 // Parses the protobuf wire format; throws naming `source` on a malformed file.
