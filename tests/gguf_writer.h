@@ -89,6 +89,13 @@ struct Builder {
 
 inline std::string enc_u32(uint32_t v) { return Bytes().u32(v).b; }
 inline std::string enc_str(const std::string& s) { return Bytes().str(s).b; }
+// An ARRAY value of strings (element type, count, elements).
+inline Bytes string_array(const std::vector<std::string>& v) {
+  Bytes b;
+  b.u32(static_cast<uint32_t>(GgufType::STRING)).u64(v.size());
+  for (const auto& s : v) b.str(s);
+  return b;
+}
 
 
 // Writes `bytes` to a temporary file whose name carries the process id and `name`; its path.

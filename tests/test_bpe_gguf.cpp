@@ -19,13 +19,6 @@ namespace {
 using namespace gguf_writer;
 namespace fs = std::filesystem;
 
-Bytes string_array(const std::vector<std::string>& v) {
-  Bytes b;
-  b.u32(static_cast<uint32_t>(GgufType::STRING)).u64(v.size());
-  for (const auto& s : v) b.str(s);
-  return b;
-}
-
 // A vocab of a, b, ab, <|end|> (control), merge "a b"; keys replaced or dropped per test.
 struct TokFile {
   std::string model = "gpt2", pre = "gpt2", merge = "a b";

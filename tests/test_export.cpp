@@ -4,8 +4,16 @@
 //  * fp32: every tensor of model.safetensors equals the checkpoint's parameter bitwise, under the
 //    parameter table's names, metadata format "pt"; tied embeddings write no lm_head;
 //  * bf16: every tensor is the round-to-nearest-even bf16 of the parameter;
-//  * config.json: LlamaForCausalLM keys for MHA/GQA, model_type kvtrain + auto_map + the
-//    variant's keys (and the Python files) for a sharing scheme and LRKV; tokenizer files;
+//  * config.json: LlamaForCausalLM keys (transformers 5.x: rope_parameters, dtype) for MHA/GQA,
+//    model_type kvtrain + auto_map + the variant's keys (and the Python files) for a sharing
+//    scheme and LRKV; tokenizer files;
+//  * tokenizer.json from kvtrain's SentencePiece model (tools/sp_tokenizer_json.h): a
+//    from-scratch Hugging Face BPE (normalizer, merge ranks, byte fallback, BOS template) run on
+//    its vocab and merges gives Tokenizer::encode's ids on varied texts; non-kvtrain settings
+//    are refused;
+//  * an imported checkpoint (/text/tokenizer.json + /text/tokenizer_config.json): the embedded
+//    tokenizer.json verbatim, a tokenizer_config.json with the ids' token strings, add_bos_token
+//    and the chat template (also chat_template.jinja), config/generation ids; bad ids refused;
 //  * --merge-lrkv: a plain MHA Transformer loaded with the merged weights gives the LRKV
 //    Transformer's logits to 1e-5;
 //  * bad input: a non-empty directory without --force, an unknown variant in a checkpoint, a
@@ -19,12 +27,14 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "data/tokenizer.h"
+#include "tools/sp_tokenizer_json.h"
 #include "kernels/common/rng.h"
 #include "kernels/ops.h"
 #include "model/transformer.h"
@@ -67,8 +77,9 @@ class Export : public ::testing::Test {
   // Writes a checkpoint of a random-init model with this `model:` YAML flow mapping body; returns
   // its path. `edit` may rewrite the stored config text (to plant an unknown variant).
   static std::string make_checkpoint(const std::string& name, const std::string& model,
-                                     const std::string& from = "", const std::string& to = "") {
-    const std::string yaml = "model: {vocab_size: 290, d_model: 32, n_heads: 4, max_seq_len: 24, "
+                                     const std::string& from = "", const std::string& to = "",
+                                     const NamedTexts& texts = {}, int vocab_size = 290) {
+    const std::string yaml = "model: {vocab_size: " + std::to_string(vocab_size) + ", d_model: 32, n_heads: 4, max_seq_len: 24, "
                              "init_std: 0.2, " + model + "}\n"
                              "train: {seq_len: 16}\n"
                              "data: {train: 'unused/*train*.bin', val: 'unused/*val*.bin', tokenizer: '" +
@@ -88,6 +99,7 @@ class Export : public ::testing::Test {
     st.params = t.params_to_host();
     st.adam_m.assign(st.params.size(), 0.0f);
     st.adam_v.assign(st.params.size(), 0.0f);
+    st.texts = texts;
     st.kvtrain_version = "test";
     st.utc_time = "2025-01-01T00:00:00Z";
     return checkpoint_write_atomic((dir_ / ("run_" + name)).string(), t.params(), st, RetentionPolicy{});
@@ -148,9 +160,10 @@ TEST_F(Export, LlamaFp32IsBitwiseAndConfigIsLlama) {
   EXPECT_EQ(c["hidden_act"], "silu");
   EXPECT_EQ(c["attention_bias"], false);
   EXPECT_EQ(c["mlp_bias"], false);
-  EXPECT_EQ(c["torch_dtype"], "float32");
+  EXPECT_EQ(c["dtype"], "float32");
   EXPECT_FLOAT_EQ(c["rms_norm_eps"].get<float>(), cfg.model.norm_eps);
-  EXPECT_FLOAT_EQ(c["rope_theta"].get<float>(), cfg.model.rope_theta);
+  EXPECT_EQ(c["rope_parameters"]["rope_type"], "default");
+  EXPECT_FLOAT_EQ(c["rope_parameters"]["rope_theta"].get<float>(), cfg.model.rope_theta);
   EXPECT_FALSE(c.contains("auto_map"));
   EXPECT_FALSE(c.contains("kv_sharing"));
   EXPECT_FALSE(fs::exists(out / "modeling_kvtrain.py"));
@@ -164,12 +177,18 @@ TEST_F(Export, LlamaFp32IsBitwiseAndConfigIsLlama) {
   ASSERT_TRUE(fs::exists(out / "tokenizer.model"));
   EXPECT_EQ(fs::file_size(out / "tokenizer.model"), fs::file_size(dir_ / "tok.model"));
   const json tc = read_json(out / "tokenizer_config.json");
-  EXPECT_EQ(tc["tokenizer_class"], "LlamaTokenizer");
+  EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
   EXPECT_EQ(tc["bos_token"], tok.piece(tok.bos_id()));
   EXPECT_EQ(tc["eos_token"], tok.piece(tok.eos_id()));
   EXPECT_EQ(tc["unk_token"], tok.piece(0));
   EXPECT_EQ(tc["add_bos_token"], true);
-  EXPECT_EQ(tc["legacy"], false);
+  EXPECT_EQ(tc["model_max_length"], 24);
+  EXPECT_FALSE(tc.contains("chat_template"));  // kvtrain's own models have none
+  EXPECT_FALSE(fs::exists(out / "chat_template.jinja"));
+  const json tj = read_json(out / "tokenizer.json");
+  EXPECT_EQ(tj["model"]["type"], "BPE");
+  EXPECT_EQ(tj["model"]["vocab"].size(), size_t(tok.vocab_size()));
+  EXPECT_EQ(tj["post_processor"]["special_tokens"][tok.piece(tok.bos_id())]["ids"], json::array({tok.bos_id()}));
 }
 
 TEST_F(Export, TiedEmbeddingsWriteNoLmHead) {
@@ -207,7 +226,7 @@ TEST_F(Export, Bf16IsTheRoundedParameters) {
     }
   }
   EXPECT_GT(inexact, 0u) << "random weights are not all bf16-representable";
-  EXPECT_EQ(read_json(out / "config.json")["torch_dtype"], "bfloat16");
+  EXPECT_EQ(read_json(out / "config.json")["dtype"], "bfloat16");
 }
 
 TEST_F(Export, SharingSchemeShipsRemoteCode) {
@@ -322,6 +341,201 @@ TEST_F(Export, BadInputIsAClearError) {
   size_t lines = 0;
   for (char ch : r.out) lines += ch == '\n';
   EXPECT_EQ(lines, 1u) << r.out;
+}
+
+// A from-scratch Hugging Face `tokenizers` BPE over the tokenizer.json export writes: normalizer
+// Replace(" ", "▁"), no pre-tokenizer (the text is one word), then repeatedly merge the adjacent
+// pair of lowest merge rank (leftmost first), a symbol without a vocab entry becoming its
+// <0xNN> byte pieces, BOS from the post_processor. Not SentencePiece's algorithm (which merges
+// by piece score), so equal ids mean the vocab and merges carry the model.
+std::vector<int32_t> hf_bpe_encode(const json& tj, const std::string& text) {
+  EXPECT_EQ(tj["normalizer"]["type"], "Replace");
+  EXPECT_TRUE(tj["pre_tokenizer"].is_null());
+  const json& model = tj["model"];
+  EXPECT_EQ(model["byte_fallback"], true);
+  std::string s;
+  for (char c : text) s += c == ' ' ? std::string("\u2581") : std::string(1, c);
+  std::vector<std::string> sym;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = 1;
+    while (i + n < s.size() && (static_cast<uint8_t>(s[i + n]) & 0xC0) == 0x80) ++n;
+    sym.push_back(s.substr(i, n));
+    i += n;
+  }
+  std::map<std::pair<std::string, std::string>, size_t> rank;
+  for (size_t r = 0; r < model["merges"].size(); ++r)
+    rank.emplace(std::make_pair(model["merges"][r][0].get<std::string>(), model["merges"][r][1].get<std::string>()), r);
+  for (;;) {
+    size_t best = SIZE_MAX, at = 0;
+    for (size_t i = 0; i + 1 < sym.size(); ++i) {
+      const auto it = rank.find({sym[i], sym[i + 1]});
+      if (it != rank.end() && it->second < best) best = it->second, at = i;
+    }
+    if (best == SIZE_MAX) break;
+    sym[at] += sym[at + 1];
+    sym.erase(sym.begin() + static_cast<long>(at) + 1);
+  }
+  const json& post = tj["post_processor"];
+  const std::string bos = post["single"][0]["SpecialToken"]["id"];
+  std::vector<int32_t> ids = {post["special_tokens"][bos]["ids"][0].get<int32_t>()};
+  for (const std::string& x : sym) {
+    if (model["vocab"].contains(x)) {
+      ids.push_back(model["vocab"][x].get<int32_t>());
+      continue;
+    }
+    for (unsigned char b : x) {
+      char piece[8];
+      std::snprintf(piece, sizeof piece, "<0x%02X>", b);
+      EXPECT_TRUE(model["vocab"].contains(piece)) << piece;
+      ids.push_back(model["vocab"].value(piece, -1));
+    }
+  }
+  return ids;
+}
+
+TEST_F(Export, TokenizerJsonEncodesLikeSentencePiece) {
+  // A tokenizer with digits, punctuation, non-ASCII letters and whitespace runs in its pieces.
+  {
+    std::ofstream t(dir_ / "varied.txt");
+    const char* words[] = {"the", "lord", "said", "unto", "café", "naïve", "über", "日本", "語", "1984", "3.14",
+                           "(a)", "\"q\"", "it's", "Straße", "été", "ok,", "yes;", "no."};
+    Rng r(7);
+    for (int line = 0; line < 600; line++) {
+      for (int w = 0; w < 10; w++) t << (w ? (r.below(4) ? " " : "  ") : "") << words[r.below(19)];
+      t << (r.below(3) ? "\t." : ".") << "\n";
+    }
+  }
+  Tokenizer::train({(dir_ / "varied.txt").string()}, 380, (dir_ / "varied").string());
+  const std::string model_path = (dir_ / "varied.model").string();
+  const std::string ck = make_checkpoint("tokjson", "n_layers: 1", "", "", {}, 400);
+  const fs::path out = dir_ / "out_tokjson";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out) + " --tokenizer " + q(model_path));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const json tj = read_json(out / "tokenizer.json");
+  const Tokenizer tok(model_path);
+  ASSERT_EQ(tj["model"]["vocab"].size(), size_t(tok.vocab_size()));
+  for (int id = 0; id < tok.vocab_size(); ++id) ASSERT_EQ(tj["model"]["vocab"][tok.piece(id)], id) << tok.piece(id);
+  EXPECT_GT(tj["model"]["merges"].size(), 60u);
+  for (const json& m : tj["added_tokens"]) EXPECT_EQ(m["special"], true);
+  EXPECT_EQ(tj["added_tokens"].size(), 3u);  // unk, bos, eos
+
+  const std::vector<std::string> texts = {
+      "the lord said unto", "café  naïve   über\tStraße", "digits 1984 and 3.14159, 10,000 (a) \"q\"",
+      "line one\nline two\n\n", " leading and trailing ", "unseen: жук 🙂 Ωmega ß", "", "     ",
+      "日本語 it's ok, yes; no.", std::string(300, 'x') + " the the the lord"};
+  size_t n_ids = 0;
+  for (const std::string& t : texts) {
+    std::vector<int32_t> want = {tok.bos_id()};
+    const std::vector<int32_t> e = tok.encode(t);
+    want.insert(want.end(), e.begin(), e.end());
+    EXPECT_EQ(hf_bpe_encode(tj, t), want) << "text: " << t;
+    n_ids += want.size();
+  }
+  EXPECT_GT(n_ids, 100u);
+
+  // Settings whose conversion would not be exact are refused, naming the setting.
+  std::ifstream in(model_path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  const SpModel m = parse_sp_model(bytes.str(), model_path);
+  EXPECT_EQ(m.model_type, 2);
+  EXPECT_TRUE(m.byte_fallback);
+  EXPECT_FALSE(m.add_dummy_prefix);
+  EXPECT_EQ(m.bos_id, tok.bos_id());
+  auto refused = [&](SpModel bad, const std::string& what) {
+    try {
+      sp_tokenizer_json(bad, "x.model");
+    } catch (const std::exception& e) {
+      return std::string(e.what()).find(what) != std::string::npos && std::string(e.what()).find("x.model") != std::string::npos;
+    }
+    return false;
+  };
+  SpModel bad = m;
+  bad.add_dummy_prefix = true;
+  EXPECT_TRUE(refused(bad, "add_dummy_prefix"));
+  bad = m;
+  bad.model_type = 1;
+  EXPECT_TRUE(refused(bad, "not BPE"));
+  bad = m;
+  bad.normalizer_name = "nmt_nfkc";
+  EXPECT_TRUE(refused(bad, "nmt_nfkc"));
+  bad = m;
+  bad.byte_fallback = false;
+  EXPECT_TRUE(refused(bad, "byte_fallback"));
+  EXPECT_THROW(parse_sp_model(bytes.str().substr(0, bytes.str().size() / 2), model_path), std::runtime_error);
+}
+
+// The two texts `kvtrain import` embeds, SmolLM2-like: byte-level BPE, bos <|im_start|>,
+// eos <|im_end|>, end-of-text <|endoftext|>, no BOS added, a ChatML template.
+const char* kImportedTokenizerJson = R"({"version": "1.0", "truncation": null, "padding": null,
+ "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                  {"id": 1, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                  {"id": 2, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+ "normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+ "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+ "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+           "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+           "vocab": {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3, "b": 4, "ab": 5},
+           "merges": [["a", "b"]]}}
+)";
+const char* kChatTemplate =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+TEST_F(Export, ImportedCheckpointWritesItsEmbeddedTokenizer) {
+  const json kc = {{"bos_token_id", 1}, {"eos_token_id", 2}, {"eot_token_id", 0}, {"add_bos_token", false},
+                   {"chat_template", kChatTemplate}};
+  const std::string ck = make_checkpoint("imported", "n_layers: 2", "", "",
+                                         {{"tokenizer.json", kImportedTokenizerJson}, {"tokenizer_config.json", kc.dump()}});
+  const fs::path out = dir_ / "out_imported";
+  const CmdResult r = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(out));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream f(out / "tokenizer.json", std::ios::binary);
+  std::ostringstream got;
+  got << f.rdbuf();
+  EXPECT_EQ(got.str(), kImportedTokenizerJson);  // verbatim
+  EXPECT_FALSE(fs::exists(out / "tokenizer.model"));
+  const json tc = read_json(out / "tokenizer_config.json");
+  EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_EQ(tc["bos_token"], "<|im_start|>");
+  EXPECT_EQ(tc["eos_token"], "<|im_end|>");
+  EXPECT_EQ(tc["add_bos_token"], false);
+  EXPECT_EQ(tc["chat_template"], kChatTemplate);
+  EXPECT_EQ(tc["model_max_length"], 24);
+  EXPECT_FALSE(tc.contains("unk_token"));  // the BPE model has none
+  std::ifstream jf(out / "chat_template.jinja", std::ios::binary);
+  std::ostringstream jinja;
+  jinja << jf.rdbuf();
+  EXPECT_EQ(jinja.str(), kChatTemplate);
+  const json st = read_json(out / "special_tokens_map.json");
+  EXPECT_EQ(st["eos_token"], "<|im_end|>");
+  const json c = read_json(out / "config.json");
+  EXPECT_EQ(c["bos_token_id"], 1);
+  EXPECT_EQ(c["eos_token_id"], 2);
+  const json g = read_json(out / "generation_config.json");
+  EXPECT_EQ(g["eos_token_id"], json::array({2, 0}));  // stops at <|im_end|> and <|endoftext|>
+
+  // --tokenizer wins over the embedded one.
+  const CmdResult r2 = run_kvtrain("export --checkpoint " + q(ck) + " --out " + q(dir_ / "out_imported_sp") +
+                                   " --tokenizer " + q(dir_ / "tok.model"));
+  ASSERT_EQ(r2.rc, 0) << r2.out;
+  EXPECT_TRUE(fs::exists(dir_ / "out_imported_sp" / "tokenizer.model"));
+  EXPECT_EQ(read_json(dir_ / "out_imported_sp" / "tokenizer_config.json")["bos_token"], "<s>");
+
+  // An id the embedded tokenizer.json lacks, and a missing config text: one-line errors, nothing written.
+  json bad = kc;
+  bad["eos_token_id"] = 77;
+  const std::string ck_bad = make_checkpoint("imported_bad", "n_layers: 2", "", "",
+                                             {{"tokenizer.json", kImportedTokenizerJson}, {"tokenizer_config.json", bad.dump()}});
+  CmdResult e = run_kvtrain("export --checkpoint " + q(ck_bad) + " --out " + q(dir_ / "out_imported_bad"));
+  EXPECT_NE(e.rc, 0);
+  EXPECT_NE(e.out.find("eos_token_id 77"), std::string::npos) << e.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out_imported_bad" / "model.safetensors"));
+  const std::string ck_nocfg = make_checkpoint("imported_nocfg", "n_layers: 2", "", "",
+                                               {{"tokenizer.json", kImportedTokenizerJson}});
+  e = run_kvtrain("export --checkpoint " + q(ck_nocfg) + " --out " + q(dir_ / "out_imported_nocfg"));
+  EXPECT_NE(e.rc, 0);
+  EXPECT_NE(e.out.find("tokenizer_config.json"), std::string::npos) << e.out;
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // kvtrain bench --config X [--set k=v] [--steps N] [--warmup W]
-// kvtrain bench --inference --config X [--config Y ...] [--set k=v] [--contexts 256,1024,max]
+// kvtrain bench --inference [--config X ...] [--checkpoint CKPT ...] [--set k=v] [--contexts 256,1024,max]
 //               [--decode-tokens 32] [--repeats 3] [--json FILE]
 // Times full training steps (forward + backward + AdamW) on random tokens of the config's shape
 // and reports the median step time, tokens/s, achieved GFLOP/s (docs/design.md, "Performance" FLOPs) and the
@@ -8,7 +8,7 @@
 // spent in the all-reduce per step and, separately, the time waiting for the slowest rank first.
 //
 // With --inference it times kvtrain's own inference path (model/inference.h, docs/design.md, "Inference and the KV cache") for
-// each config (variant) with random init (train.seed): prefill of a random prompt of each context
+// each config (variant) with random init (train.seed), and each --checkpoint with its weights: prefill of a random prompt of each context
 // length (median of --repeats), per-token decode averaged over --decode-tokens steps from that
 // context, and the KV bytes measured from the cache; one Markdown table for all configs; and the
 // throughput of attention over a 2048-position cache against sgemm (measure_cache_attention).
@@ -35,6 +35,7 @@
 #include "tools/machine_info.h"
 #include "tools/memory_check.h"
 #include "train/adamw.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
@@ -44,6 +45,7 @@ namespace {
 struct BenchArgs {
   std::string config, json_out;
   std::vector<std::string> configs;  // --config (one for the training bench)
+  std::vector<std::string> checkpoints;  // --inference: model checkpoints (e.g. an imported model)
   std::vector<std::string> overrides;
   int steps = 5, warmup = 1;
   bool inference = false;
@@ -302,8 +304,14 @@ void run_inference_bench(const BenchArgs& a) {
   std::vector<std::pair<std::string, std::unique_ptr<Ops>>> backends;
   std::vector<InferenceSubject> subs;
   std::vector<int> all_contexts;
-  for (const std::string& path : a.configs) {
-    const RunConfig cfg = load_run_config(path, a.overrides);
+  // Configs (random init) first, then checkpoints (their trained or imported weights).
+  std::vector<std::pair<std::string, bool>> sources;
+  for (const std::string& p : a.configs) sources.emplace_back(p, false);
+  for (const std::string& p : a.checkpoints) sources.emplace_back(p, true);
+  if (sources.empty()) throw std::invalid_argument("bench --inference: give --config or --checkpoint");
+  for (const auto& [path, is_checkpoint] : sources) {
+    const RunConfig cfg = is_checkpoint ? parse_run_config(read_checkpoint_config(path), a.overrides, path)
+                                        : load_run_config(path, a.overrides);
     InferenceSubject s;
     s.path = path;
     s.model = cfg.model;
@@ -324,7 +332,8 @@ void run_inference_bench(const BenchArgs& a) {
     // Random init with the model's own seed; the Transformer's activations are sized for one
     // token (it only holds the parameters the InferenceModel shares).
     s.transformer = std::make_unique<Transformer>(s.model, *s.ops, 1, 1, false);
-    s.transformer->init_parameters(cfg.train.seed);
+    if (is_checkpoint) s.transformer->params_from_host(load_model_checkpoint(path).params);
+    else s.transformer->init_parameters(cfg.train.seed);
     s.inf = std::make_unique<InferenceModel>(*s.transformer);
     s.label = variant_label(path, s.model);
     Rng rng(cfg.train.seed + 1);
@@ -470,12 +479,14 @@ void add_bench(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "bench", "time training steps: tokens/s, GFLOP/s, peak memory (--inference: prefill/decode)");
   sub->add_option("--config", args->configs,
-                  "YAML config (repeatable with --inference: one table row group per config)")
-      ->required();
+                  "YAML config (repeatable with --inference: one table row group per config)");
   sub->add_option("--set", args->overrides, "override a key: section.key=value (repeatable)");
   sub->add_option("--steps", args->steps, "timed steps")->check(CLI::PositiveNumber);
   sub->add_option("--warmup", args->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   sub->add_option("--json", args->json_out, "also write the result as JSON");
+  sub->add_option("--checkpoint", args->checkpoints,
+                  "--inference: a model checkpoint to time with its own weights (repeatable; e.g. an "
+                  "imported model)");
   sub->add_flag("--inference", args->inference,
                 "time prefill, per-token decode and KV bytes of the inference path instead");
   sub->add_option("--contexts", args->contexts,

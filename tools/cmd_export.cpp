@@ -1,17 +1,25 @@
 // tools/cmd_export.cpp — `kvtrain export --checkpoint ckpt.h5 --out DIR`: a Hugging Face model
-// directory (docs/design.md, "Inference and the KV cache", docs/export.md).
+// directory for transformers 5.x (docs/design.md, "Inference and the KV cache", docs/export.md).
 //
 //   DIR/model.safetensors        the parameters under the parameter table's Hugging Face names,
 //                                weights [out, in], metadata {"format": "pt"}; F32 or BF16
 //   DIR/config.json              LlamaForCausalLM for MHA/GQA/MQA (and --merge-lrkv); otherwise
-//                                model_type "kvtrain" with auto_map into the two files below
-//   DIR/generation_config.json   bos/eos ids
-//   DIR/tokenizer.model          the SentencePiece model, as is
-//   DIR/tokenizer_config.json    LlamaTokenizer: bos/eos/unk pieces, add_bos_token, legacy false,
-//   DIR/special_tokens_map.json  add_prefix_space false (kvtrain's tokenizer adds no dummy prefix)
+//                                model_type "kvtrain" with auto_map into the two files below;
+//                                5.x keys (rope_parameters, dtype)
+//   DIR/generation_config.json   bos/eos ids (eos and, if different, end-of-text)
+//   DIR/tokenizer.json           kvtrain's SentencePiece model converted (tools/sp_tokenizer_json.h),
+//                                or an imported checkpoint's embedded /text/tokenizer.json as is
+//   DIR/tokenizer.model          the SentencePiece model, as is (kvtrain's own tokenizers only)
+//   DIR/tokenizer_config.json    PreTrainedTokenizerFast: bos/eos(/unk) strings, add_bos_token,
+//                                model_max_length, chat_template when the model has one
+//   DIR/special_tokens_map.json  bos/eos(/unk) strings
+//   DIR/chat_template.jinja      the chat template, when there is one (5.x reads it first)
 //   DIR/configuration_kvtrain.py, DIR/modeling_kvtrain.py   (non-llama variants only; copied
 //                                from tools/hf/, found next to the binary's source tree)
 //
+// The tokenizer: --tokenizer FILE.model, else the checkpoint's embedded /text/tokenizer.json +
+// /text/tokenizer_config.json (`kvtrain import`; the token strings of its bos/eos ids are looked
+// up in that tokenizer.json), else the config's data.tokenizer.
 // Tied embeddings: only model.embed_tokens.weight is written and tie_word_embeddings is true.
 // --merge-lrkv writes an LRKV model as a plain LLaMA: per head h,
 //   k_proj.weight[h d_h : (h+1) d_h, :] = k_shared.weight + k_up[h] @ k_down.weight[h r : (h+1) r, :]
@@ -28,6 +36,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "data/file_commit.h"
@@ -36,6 +45,7 @@
 #include "model/transformer.h"
 #include "tools/commands.h"
 #include "tools/safetensors.h"
+#include "tools/sp_tokenizer_json.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 
@@ -98,65 +108,154 @@ void prepare_out_dir(const fs::path& out, bool force) {
   fs::create_directories(out);
 }
 
+// The tokenizer files and the special ids config.json / generation_config.json name.
 struct TokenizerInfo {
-  int vocab = 0, bos = -1, eos = -1, unk = -1;
-  std::string bos_piece, eos_piece, unk_piece;
+  int bos = -1, eos = -1, eot = -1;   // -1: none
+  std::string bos_token, eos_token, unk_token;  // "" when none
+  bool add_bos = true;
+  std::string chat_template;  // "" when none
+  std::string source;         // for messages
 };
 
-TokenizerInfo load_tokenizer(const std::string& path, int model_vocab) {
+ojson token_or_null(const std::string& t) { return t.empty() ? ojson(nullptr) : ojson(t); }
+ojson id_or_null(int id) { return id < 0 ? ojson(nullptr) : ojson(id); }
+
+// Hugging Face tokenizer_config.json for a tokenizer.json-backed tokenizer: transformers 5.x
+// loads tokenizer.json as is (PreTrainedTokenizerFast); BOS comes from its post_processor, the
+// strings here name the special tokens.
+ojson hf_tokenizer_config(const TokenizerInfo& t, int max_len) {
+  ojson cfg;
+  cfg["tokenizer_class"] = "PreTrainedTokenizerFast";
+  cfg["bos_token"] = token_or_null(t.bos_token);
+  cfg["eos_token"] = token_or_null(t.eos_token);
+  if (!t.unk_token.empty()) cfg["unk_token"] = t.unk_token;
+  cfg["pad_token"] = nullptr;
+  cfg["add_bos_token"] = t.add_bos;
+  cfg["add_eos_token"] = false;
+  cfg["clean_up_tokenization_spaces"] = false;
+  cfg["model_max_length"] = max_len;
+  if (!t.chat_template.empty()) cfg["chat_template"] = t.chat_template;
+  return cfg;
+}
+
+void write_hf_tokenizer_files(const fs::path& out, const TokenizerInfo& t, int max_len) {
+  write_json(out / "tokenizer_config.json", hf_tokenizer_config(t, max_len));
+  ojson special;
+  special["bos_token"] = token_or_null(t.bos_token);
+  special["eos_token"] = token_or_null(t.eos_token);
+  if (!t.unk_token.empty()) special["unk_token"] = t.unk_token;
+  write_json(out / "special_tokens_map.json", special);
+  // transformers 5.x saves the template as chat_template.jinja and reads it before the config's.
+  if (!t.chat_template.empty()) write_text(out / "chat_template.jinja", t.chat_template);
+}
+
+// kvtrain's own SentencePiece model: checked and converted to tokenizer.json (tools/sp_tokenizer_json.h).
+struct SpTokenizer {
+  TokenizerInfo info;
+  std::string path, tokenizer_json;
+};
+
+SpTokenizer load_sp_tokenizer(const std::string& path, int model_vocab) {
   if (path.empty())
-    throw std::invalid_argument("export: the checkpoint's config has no data.tokenizer; give --tokenizer FILE.model");
+    throw std::invalid_argument("export: the checkpoint's config has no data.tokenizer and embeds no tokenizer; "
+                                "give --tokenizer FILE.model");
   if (!fs::is_regular_file(path)) throw std::runtime_error("export: tokenizer " + path + ": no such file");
   sentencepiece::SentencePieceProcessor sp;
   const auto st = sp.Load(path);
   if (!st.ok()) throw std::runtime_error("export: tokenizer " + path + ": " + st.ToString());
-  TokenizerInfo t;
-  t.vocab = sp.GetPieceSize();
+  SpTokenizer s;
+  TokenizerInfo& t = s.info;
+  t.source = path;
   t.bos = sp.bos_id();
   t.eos = sp.eos_id();
-  t.unk = sp.unk_id();
-  if (t.vocab > model_vocab)
-    throw std::invalid_argument("export: tokenizer " + path + " has " + std::to_string(t.vocab) +
+  const int unk = sp.unk_id();
+  if (sp.GetPieceSize() > model_vocab)
+    throw std::invalid_argument("export: tokenizer " + path + " has " + std::to_string(sp.GetPieceSize()) +
                                 " pieces, more than the model's vocab_size " + std::to_string(model_vocab));
-  if (t.bos < 0 || t.eos < 0 || t.unk < 0)
+  if (t.bos < 0 || t.eos < 0 || unk < 0)
     throw std::invalid_argument("export: tokenizer " + path + " lacks a bos, eos or unk piece");
-  t.bos_piece = sp.IdToPiece(t.bos);
-  t.eos_piece = sp.IdToPiece(t.eos);
-  t.unk_piece = sp.IdToPiece(t.unk);
-  return t;
+  t.bos_token = sp.IdToPiece(t.bos);
+  t.eos_token = sp.IdToPiece(t.eos);
+  t.unk_token = sp.IdToPiece(unk);
+  t.add_bos = true;  // kvtrain's documents start with BOS (data/tokenizer.h)
+  s.path = path;
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  s.tokenizer_json = sp_tokenizer_json(parse_sp_model(bytes.str(), path), path);
+  return s;
 }
 
-void write_tokenizer(const fs::path& out, const std::string& path, const TokenizerInfo& t, int max_len) {
-  copy_file_atomic(path, out / "tokenizer.model");
-  auto added = [](const std::string& piece) {
-    return ojson{{"content", piece}, {"lstrip", false}, {"normalized", false}, {"rstrip", false},
-                 {"single_word", false}, {"special", true}};
+// An imported checkpoint's embedded tokenizer (IMPORT: /text/tokenizer.json, Hugging Face's
+// format, and /text/tokenizer_config.json, kvtrain's {"bos_token_id", "eos_token_id",
+// "eot_token_id", "add_bos_token", "chat_template"}); the ids' strings come from tokenizer.json's
+// added_tokens and model.vocab.
+TokenizerInfo embedded_tokenizer(const std::string& tok_json, const std::string& cfg_json, const std::string& where,
+                                 int model_vocab) {
+  TokenizerInfo t;
+  t.source = where;
+  ojson tj, kc;
+  try {
+    tj = ojson::parse(tok_json);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("export: " + where + ": /text/tokenizer.json is not JSON: " + e.what());
+  }
+  try {
+    kc = ojson::parse(cfg_json);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("export: " + where + ": /text/tokenizer_config.json is not JSON: " + e.what());
+  }
+  if (!tj.is_object() || !tj.contains("model") || !tj["model"].is_object())
+    throw std::runtime_error("export: " + where + ": /text/tokenizer.json has no \"model\" object");
+  if (!kc.is_object()) throw std::runtime_error("export: " + where + ": /text/tokenizer_config.json is not an object");
+  std::unordered_map<int64_t, std::string> strings;
+  int64_t max_id = -1;
+  const ojson& vocab = tj["model"].contains("vocab") ? tj["model"]["vocab"] : ojson();
+  if (vocab.is_object()) {
+    for (const auto& [tok, id] : vocab.items())
+      if (id.is_number_integer()) {
+        strings.emplace(id.get<int64_t>(), tok);
+        max_id = std::max(max_id, id.get<int64_t>());
+      }
+  } else if (vocab.is_array()) {  // Unigram: [[token, score], ...]
+    for (size_t i = 0; i < vocab.size(); ++i)
+      if (vocab[i].is_array() && !vocab[i].empty() && vocab[i][0].is_string())
+        strings.emplace(int64_t(i), vocab[i][0].get<std::string>());
+    max_id = int64_t(vocab.size()) - 1;
+  }
+  if (tj.contains("added_tokens") && tj["added_tokens"].is_array())
+    for (const ojson& a : tj["added_tokens"])
+      if (a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
+          a["content"].is_string()) {
+        strings[a["id"].get<int64_t>()] = a["content"].get<std::string>();
+        max_id = std::max(max_id, a["id"].get<int64_t>());
+      }
+  if (max_id < 0) throw std::runtime_error("export: " + where + ": /text/tokenizer.json has an empty vocab");
+  if (max_id >= model_vocab)
+    throw std::invalid_argument("export: " + where + ": the embedded tokenizer has id " + std::to_string(max_id) +
+                                ", beyond the model's vocab_size " + std::to_string(model_vocab));
+  auto id_key = [&](const char* key) -> int {
+    if (!kc.contains(key) || kc[key].is_null()) return -1;
+    if (!kc[key].is_number_integer())
+      throw std::runtime_error("export: " + where + ": /text/tokenizer_config.json: " + key + " is not an integer");
+    const int64_t id = kc[key].get<int64_t>();
+    if (id < 0) return -1;
+    if (!strings.count(id))
+      throw std::runtime_error("export: " + where + ": /text/tokenizer_config.json: " + key + " " +
+                               std::to_string(id) + " is not an id of the embedded tokenizer.json");
+    return int(id);
   };
-  ojson decoder = ojson::object();
-  decoder[std::to_string(t.unk)] = added(t.unk_piece);
-  decoder[std::to_string(t.bos)] = added(t.bos_piece);
-  decoder[std::to_string(t.eos)] = added(t.eos_piece);
-  ojson cfg;
-  cfg["tokenizer_class"] = "LlamaTokenizer";
-  cfg["add_bos_token"] = true;
-  cfg["add_eos_token"] = false;
-  cfg["added_tokens_decoder"] = decoder;
-  cfg["bos_token"] = t.bos_piece;
-  cfg["eos_token"] = t.eos_piece;
-  cfg["unk_token"] = t.unk_piece;
-  cfg["pad_token"] = nullptr;
-  cfg["clean_up_tokenization_spaces"] = false;
-  cfg["legacy"] = false;
-  cfg["add_prefix_space"] = false;  // kvtrain's tokenizer is trained with add_dummy_prefix=false
-  cfg["model_max_length"] = max_len;
-  cfg["sp_model_kwargs"] = ojson::object();
-  cfg["spaces_between_special_tokens"] = false;
-  write_json(out / "tokenizer_config.json", cfg);
-  ojson special;
-  special["bos_token"] = t.bos_piece;
-  special["eos_token"] = t.eos_piece;
-  special["unk_token"] = t.unk_piece;
-  write_json(out / "special_tokens_map.json", special);
+  t.bos = id_key("bos_token_id");
+  t.eos = id_key("eos_token_id");
+  t.eot = id_key("eot_token_id");
+  if (t.bos >= 0) t.bos_token = strings[t.bos];
+  if (t.eos >= 0) t.eos_token = strings[t.eos];
+  if (tj["model"].contains("unk_token") && tj["model"]["unk_token"].is_string())
+    t.unk_token = tj["model"]["unk_token"].get<std::string>();
+  t.add_bos = kc.contains("add_bos_token") && kc["add_bos_token"].is_boolean() && kc["add_bos_token"].get<bool>();
+  if (kc.contains("chat_template") && kc["chat_template"].is_string())
+    t.chat_template = kc["chat_template"].get<std::string>();
+  return t;
 }
 
 ojson model_config(const ModelConfig& m, bool llama, const std::string& dtype, const TokenizerInfo& t) {
@@ -174,19 +273,19 @@ ojson model_config(const ModelConfig& m, bool llama, const std::string& dtype, c
   c["num_key_value_heads"] = m.kv_heads();
   c["max_position_embeddings"] = m.max_seq_len;
   c["rms_norm_eps"] = m.norm_eps;
-  c["rope_theta"] = m.rope_theta;
-  c["rope_scaling"] = nullptr;
+  c["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", m.rope_theta}};  // transformers 5.x
+  c["rope_theta"] = m.rope_theta;  // the 4.x key, still read by other tools
   c["hidden_act"] = "silu";
   c["attention_bias"] = false;
   c["attention_dropout"] = 0.0;
   c["mlp_bias"] = false;
   c["initializer_range"] = m.init_std;
   c["tie_word_embeddings"] = m.tie_embeddings;
-  c["bos_token_id"] = t.bos;
-  c["eos_token_id"] = t.eos;
+  c["bos_token_id"] = id_or_null(t.bos);
+  c["eos_token_id"] = id_or_null(t.eos);
   c["pad_token_id"] = nullptr;
   c["use_cache"] = true;
-  c["torch_dtype"] = dtype == "bf16" ? "bfloat16" : "float32";
+  c["dtype"] = dtype == "bf16" ? "bfloat16" : "float32";  // 5.x's name for torch_dtype
   if (!llama) {
     c["kv_sharing"] = m.kv_sharing;
     c["storage_layers"] = m.kv_sharing == "none" || m.kv_sharing == "cla" ? 0 : m.storage_layers;
@@ -215,8 +314,17 @@ void run_export(const ExportArgs& a) {
                                 a.checkpoint + " has lrkv_rank 0");
   const bool llama = (m.kv_sharing == "none" && !m.lrkv()) || a.merge_lrkv;
 
-  const std::string tok_path = a.tokenizer.empty() ? cfg.data.tokenizer : a.tokenizer;
-  const TokenizerInfo tok = load_tokenizer(tok_path, m.vocab_size);
+  // The tokenizer: --tokenizer, else the one an imported checkpoint embeds, else data.tokenizer.
+  const CheckpointSummary summary = read_checkpoint_summary(a.checkpoint);
+  const std::string* emb_json = find_text(summary.texts, "tokenizer.json");
+  const std::string* emb_cfg = find_text(summary.texts, "tokenizer_config.json");
+  const bool embedded = a.tokenizer.empty() && emb_json != nullptr;
+  if (embedded && emb_cfg == nullptr)
+    throw std::runtime_error("export: " + a.checkpoint + " embeds /text/tokenizer.json but no /text/tokenizer_config.json");
+  SpTokenizer sp;
+  if (!embedded) sp = load_sp_tokenizer(a.tokenizer.empty() ? cfg.data.tokenizer : a.tokenizer, m.vocab_size);
+  const TokenizerInfo tok =
+      embedded ? embedded_tokenizer(*emb_json, *emb_cfg, a.checkpoint, m.vocab_size) : sp.info;
   const fs::path hf_code = llama ? fs::path() : find_hf_code(a.hf_code);
 
   const ParamTable table = build_param_table(m, cfg.train.decay_embeddings);
@@ -269,12 +377,20 @@ void run_export(const ExportArgs& a) {
 
   write_json(out / "config.json", model_config(m, llama, a.dtype, tok));
   ojson gen;
-  gen["bos_token_id"] = tok.bos;
-  gen["eos_token_id"] = tok.eos;
+  gen["bos_token_id"] = id_or_null(tok.bos);
+  // Generation stops at eos and, when it differs, at the end-of-text token (data/text_tokenizer.h).
+  gen["eos_token_id"] = tok.eot >= 0 && tok.eot != tok.eos && tok.eos >= 0 ? ojson::array({tok.eos, tok.eot})
+                                                                           : id_or_null(tok.eos);
   gen["do_sample"] = false;
   gen["max_length"] = m.max_seq_len;
   write_json(out / "generation_config.json", gen);
-  write_tokenizer(out, tok_path, tok, m.max_seq_len);
+  if (embedded) {
+    write_text(out / "tokenizer.json", *emb_json);
+  } else {
+    copy_file_atomic(sp.path, out / "tokenizer.model");
+    write_text(out / "tokenizer.json", sp.tokenizer_json);
+  }
+  write_hf_tokenizer_files(out, tok, m.max_seq_len);
   if (!llama)
     for (const char* f : {"configuration_kvtrain.py", "modeling_kvtrain.py"})
       copy_file_atomic(hf_code / f, out / f);
@@ -300,7 +416,8 @@ void add_export(CLI::App& app) {
   sub->add_option("--checkpoint", a->checkpoint, "checkpoint .h5")->required();
   sub->add_option("--out", a->out, "output directory (must be new or empty unless --force)")->required();
   sub->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
-  sub->add_option("--tokenizer", a->tokenizer, "SentencePiece .model (default: the config's data.tokenizer)");
+  sub->add_option("--tokenizer", a->tokenizer,
+                  "SentencePiece .model (default: the tokenizer an imported checkpoint embeds, else data.tokenizer)");
   sub->add_flag("--merge-lrkv", a->merge_lrkv,
                 "LRKV only: write plain per-head k_proj/v_proj (LlamaForCausalLM); loses the cache saving");
   sub->add_flag("--force", a->force, "write into an existing non-empty directory");

@@ -1,7 +1,8 @@
 // bpe_vocab_check DIR — the byte-level BPE (data/bpe_gguf.h) against llama.cpp's vocab test
 // pairs: for each ggml-vocab-X.gguf in DIR (tools/fetch_vocab_fixtures.sh), every text of
 // X.gguf.inp must encode (special tokens literal) to the ids of its line in X.gguf.out, made by
-// Hugging Face's tokenizers, and decode back to itself. Exit 1 on any difference or a missing file.
+// Hugging Face's tokenizers, and decode back to itself; the tokenizer rebuilt from its own
+// to_json() must give the same ids. Exit 1 on any difference or a missing file.
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -23,6 +24,8 @@ std::string slurp(const std::string& path) {
 int check(const std::string& base, int* n) {
   const kvt::GgufFile f = kvt::GgufFile::open(base);
   const kvt::BpeTokenizer tok = kvt::bpe_from_gguf(f);
+  // The tokenizer.json kvtrain embeds in imported checkpoints must encode the same.
+  const kvt::BpeTokenizer again = kvt::BpeTokenizer::from_json_text(tok.to_json(), base + " (to_json)");
   const std::string inp = slurp(base + ".inp"), sep = "\n__ggml_vocab_test__\n";
   std::istringstream out(slurp(base + ".out"));
   int bad = 0;
@@ -35,7 +38,8 @@ int check(const std::string& base, int* n) {
     std::istringstream ls(line);
     for (int32_t id; ls >> id;) want.push_back(id);
     const std::vector<int32_t> got = tok.encode(text, false);
-    const bool ok = got == want && tok.decode(got) == text;
+    const bool ok = got == want && tok.decode(got) == text && again.encode(text, false) == got &&
+                    again.encode(text, true) == tok.encode(text, true);
     if (!ok) {
       std::cout << "  case " << *n << " differs: '" << text.substr(0, 60) << "' got";
       for (int32_t id : got) std::cout << ' ' << id;

@@ -1,5 +1,6 @@
-"""PyTorch implementation of kvtrain's KV-lean LLaMA variants for Hugging Face transformers
-(trust_remote_code), docs/design.md, "The model family" and §9. Shipped by `kvtrain export` next to configuration_kvtrain.py.
+"""PyTorch implementation of kvtrain's KV-lean LLaMA variants for Hugging Face transformers 5.x
+(trust_remote_code), docs/design.md, "The model family" and docs/export.md. Shipped by
+`kvtrain export` next to configuration_kvtrain.py.
 
 The model is LLaMA (RMSNorm, rotate-half RoPE, SwiGLU, no biases, optional tied embeddings) with
 one change: where each layer's K and V come from.
@@ -14,42 +15,35 @@ one change: where each layer's K and V come from.
 K always means post-RoPE keys. FusedKV's K weights are [H_kv, d_h/2], one per RoPE pair (j, j + d_h/2).
 LRKV (lrkv_rank r > 0): K_h = X W_shared^K + (X U_h^K)(B_h^K)^T, same for V; RoPE after the sum.
 
-The cache (KvtrainCache) stores exactly what the method stores: post-RoPE K/V of storage layers
-only for the sharing schemes; for LRKV, per layer X W_shared^K, X W_shared^V (before RoPE) and
-the per-head latents X U_h (r each), from which every step rebuilds and rotates K_h and V_h.
+The cache is transformers' own `Cache` (a `DynamicCache`, which `generate()` makes from the
+config; `model(..., cache=DynamicCache(config=model.config))` by hand), holding exactly what the
+method stores:
+  * storage layers: post-RoPE K and V [B, H_kv, T, d_h] through `cache.update`; the layers that
+    reuse them hold a `DummyLayer` (config.kv_sharing_modes) and read `cache.layers[j].keys`;
+  * LRKV layers: one "head" of width d_h + H r per token, [B, 1, T, d_h + H r], for K the
+    concatenation of X W_shared^K (before RoPE) and the latents X U_h^K of every head, same for
+    V; each step rebuilds every position's K_h, V_h from it and rotates K_h by its position.
+`cache_values_per_token(cache)` counts the values held per token and sequence.
 """
 
 import math
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init  # skips tensors already loaded (_is_hf_initialized)
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
-
-try:  # transformers >= 4.36
-    from transformers.cache_utils import Cache as _CacheBase
-except ImportError:  # pragma: no cover
-    _CacheBase = object
 
 from .configuration_kvtrain import KvtrainConfig
 
 
 # ---- where K and V come from ------------------------------------------------------------------
 
-def layer_stores_kv(config, i):
-    s = config.kv_sharing
-    if s == "none":
-        return True
-    if s == "cla":
-        return i % 2 == 0
-    return i < config.n_storage
-
-
 def kv_sources(config, i):
-    """(kind, first, last): own | reuse (k_layer, v_layer) | fused (layer 0, layer n-1)."""
-    if layer_stores_kv(config, i):
+    """(kind, k_layer, v_layer): own | reuse (K of k_layer, V of v_layer) | fused (layer 0, layer n-1)."""
+    if config.layer_stores_kv(i):
         return ("own", i, i)
     n = config.n_storage
     s = config.kv_sharing
@@ -62,61 +56,14 @@ def kv_sources(config, i):
     return ("fused", 0, n - 1)
 
 
-# ---- the cache --------------------------------------------------------------------------------
-
-class KvtrainCache(_CacheBase):
-    """Per storage layer: ("kv", K post-RoPE [B, Hkv, T, D], V [B, Hkv, T, D]); for LRKV layers:
-    ("lrkv", K_shared [B, T, D], V_shared [B, T, D], K latents [B, T, H, r], V latents [B, T, H, r]).
-    Layers that reuse another layer's K/V have no entry."""
-
-    def __init__(self):
-        self.layers = {}
-        self._seen_tokens = 0
-
-    # concatenation along the time axis of each stored tensor
-    def append(self, layer, kind, tensors, time_dims):
-        if layer in self.layers:
-            old = self.layers[layer]
-            tensors = tuple(torch.cat([o, t], dim=d) for o, t, d in zip(old[1:], tensors, time_dims))
-        self.layers[layer] = (kind,) + tuple(tensors)
-        return tensors
-
-    def get(self, layer):
-        return self.layers[layer][1:]
-
-    def get_seq_length(self, layer_idx: Optional[int] = 0) -> int:
-        if not self.layers:
-            return 0
-        first = min(self.layers)
-        kind, t0 = self.layers[first][0], self.layers[first][1]
-        return t0.shape[2] if kind == "kv" else t0.shape[1]
-
-    def get_max_length(self):
-        return None
-
-    def get_usable_length(self, new_seq_length, layer_idx=0):
-        return self.get_seq_length(layer_idx)
-
-    def __len__(self):
-        return len(self.layers)
-
-    def num_values_per_token(self):
-        """Values the cache holds per token and sequence (all layers)."""
-        total = 0
-        for entry in self.layers.values():
-            if entry[0] == "kv":
-                total += sum(t.shape[1] * t.shape[3] for t in entry[1:])
-            else:
-                total += sum(t.shape[-1] * (t.shape[2] if t.dim() == 4 else 1) for t in entry[1:])
-        return total
-
-    def nbytes(self):
-        return sum(t.numel() * t.element_size() for e in self.layers.values() for t in e[1:])
-
-    def reorder_cache(self, beam_idx):
-        for layer, entry in list(self.layers.items()):
-            self.layers[layer] = (entry[0],) + tuple(
-                t.index_select(0, beam_idx.to(t.device)) for t in entry[1:])
+def cache_values_per_token(cache):
+    """Values a Cache holds per token and sequence, all layers (keys [B, h, T, w]: h w each)."""
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None and t.dim() == 4 and t.shape[-2] > 0:
+                total += t.shape[1] * t.shape[3]
+    return total
 
 
 # ---- building blocks --------------------------------------------------------------------------
@@ -142,11 +89,11 @@ class _Weight(nn.Module):
         self.weight = nn.Parameter(torch.zeros(*shape))
 
 
-def rope_cos_sin(positions, dim, theta, dtype, device):
-    """cos, sin [T, D] for absolute positions; pair (j, j + D/2), angle p * theta^(-2j/D)."""
-    j = torch.arange(dim // 2, dtype=torch.float64, device=device)
+def rope_cos_sin(positions, dim, theta, dtype):
+    """cos, sin [B, T, D] for absolute positions [B, T]; pair (j, j + D/2), angle p * theta^(-2j/D)."""
+    j = torch.arange(dim // 2, dtype=torch.float64, device=positions.device)
     inv_freq = float(theta) ** (-2.0 * j / dim)
-    ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    ang = positions.to(torch.float64)[..., None] * inv_freq
     ang = torch.cat([ang, ang], dim=-1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
@@ -157,8 +104,8 @@ def rotate_half(x):
 
 
 def apply_rope(x, cos, sin):
-    """x [B, nh, T, D]."""
-    return x * cos[None, None] + rotate_half(x) * sin[None, None]
+    """x [B, nh, T, D], cos/sin [B, T, D]."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
 class KvtrainAttention(nn.Module):
@@ -187,49 +134,48 @@ class KvtrainAttention(nn.Module):
             self.fuse_v_last = nn.Parameter(torch.zeros(Hkv, D))
         self.o_proj = nn.Linear(H * D, C, bias=False)
 
-    def _lrkv_expand(self, shared, latent, up):
-        """shared [B, T, D], latent [B, T, H, r], up [H, D, r] -> [B, H, T, D]."""
-        return (shared[:, :, None, :] + torch.einsum("bthr,hdr->bthd", latent, up)).transpose(1, 2)
+    def _lrkv_expand(self, packed, up):
+        """packed [B, 1, S, D + H r] (shared | latents), up [H, D, r] -> [B, H, S, D]."""
+        B, _, S, _ = packed.shape
+        shared = packed[:, 0, :, : self.D]
+        latent = packed[:, 0, :, self.D:].reshape(B, S, self.H, self.r)
+        return (shared[:, :, None, :] + torch.einsum("bshr,hdr->bshd", latent, up)).transpose(1, 2)
 
-    def kv(self, h, cache, cos_all, sin_all):
+    def kv(self, h, cache, rope_new, rope_keys):
         """K (post-RoPE), V [B, Hkv, S, D] over all positions so far, this layer's view."""
         B, T, _ = h.shape
         kind, first, last = self.source
         if self.r > 0:
-            ks, vs = self.k_shared(h), self.v_shared(h)
-            kl = self.k_down(h).view(B, T, self.H, self.r)
-            vl = self.v_down(h).view(B, T, self.H, self.r)
-            ks, vs, kl, vl = cache.append(self.layer_idx, "lrkv", (ks, vs, kl, vl), (1, 1, 1, 1))
+            kp = torch.cat([self.k_shared(h), self.k_down(h)], dim=-1)[:, None]
+            vp = torch.cat([self.v_shared(h), self.v_down(h)], dim=-1)[:, None]
+            kp, vp = cache.update(kp, vp, self.layer_idx)
             # Rebuild every cached position's K_h, V_h and rotate K (RoPE acts after the sum).
-            k = apply_rope(self._lrkv_expand(ks, kl, self.k_up.weight), cos_all, sin_all)
-            v = self._lrkv_expand(vs, vl, self.v_up.weight)
-            return k, v
+            k = apply_rope(self._lrkv_expand(kp, self.k_up.weight), *rope_keys)
+            return k, self._lrkv_expand(vp, self.v_up.weight)
         if kind == "own":
             k = self.k_proj(h).view(B, T, self.Hkv, self.D).transpose(1, 2)
             v = self.v_proj(h).view(B, T, self.Hkv, self.D).transpose(1, 2)
-            S = cos_all.shape[0]
-            k = apply_rope(k, cos_all[S - T:], sin_all[S - T:])
-            return cache.append(self.layer_idx, "kv", (k, v), (2, 2))
+            return cache.update(apply_rope(k, *rope_new), v, self.layer_idx)
         if kind == "reuse":
-            return cache.get(first)[0], cache.get(last)[1]
-        (k0, v0), (kn, vn) = cache.get(first), cache.get(last)
+            return cache.layers[first].keys, cache.layers[last].values
+        k0, v0 = cache.layers[first].keys, cache.layers[first].values
+        kn, vn = cache.layers[last].keys, cache.layers[last].values
         pair = lambda a: torch.cat([a, a], dim=-1)[None, :, None, :]  # noqa: E731
         a0, an = pair(self.fuse_k_first), pair(self.fuse_k_last)
         b0, bn = self.fuse_v_first[None, :, None, :], self.fuse_v_last[None, :, None, :]
         return a0 * k0 + an * kn, b0 * v0 + bn * vn
 
-    def forward(self, h, cache, cos_all, sin_all, mask):
+    def forward(self, h, cache, rope_new, rope_keys, mask):
         B, T, _ = h.shape
-        S = cos_all.shape[0]
         q = self.q_proj(h).view(B, T, self.H, self.D).transpose(1, 2)
-        q = apply_rope(q, cos_all[S - T:], sin_all[S - T:])
-        k, v = self.kv(h, cache, cos_all, sin_all)
+        q = apply_rope(q, *rope_new)
+        k, v = self.kv(h, cache, rope_new, rope_keys)
         G = self.H // k.shape[1]
         if G > 1:
             k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.D)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        att = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.D)
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        att = torch.softmax(scores, dim=-1).to(q.dtype)
         out = torch.matmul(att, v).transpose(1, 2).reshape(B, T, self.H * self.D)
         return self.o_proj(out)
 
@@ -254,8 +200,8 @@ class KvtrainDecoderLayer(nn.Module):
         self.post_attention_layernorm = KvtrainRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = KvtrainMLP(config)
 
-    def forward(self, x, cache, cos_all, sin_all, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cache, cos_all, sin_all, mask)
+    def forward(self, x, cache, rope_new, rope_keys, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cache, rope_new, rope_keys, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -263,24 +209,19 @@ class KvtrainDecoderLayer(nn.Module):
 
 class KvtrainPreTrainedModel(PreTrainedModel):
     config_class = KvtrainConfig
+    config: KvtrainConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["KvtrainDecoderLayer"]
-    _supports_cache_class = True
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, std)
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(0.0, std)
-        elif isinstance(module, _Weight):
-            module.weight.data.normal_(0.0, 0.1 / math.sqrt(max(1, module.weight.shape[-1])))
-        elif isinstance(module, KvtrainRMSNorm):
-            module.weight.data.fill_(1.0)
+        """Only for weights a checkpoint lacks (from_pretrained fills the rest from model.safetensors)."""
+        super()._init_weights(module)
+        if isinstance(module, _Weight):
+            init.normal_(module.weight, 0.0, 0.1 / math.sqrt(max(1, module.weight.shape[-1])))
         elif isinstance(module, KvtrainAttention) and hasattr(module, "fuse_k_first"):
             for p in (module.fuse_k_first, module.fuse_k_last, module.fuse_v_first, module.fuse_v_last):
-                p.data.normal_(0.0, 1.0)
+                init.normal_(p, 0.0, 1.0)
 
 
 class KvtrainModel(KvtrainPreTrainedModel):
@@ -297,42 +238,59 @@ class KvtrainModel(KvtrainPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, **kwargs):
-        B, T = input_ids.shape
-        cache = past_key_values if isinstance(past_key_values, KvtrainCache) else KvtrainCache()
-        if past_key_values is not None and not isinstance(past_key_values, KvtrainCache):
-            if len(past_key_values) != 0:
-                raise ValueError("past_key_values must be a KvtrainCache (from a previous call)")
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=True, **kwargs):
+        """Returns (last hidden state, the cache or None). `cache`: a transformers Cache (None: a fresh
+        DynamicCache, kept only if use_cache). attention_mask: 2D [B, past + T], 1 = attend.
+        position_ids [B, T]: the new tokens' positions (default: past + t, or the count of unmasked
+        tokens before them when attention_mask is given, as generate() makes them)."""
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}")
+        keep = use_cache
+        if cache is None:
+            cache = DynamicCache(config=self.config)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
         past = cache.get_seq_length()
         S = past + T
         if S > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {S} tokens is longer than max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        x = self.embed_tokens(input_ids)
-        positions = torch.arange(S, device=input_ids.device)
-        cos_all, sin_all = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype, x.device)
-        # [B, 1, T, S]: query past + t sees keys s <= past + t (and not padded ones).
-        mask = positions[None, :] <= (past + torch.arange(T, device=input_ids.device))[:, None]
-        mask = mask[None, None].expand(B, 1, T, S)
+        dev = x.device
+        # Positions of all S keys (LRKV rotates every cached key each step) and of the T new tokens.
         if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[-1] != S:
+                raise ValueError(f"attention_mask must be 2D [batch, {S}], got {tuple(attention_mask.shape)}")
             am = attention_mask.to(torch.bool)
-            if am.shape[-1] != S:
-                raise ValueError(f"attention_mask covers {am.shape[-1]} positions, expected {S}")
+            key_pos = (am.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            am = None
+            key_pos = torch.arange(S, device=dev)[None].expand(B, S)
+        new_pos = key_pos[:, past:] if position_ids is None else position_ids.to(dev).expand(B, T)
+        rope_new = rope_cos_sin(new_pos, self.config.head_dim, self.config.rope_theta, x.dtype)
+        rope_keys = rope_cos_sin(key_pos, self.config.head_dim, self.config.rope_theta, x.dtype)
+        # [B, 1, T, S]: query past + t sees keys s <= past + t (and not padded ones).
+        mask = torch.arange(S, device=dev)[None, :] <= (past + torch.arange(T, device=dev))[:, None]
+        mask = mask[None, None].expand(B, 1, T, S)
+        if am is not None:
             mask = mask & am[:, None, None, :]
         for layer in self.layers:
-            x = layer(x, cache, cos_all, sin_all, mask)
-        cache._seen_tokens = S
-        return self.norm(x), (cache if use_cache else None)
+            x = layer(x, cache, rope_new, rope_keys, mask)
+        return self.norm(x), (cache if keep else None)
 
 
-class KvtrainForCausalLM(KvtrainPreTrainedModel):
-    _tied_weights_keys = ["lm_head.weight"]
+class KvtrainForCausalLM(KvtrainPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config):
         super().__init__(config)
         self.model = KvtrainModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    cache_values_per_token = staticmethod(cache_values_per_token)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -349,30 +307,21 @@ class KvtrainForCausalLM(KvtrainPreTrainedModel):
     def get_decoder(self):
         return self.model
 
-    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, labels=None,
-                use_cache=None, return_dict=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, logits_to_keep=0, return_dict=None, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        hidden, cache = self.model(input_ids, past_key_values=past_key_values,
-                                   attention_mask=attention_mask, use_cache=use_cache)
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        hidden, cache = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden).float()
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
         if return_dict is False:
             return out.to_tuple()
         return out
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      use_cache=True, **kwargs):
-        if isinstance(past_key_values, KvtrainCache) and past_key_values.get_seq_length() > 0:
-            input_ids = input_ids[:, past_key_values.get_seq_length():]
-        else:
-            past_key_values = None
-        return {"input_ids": input_ids, "past_key_values": past_key_values,
-                "attention_mask": attention_mask, "use_cache": use_cache}
-
-    def _reorder_cache(self, past_key_values, beam_idx):
-        past_key_values.reorder_cache(beam_idx)
-        return past_key_values
