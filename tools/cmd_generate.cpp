@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -104,7 +105,18 @@ void run_generate(const GenerateArgs& a) {
   if (!a.chat) text_ids.assign(ids.begin() + text_start, ids.end());
   text_ids.insert(text_ids.end(), gen.begin(), gen.end());
   if (!gen.empty() && (gen.back() == sp.eos || gen.back() == sp.eot)) text_ids.pop_back();
-  std::cout << tok->decode(text_ids) << "\n";
+  // A model whose vocab is padded beyond the tokenizer's can sample an id no token has: it is
+  // printed as [id N] between the decoded runs.
+  std::string text;
+  const int n_tok = tok->vocab_size();
+  for (size_t i = 0; i < text_ids.size();) {
+    size_t j = i;
+    while (j < text_ids.size() && text_ids[j] >= 0 && text_ids[j] < n_tok) ++j;
+    text += tok->decode(std::span<const int32_t>(text_ids).subspan(i, j - i));
+    if (j < text_ids.size()) text += "[id " + std::to_string(text_ids[j++]) + "]";
+    i = j;
+  }
+  std::cout << text << "\n";
   if (a.print_ids) {
     std::cout << "generate: ids:";
     for (int32_t t : gen) std::cout << ' ' << t;
