@@ -12,7 +12,7 @@
 #
 # Environment: KVTRAIN [build/kvtrain], LOGITDUMP [build/tests/logitdump],
 #   SMOLLM2_DIR [build/models/smollm2] (SmolLM2-135M-Instruct.Q4_1.gguf, smollm2.h5),
-#   PY_VENV (see tools/py_venv.sh), PY_EXTRA (see tools/hf/venv_env.sh), KJV_TEXT [datasets/kjv/kjv.txt].
+#   PY_VENV (see tools/py_venv.sh), KJV_TEXT [datasets/kjv/kjv.txt].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
