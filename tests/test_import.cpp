@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -300,7 +302,16 @@ TEST_F(Import, GgufFaultsNameTheFileAndTensor) {
   const std::string cut = (dir_ / "cut.gguf").string();
   std::ofstream(cut, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   expect_file_error([&] { import_gguf(cut); }, cut, "");
-  EXPECT_FALSE(fs::exists(dir_ / "cut.h5"));
+  // Through the CLI: one line naming the file, a non-zero exit, nothing written.
+  const auto before = std::distance(fs::directory_iterator(dir_), fs::directory_iterator());
+  for (const std::string& src : {cut, missing, extra}) {
+    const auto r = testutil::run_kvtrain("import --from " + src + " --out " + (dir_ / "out.h5").string());
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.out.find("kvtrain: error: " + src), std::string::npos) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), before);
+  EXPECT_FALSE(fs::exists(dir_ / "out.h5"));
 }
 
 TEST_F(Import, HuggingFaceSingleShardedAndF16) {
