@@ -20,10 +20,10 @@ want_llama=0
 py="$PY_VENV/bin/python"
 # Pinned: the peers every figure in docs/results.md was measured against.
 PKGS=("torch==2.15.0" "transformers==5.24.0" "gguf==0.19.0" "numpy" "safetensors" "sentencepiece"
-      "protobuf" "pyyaml" "tokenizers")
+      "protobuf" "pyyaml" "tokenizers" "accelerate")  # accelerate: transformers loads GGUF with it
 LLAMA_PKG="llama-cpp-python==0.3.36"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-check='import torch, transformers, gguf, numpy, safetensors, yaml, tokenizers
+check='import torch, transformers, gguf, numpy, safetensors, yaml, tokenizers, accelerate
 assert torch.__version__.split(".")[0] == "2" and transformers.__version__.split(".")[0] == "5"'
 if [[ ! -x "$py" ]] || ! "$py" -c "$check" >/dev/null 2>&1; then
   echo "# py_venv: making $PY_VENV (torch 2.x, transformers 5.x, gguf)" >&2
