@@ -21,7 +21,9 @@ Peers (each runs in a subprocess of its own, one after the other):
                  n_ctx = N + decode, n_batch = n_ubatch = N (one ubatch for the prefill),
                  n_threads = n_threads_batch = threads. Times are llama.cpp's own counters
                  (llama_perf_context: t_p_eval_ms over n_p_eval for the prefill, t_eval_ms over
-                 n_eval for decode), with the wall clock alongside.
+                 n_eval for decode), with the wall clock alongside. ggml's AMX kernels crash
+                 (ggml_backend_amx_mul_mat) on a VM whose CPU reports AMX_INT8 without granting
+                 it, so use_extra_bufts = false unless --extra-bufts (F16/F32 never use them).
 Prompt: N token ids drawn uniformly from the vocab with a fixed seed (as kvtrain's bench), the
 same for every peer. Untimed warm-up first; prefill = median of --repeats runs from an empty
 cache; decode = mean (and median) of --decode greedy steps starting at position N.
@@ -29,7 +31,8 @@ cache; decode = mean (and median) of --decode greedy steps starting at position 
 Output: one JSON line per (peer, context) on stderr as it finishes and in --json, then a
 Markdown table on stdout; each row names the peer's version, threads, the CPU model
 (/proc/cpuinfo) and the load average at the start and end of that peer's run. Timings on a
-loaded machine are not results: run it on an idle one (the header's load average says).
+loaded machine are not results: run it on an idle one (the header's load average says); on
+2 busy cores 2 threads time the scheduler (compare --threads 1).
 """
 import argparse
 import json
