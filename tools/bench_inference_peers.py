@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """tools/bench_inference_peers.py — inference peers for `kvtrain bench --inference` on SmolLM2-135M:
 prefill tokens/s of a context of N tokens and decode ms/token after it, at the same thread count
-(docs/design.md, "Inference and the KV cache"; kvtrain's side: tools/bench_inference.sh).
+(docs/inference.md, "Peers"; kvtrain's side: tools/bench_inference.sh).
 
   PY=$(bash tools/py_venv.sh --llama-cpp)
   "$PY" tools/bench_inference_peers.py --gguf build/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
       [--threads 2] [--contexts 512,2048,8192] [--decode 32] [--repeats 3] \\
-      [--peers torch-fp32,llamacpp-f32,llamacpp-f16,llamacpp-q4_1] [--work DIR] [--json OUT.jsonl]
+      [--peers torch-fp32,llamacpp-f32,llamacpp-f16,llamacpp-q4_1] [--work DIR] [--json OUT.jsonl] \\
+      [--flash-attn] [--extra-bufts]
 
 Peers (each runs in a subprocess of its own, one after the other):
   torch-fp32     transformers 5.x LlamaForCausalLM from the GGUF (gguf_file=, dtype float32: the
@@ -19,7 +20,8 @@ Peers (each runs in a subprocess of its own, one after the other):
                  SmolLM2's original bf16 ones; cached in --work.
   llamacpp-q4_1  llama.cpp on the original Q4_1 file.
                  n_ctx = N + decode, n_batch = n_ubatch = N (one ubatch for the prefill),
-                 n_threads = n_threads_batch = threads. Times are llama.cpp's own counters
+                 n_threads = n_threads_batch = threads, flash attention off (--flash-attn).
+                 Times are llama.cpp's own counters
                  (llama_perf_context: t_p_eval_ms over n_p_eval for the prefill, t_eval_ms over
                  n_eval for decode), with the wall clock alongside. ggml's AMX kernels crash
                  (ggml_backend_amx_mul_mat) on a VM whose CPU reports AMX_INT8 without granting
@@ -146,7 +148,7 @@ def run_llamacpp(a, contexts, peer):
         p.use_extra_bufts = a.extra_bufts
         return p
     llama_cpp.llama_cpp.llama_model_default_params = model_params
-    info["use_extra_bufts"] = a.extra_bufts
+    info["use_extra_bufts"], info["flash_attn"] = a.extra_bufts, a.flash_attn
 
     def last_argmax(llm):  # greedy: the last position's logits (eval keeps none)
         lg = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -154,7 +156,8 @@ def run_llamacpp(a, contexts, peer):
 
     for n in contexts:
         llm = llama_cpp.Llama(model_path=path, n_ctx=n + a.decode + 8, n_batch=n, n_ubatch=n,
-                              n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+                              n_threads=a.threads, n_threads_batch=a.threads,
+                              flash_attn=a.flash_attn, verbose=False)
         ctx, vocab = llm.ctx, llm.n_vocab()
         ids, start = prompt_ids(n, vocab), loadavg()
         llm.reset()
@@ -217,6 +220,8 @@ def main():
     ap.add_argument("--json", help="also write the JSON lines here")
     ap.add_argument("--extra-bufts", action="store_true",
                     help="llama.cpp: keep ggml's extra weight buffers (AMX, repack) on")
+    ap.add_argument("--flash-attn", action="store_true",
+                    help="llama.cpp: flash attention (llama-cpp-python's default: off)")
     ap.add_argument("--only", help=argparse.SUPPRESS)  # one peer, in the subprocess
     a = ap.parse_args()
     contexts = [int(c) for c in a.contexts.split(",")]
