@@ -34,10 +34,40 @@ struct MatchDataFree {
 using Regex = std::unique_ptr<pcre2_code, CodeFree>;
 using MatchData = std::unique_ptr<pcre2_match_data, MatchDataFree>;
 
-Regex compile(const char* pattern) {
+// Unicode's White_Space, which \s means to llama.cpp and to Hugging Face's Oniguruma. PCRE2's
+// \s (with UCP) also matches U+180E MONGOLIAN VOWEL SEPARATOR (Cf since Unicode 6.3; in its \h
+// list): "a\u180E's" must split "a" "\u180E'" "s" as theirs does, not "a" "\u180E" "'s".
+const char* const kWhiteSpace =
+    R"(\t-\r\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+
+// pattern with \s and \S spelled out as kWhiteSpace (inside a [...] class and outside).
+std::string with_white_space(std::string_view pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's')
+        out += in_class ? std::string(kWhiteSpace) : "[" + std::string(kWhiteSpace) + "]";
+      else if (e == 'S' && !in_class)
+        out += "[^" + std::string(kWhiteSpace) + "]";
+      else
+        out.append({c, e});
+      continue;
+    }
+    if (c == '[') in_class = true;
+    if (c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
+Regex compile(const char* spelled) {
   int err = 0;
   PCRE2_SIZE at = 0;
-  pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED,
+  const std::string pattern = with_white_space(spelled);
+  pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), PCRE2_ZERO_TERMINATED,
                                 PCRE2_UTF | PCRE2_UCP, &err, &at, nullptr);
   if (!c) {
     PCRE2_UCHAR msg[256];

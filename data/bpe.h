@@ -9,6 +9,8 @@
 //        "llama-bpe" (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //                     ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+      (Llama 3)
 //        "qwen2"     as "llama-bpe" with \p{N} (one digit) for \p{N}{1,3}
+//      \s / \S are Unicode's White_Space (as in llama.cpp and Oniguruma), not PCRE2's \s, which
+//      also matches U+180E.
 //      Invalid UTF-8 is handled per byte: each byte that does not start a valid sequence is a
 //      piece of its own, and the regex runs on the valid stretches between such bytes; nothing is
 //      replaced, so decode(encode(s)) == s for every byte string.

@@ -109,6 +109,20 @@ TEST(bpePreTokenize, InvalidUtf8IsSplitPerByte) {
   }
 }
 
+// \s is Unicode's White_Space (as llama.cpp's and Oniguruma's), not PCRE2's, which adds U+180E;
+// found by the SmolLM2 fixture (tests/data/bpe_smollm2).
+TEST(bpePreTokenize, WhiteSpaceIsUnicodes) {
+  const std::string mvs = "\xE1\xA0\x8E", nel = "\xC2\x85", ideo = "\xE3\x80\x80";
+  for (const char* pre : {"gpt2", "smollm", "llama-bpe", "qwen2"}) {
+    EXPECT_EQ(split(pre, "a" + mvs + "'s"), (Pieces{"a", mvs + "'", "s"})) << pre;  // not a space
+    EXPECT_EQ(split(pre, "a" + mvs + " b"), (Pieces{"a", mvs, " b"})) << pre;
+    EXPECT_EQ(split(pre, "a" + nel + "'s"), (Pieces{"a", nel, "'s"})) << pre;  // spaces
+    const bool gpt2 = std::string(pre) == "gpt2" || std::string(pre) == "smollm";
+    EXPECT_EQ(split(pre, "a" + ideo + ideo + "b"),  // \s+(?!\S) leaves the last space to the word
+              gpt2 ? (Pieces{"a", ideo, ideo, "b"}) : (Pieces{"a", ideo, ideo + "b"})) << pre;
+  }
+}
+
 TEST(bpePreTokenize, LongWhitespaceRunDoesNotFail) {
   const std::string text = std::string(200000, ' ') + "x";
   for (const char* pre : {"gpt2", "llama-bpe"}) {

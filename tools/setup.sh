@@ -6,7 +6,7 @@ pkgs=(
   build-essential cmake pkg-config git
   libyaml-cpp-dev libdnnl-dev libopenblas-openmp-dev libhdf5-dev hdf5-tools
   libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece
-  libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libpcre2-dev
+  libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libpcre2-dev zlib1g-dev
   python3-torch python3-h5py python3-numpy python3-matplotlib python3-yaml python3-pip python3-venv
   bible-kjv
 )
