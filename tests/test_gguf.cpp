@@ -729,6 +729,22 @@ TEST_F(gguf_file, fuzz_control_bytes_in_names_keep_errors_one_line) {
   }
 }
 
+// Counts of 2^60 (tensors, keys, array items, a string length): one-line errors, no allocation.
+TEST_F(gguf_file, fuzz_counts_of_2_60_are_one_line_errors) {
+  const uint64_t n = 1ull << 60;
+  Bytes t;
+  t.b = "GGUF";
+  t.u32(3).u64(n).u64(0);
+  expect_error(t.b + std::string(64, '\0'), "tensor count 1152921504606846976 exceeds what the file size");
+  Bytes k;
+  k.b = "GGUF";
+  k.u32(3).u64(0).u64(n);
+  expect_error(k.b + std::string(64, '\0'), "metadata count 1152921504606846976 exceeds");
+  Builder a;
+  a.kv("a", GgufType::ARRAY, Bytes().u32(0).u64(n).b);
+  expect_error(a.build() + std::string(64, '\0'), "array of 1152921504606846976 u8");
+}
+
 // A count the file size allows, wrong after one entry, in a 64 MiB (sparse) file: an error,
 // with no allocation of count x sizeof(entry) first (an array of 64M bools claimed 2.5 GB, 64M/13
 // keys 350 MB, 64M/24 tensor infos 250 MB). Run in a child under an address-space limit of

@@ -14,10 +14,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${FUZZ_SECONDS:-30}
 targets=${FUZZ_TARGETS:-"gguf safetensors tokenizer_json"}
 build=${FUZZ_BUILD:-$root/build-fuzz}
-cxx=${FUZZ_CXX:-clang++}
+cxx=${FUZZ_CXX:-$(command -v clang++ || command -v clang++-14 || echo clang++)}
 
 # No clang: exit 77, which CTest's fuzz_parsers_short reports as skipped.
 command -v "$cxx" >/dev/null || { echo "fuzz.sh: $cxx not found (clang with libFuzzer needed)" >&2; exit 77; }
+probe='extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }'
+echo "$probe" | "$cxx" -fsanitize=fuzzer -x c++ - -o /dev/null 2>/dev/null ||
+  { echo "fuzz.sh: $cxx cannot link -fsanitize=fuzzer (libclang-rt-14-dev missing?)" >&2; exit 77; }
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 if [[ ! -f $build/CMakeCache.txt ]]; then

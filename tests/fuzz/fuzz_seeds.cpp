@@ -27,10 +27,10 @@ void put(const fs::path& p, const std::string& bytes) {
 std::vector<std::string> byte_vocab() {
   std::vector<std::string> v;
   for (int b = 0; b < 256; ++b) v.push_back(byte_level_encode(std::string(1, char(b))));
-  for (const char* t : {"he", "ll", "hell", "hello", "Ġw", "Ġwor", "ld"}) v.push_back(t);
+  for (const char* t : {"he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld"}) v.push_back(t);
   return v;
 }
-const std::vector<std::string> kMerges = {"h e", "l l", "he ll", "hell o", "Ġ w", "Ġw or", "l d"};
+const std::vector<std::string> kMerges = {"h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d"};
 
 Bytes string_array(const std::vector<std::string>& v) {
   Bytes b;
