@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <stdexcept>
+#include <type_traits>
 #include <unordered_map>
 
 namespace kvt {
@@ -346,7 +348,8 @@ BpeTokenizer::BpeTokenizer(std::vector<std::string> vocab,
   m.n_vocab = static_cast<int>(m.vocab.size());
   for (const auto& [s, id] : special) {
     if (s.empty()) throw std::runtime_error("BPE: empty special token (id " + std::to_string(id) + ")");
-    if (id < 0) throw std::runtime_error("BPE: special token '" + show(s) + "' has id " + std::to_string(id));
+    if (id < 0 || id == std::numeric_limits<int32_t>::max())  // id + 1 is the vocab size
+      throw std::runtime_error("BPE: special token '" + show(s) + "' has id " + std::to_string(id));
     m.special.emplace_back(s, id);
     m.n_vocab = std::max(m.n_vocab, id + 1);
   }
@@ -478,6 +481,21 @@ namespace {
 
 using nlohmann::json;
 
+// j[key] (j an object), or def when absent; a value of another type is an error naming the file
+// and the key (not nlohmann's type_error, which names neither).
+template <typename T>
+T value_or(const json& j, const char* key, T def, const std::string& path, const char* where) {
+  const auto it = j.find(key);
+  if (it == j.end()) return def;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (it->is_boolean()) return it->template get<bool>();
+  } else {
+    if (it->is_string()) return it->template get<std::string>();
+  }
+  throw std::runtime_error(path + ": " + where + "." + key + " is " + it->type_name() +
+                           (std::is_same_v<T, bool> ? ", not a boolean" : ", not a string"));
+}
+
 // Maps the pre_tokenizer object to one of ours, or throws naming the file and the type.
 std::string pre_tokenizer_name(const json& pt, const std::string& path) {
   auto fail = [&](const std::string& what) {
@@ -491,12 +509,13 @@ std::string pre_tokenizer_name(const json& pt, const std::string& path) {
   };
   auto byte_level = [&](const json& j, bool want_regex) {
     if (type(j) != "ByteLevel") return false;
-    if (j.value("add_prefix_space", false)) fail("ByteLevel with add_prefix_space=true");
-    return j.value("use_regex", true) == want_regex;
+    if (value_or(j, "add_prefix_space", false, path, "pre_tokenizer"))
+      fail("ByteLevel with add_prefix_space=true");
+    return value_or(j, "use_regex", true, path, "pre_tokenizer") == want_regex;
   };
   if (pt.is_null()) fail("null");
   if (byte_level(pt, true)) return "gpt2";
-  if (type(pt) != "Sequence") fail("'" + type(pt) + "'");
+  if (type(pt) != "Sequence") fail("'" + show(type(pt)) + "'");
   if (!pt.contains("pretokenizers") || !pt["pretokenizers"].is_array())
     fail("Sequence without pretokenizers");
   const json& seq = pt["pretokenizers"];
@@ -511,17 +530,19 @@ std::string pre_tokenizer_name(const json& pt, const std::string& path) {
     if (s.contains("pattern") && s["pattern"].is_object() && s["pattern"].contains("Regex") &&
         s["pattern"]["Regex"].is_string())
       re = s["pattern"]["Regex"].get<std::string>();
-    if (s.value("behavior", std::string()) != "Isolated" || s.value("invert", false))
+    if (value_or(s, "behavior", std::string(), path, "pre_tokenizer") != "Isolated" ||
+        value_or(s, "invert", false, path, "pre_tokenizer"))
       fail("Split that is not Isolated");
     if (re == kGpt2Regex) return "gpt2";
     if (re == kLlamaRegex) return "llama-bpe";
     if (re == kQwen2Regex) return "qwen2";
     fail("Split pattern '" + show(re) + "'");
   }
-  if (seq.size() == 2 && type(seq[0]) == "Digits" && seq[0].value("individual_digits", false) &&
+  if (seq.size() == 2 && type(seq[0]) == "Digits" &&
+      value_or(seq[0], "individual_digits", false, path, "pre_tokenizer") &&
       byte_level(seq[1], true))
     return "smollm";
-  fail("Sequence[" + types + "]");
+  fail("Sequence[" + show(types) + "]");
   return {};
 }
 
@@ -545,9 +566,9 @@ BpeTokenizer BpeTokenizer::from_json_text(const std::string& text, const std::st
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
     throw std::runtime_error(path + ": missing key 'model'");
   const json& model = j["model"];
-  const std::string type = model.value("type", std::string());
+  const std::string type = value_or(model, "type", std::string(), path, "model");
   if (type != "BPE")
-    throw std::runtime_error(path + ": model.type is '" + type + "', not 'BPE'");
+    throw std::runtime_error(path + ": model.type is '" + show(type) + "', not 'BPE'");
   if (!model.contains("vocab") || !model["vocab"].is_object())
     throw std::runtime_error(path + ": missing key 'model.vocab' (an object token -> id)");
   const json& jv = model["vocab"];
@@ -595,12 +616,20 @@ BpeTokenizer BpeTokenizer::from_json_text(const std::string& text, const std::st
           !a.contains("content") || !a["content"].is_string())
         throw std::runtime_error(path + ": added_tokens[" + std::to_string(i) +
                                  "] lacks an integer 'id' or a string 'content'");
-      special.emplace_back(a["content"].get<std::string>(), a["id"].get<int32_t>());
+      const int64_t id = a["id"].get<int64_t>();  // above 2^63: negative, refused too
+      if (id < 0 || id >= std::numeric_limits<int32_t>::max())
+        throw std::runtime_error(path + ": added_tokens[" + std::to_string(i) + "].id = " +
+                                 a["id"].dump() + " is not a token id");
+      special.emplace_back(a["content"].get<std::string>(), static_cast<int32_t>(id));
     }
   }
-  const std::string pre = pre_tokenizer_name(j.value("pre_tokenizer", json()), path);
+  // By reference: a copy (j.value() makes one) recurses per level of a deeply nested value.
+  static const json kAbsent;
+  const auto pt = j.find("pre_tokenizer");
+  const std::string pre = pre_tokenizer_name(pt != j.end() ? *pt : kAbsent, path);
   try {
-    return BpeTokenizer(std::move(vocab), merges, special, pre, model.value("ignore_merges", false));
+    return BpeTokenizer(std::move(vocab), merges, special, pre,
+                        value_or(model, "ignore_merges", false, path, "model"));
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(path + ": " + e.what());
   }

@@ -1,5 +1,7 @@
 #include "data/bpe_gguf.h"
 
+#include "data/error_text.h"
+
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -20,7 +22,7 @@ std::string pre_tokenizer_of(const GgufFile& f) {
   if (pre == "smollm" || pre == "refact" || pre == "starcoder") return "smollm";
   if (pre == "llama-bpe" || pre == "llama3") return "llama-bpe";
   if (pre == "qwen2") return pre;
-  throw std::runtime_error(f.path() + ": tokenizer.ggml.pre = '" + pre +
+  throw std::runtime_error(f.path() + ": tokenizer.ggml.pre = '" + one_line(pre) +
                            "' is not a supported pre-tokenizer (gpt2/gpt-2, smollm/refact/starcoder, "
                            "llama-bpe/llama3, qwen2)");
 }
@@ -38,7 +40,7 @@ int32_t optional_id(const GgufFile& f, const std::string& key, size_t n) {
 BpeTokenizer bpe_from_gguf(const GgufFile& f, GgufTokenizerInfo* info) {
   const std::string& model = f.get_string("tokenizer.ggml.model");
   if (model != "gpt2")
-    throw std::runtime_error(f.path() + ": tokenizer.ggml.model = '" + model +
+    throw std::runtime_error(f.path() + ": tokenizer.ggml.model = '" + one_line(model) +
                              "' is not byte-level BPE ('gpt2')");
   std::vector<std::string> tokens = f.get_string_array("tokenizer.ggml.tokens");
   std::vector<std::pair<std::string, std::string>> merges;

@@ -1,6 +1,8 @@
 // data/gguf.cpp — the GGUF parser (layout in data/gguf.h).
 #include "data/gguf.h"
 
+#include "data/error_text.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -20,9 +22,15 @@ namespace {
 
 constexpr uint32_t kDefaultAlignment = 32;
 constexpr int kMaxArrayDepth = 8;
+// Counts are bounded by the bytes left, but an entry in memory is larger than its smallest
+// encoding (a 1-byte u8 becomes a 40-byte GgufValue): reserve at most this many up front, so a
+// wrong count in a large file is an error after one entry, not a 40x-the-file allocation.
+constexpr uint64_t kMaxReserve = 1 << 16;
+uint64_t reserve_of(uint64_t n) { return n < kMaxReserve ? n : kMaxReserve; }
 
+// `what` may quote keys and names from the file: one_line keeps the message on one line.
 std::runtime_error fail(const std::string& path, const std::string& what) {
-  return std::runtime_error(path + ": " + what);
+  return std::runtime_error(path + ": " + one_line(what));
 }
 
 // A bounds-checked little-endian reader over the mapping. `where` names the part being read,
@@ -115,7 +123,7 @@ GgufValue read_value(const std::string& path, Cursor& c, GgufType t, int depth) 
                              gguf_type_name(a.elem_type) + " at offset " +
                              std::to_string(c.pos()) + ", " + std::to_string(c.left()) +
                              " bytes left)");
-      a.items.reserve(n);
+      a.items.reserve(reserve_of(n));
       for (uint64_t i = 0; i < n; ++i) a.items.push_back(read_value(path, c, a.elem_type, depth + 1));
       v.v = std::move(a);
       break;
@@ -190,7 +198,7 @@ GgufFile GgufFile::open(const std::string& path) {
                          std::to_string(f.size_) + " can hold");
 
   std::unordered_map<std::string, size_t> kv_index;
-  f.kv_.reserve(n_kv);
+  f.kv_.reserve(reserve_of(n_kv));
   for (uint64_t i = 0; i < n_kv; ++i) {
     c.where = "metadata key " + std::to_string(i);
     std::string key = c.str();
@@ -213,7 +221,7 @@ GgufFile GgufFile::open(const std::string& path) {
   }
 
   std::unordered_set<std::string> names;
-  f.tensors_.reserve(n_tensors);
+  f.tensors_.reserve(reserve_of(n_tensors));
   for (uint64_t i = 0; i < n_tensors; ++i) {
     c.where = "tensor info " + std::to_string(i);
     GgufTensorInfo t;
@@ -383,6 +391,8 @@ std::vector<float> GgufFile::read_f32(const GgufTensorInfo& t) const {
   const GgufTensorInfo* own = tensor(t.name);
   if (!own || own->offset != t.offset || own->n_bytes != t.n_bytes)
     throw fail(path_, "tensor '" + t.name + "' is not a tensor of this file");
+  // A zero dimension: no values (and no loop over ne1·ne2·ne3 rows of nothing, up to 2^63 of them).
+  if (t.n_elements() == 0) return {};
   std::vector<float> out(static_cast<size_t>(t.n_elements()));
   const int64_t rows = t.n_rows();
   const size_t row_bytes = t.n_bytes / (rows > 0 ? static_cast<uint64_t>(rows) : 1);

@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -210,7 +211,11 @@ size_t ggml_row_bytes(GgmlType t, int64_t ne0) {
                              " with " + std::to_string(ne0) +
                              " elements per row is not a whole number of blocks of " +
                              std::to_string(bv));
-  return static_cast<size_t>(ne0 / bv) * ggml_block_bytes(t);
+  const uint64_t blocks = static_cast<uint64_t>(ne0 / bv);
+  if (blocks > std::numeric_limits<size_t>::max() / ggml_block_bytes(t))  // else wraps, to 0 for 2^62 F32
+    throw std::runtime_error(std::string("type ") + ggml_type_name(static_cast<uint32_t>(t)) +
+                             " with " + std::to_string(ne0) + " elements per row: the row's bytes overflow");
+  return static_cast<size_t>(blocks) * ggml_block_bytes(t);
 }
 
 void dequantize_row(GgmlType t, const uint8_t* src, float* dst, int64_t n) {

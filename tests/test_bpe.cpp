@@ -429,3 +429,70 @@ TEST(bpeJson, MalformedFilesNameFileAndKey) {
             std::string::npos);
   fs::remove("/tmp/kvt_test_bpe_notjson.json");
 }
+
+// ---- fuzzer findings (tests/fuzz/fuzz_tokenizer_json.cpp; docs/design.md, "Fuzzing") ----
+
+// A key of the wrong type: an error naming the file and the key, not nlohmann's type_error.
+TEST(bpeJson, FuzzMistypedOptionalKeysNameFileAndKey) {
+  const std::pair<std::function<void(nlohmann::json&)>, std::string> cases[] = {
+      {[](nlohmann::json& j) { j["model"]["type"] = 1; }, "model.type is number, not a string"},
+      {[](nlohmann::json& j) { j["model"]["ignore_merges"] = 3; },
+       "model.ignore_merges is number, not a boolean"},
+      {[](nlohmann::json& j) { j["pre_tokenizer"]["add_prefix_space"] = "no"; },
+       "pre_tokenizer.add_prefix_space is string, not a boolean"},
+      {[](nlohmann::json& j) { j["pre_tokenizer"]["use_regex"] = nullptr; },
+       "pre_tokenizer.use_regex is null, not a boolean"},
+  };
+  for (const auto& [edit, what] : cases) {
+    nlohmann::json j = small_json();
+    edit(j);
+    JsonFile f(j);
+    try {
+      BpeTokenizer::from_json(f.path());
+      ADD_FAILURE() << "no error, expected: " << what;
+    } catch (const std::runtime_error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(f.path()), std::string::npos) << m;
+      EXPECT_NE(m.find(what), std::string::npos) << m;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not a runtime_error: " << e.what();
+    }
+  }
+}
+
+// An added token's id must be an int32 below INT32_MAX (the vocab size is id + 1): 2^31 - 1 was
+// a signed overflow (UBSan), 2^32 + 5 silently became id 5.
+TEST(bpeJson, FuzzAddedTokenIdsOutsideInt32AreRefused) {
+  for (const int64_t id : {int64_t(2147483647), int64_t(4294967301), int64_t(-2)}) {
+    nlohmann::json j = small_json();
+    j["added_tokens"][0]["id"] = id;
+    EXPECT_NE(load_error(j).find("added_tokens[0].id = " + std::to_string(id) + " is not a token id"),
+              std::string::npos)
+        << id;
+  }
+  EXPECT_NE(expect_throw([] { BpeTokenizer({"a"}, {}, {{"<s>", 2147483647}}, "gpt2"); }).find("has id"),
+            std::string::npos);
+}
+
+// Strings from the file in messages keep them one line.
+TEST(bpeJson, FuzzControlBytesInPreTokenizerTypeKeepErrorOneLine) {
+  nlohmann::json j = small_json();
+  j["pre_tokenizer"] = {{"type", "Meta\nspace"}};
+  const std::string m = load_error(j);
+  EXPECT_NE(m.find("'Meta\\x0Aspace'"), std::string::npos) << m;
+  EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+}
+
+// A pre_tokenizer nested 100000 deep: j.value() copied it, and the copy recursed once per level
+// (a stack overflow). Now it is read by reference and refused as a Sequence without types.
+TEST(bpeJson, FuzzDeeplyNestedPreTokenizerIsAnErrorNotAStackOverflow) {
+  const int depth = 100000;
+  const std::string path =
+      (fs::temp_directory_path() / ("kvt_test_bpe_deep_" + std::to_string(::getpid()) + ".json")).string();
+  std::ofstream(path) << R"({"model": {"type": "BPE", "vocab": {"a": 0}},
+      "pre_tokenizer": {"type": "Sequence", "pretokenizers": )"
+                      << std::string(depth, '[') << std::string(depth, ']') << "}}";
+  const std::string m = expect_throw([&] { BpeTokenizer::from_json(path); });
+  EXPECT_NE(m.find(path + ": unsupported pre_tokenizer (no type)"), std::string::npos) << m.substr(0, 200);
+  fs::remove(path);
+}

@@ -92,6 +92,12 @@ TEST(bpe_gguf, bad_metadata_is_one_line_naming_file_and_key) {
   tf = TokFile();
   tf.eos = 7;
   expect_error(tf, "eos", "tokenizer.ggml.eos_token_id = 7 is not a token id");
+  tf = TokFile();
+  tf.model = "gpt\n2";  // a string from the file: the message stays one line (tests/fuzz)
+  expect_error(tf, "model_nl", "tokenizer.ggml.model = 'gpt\\x0A2' is not byte-level BPE");
+  tf = TokFile();
+  tf.pre = "\x1b[2J";
+  expect_error(tf, "pre_esc", "tokenizer.ggml.pre = '\\x1B[2J' is not a supported");
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // K-quants, against a bit-by-bit second implementation on random bytes), half->float on special
 // values, and one-line errors naming the file for damaged files, including every truncation.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <bit>
@@ -678,5 +680,119 @@ TEST_F(gguf_file, every_truncation_throws) {
   }
   EXPECT_GT(n, 200);
 }
+
+// ---- fuzzer findings (tests/fuzz/fuzz_gguf.cpp; docs/design.md, "Fuzzing") ----
+
+// A zero dimension: no values. read_f32 returned before memcpy'ing 0 bytes to a null vector
+// (UBSan) and before looping over ne1 rows of nothing (2^40 here: a hang).
+TEST_F(gguf_file, fuzz_zero_dimension_tensor_reads_empty) {
+  Builder b;
+  b.tensors.push_back({"empty", {0, 3}, 0, "", {}});
+  b.tensors.push_back({"huge_empty", {0, 1ull << 40}, 12, "", {}});
+  b.tensors.push_back({"after", {2}, 0, floats_bytes({1.5f, -2.f}), {}});
+  const GgufFile f = GgufFile::open(write("zero_dim.gguf", b.build()));
+  EXPECT_TRUE(f.read_f32(f.tensors()[0]).empty());
+  EXPECT_TRUE(f.read_f32(f.tensors()[1]).empty());
+  EXPECT_EQ(f.read_f32(f.tensors()[2]), (std::vector<float>{1.5f, -2.f}));
+}
+
+// ne0 = 2^62 F32: 2^64 row bytes wrapped to 0, so the size check passed and read_f32 asked for a
+// vector of 2^62 floats (std::length_error). Now the row's byte count is checked for overflow.
+TEST_F(gguf_file, fuzz_row_bytes_overflow_is_an_error) {
+  // F32 x 2^62 wrapped to 0 bytes, x (2^62 + 1) to 4 (F32 is the one type of more than 2 bytes
+  // per value, so the one that can wrap).
+  for (const uint64_t ne0 : {1ull << 62, (1ull << 62) + 1, (1ull << 63) - 1}) {
+    Builder b;
+    b.tensors.push_back({"w", {ne0, 1}, 0, std::string(64, '\0'), {}});
+    expect_error(b.build(), "elements per row: the row's bytes overflow");
+  }
+}
+
+// Keys and tensor names are bytes from the file: a newline in one stays out of the message.
+TEST_F(gguf_file, fuzz_control_bytes_in_names_keep_errors_one_line) {
+  {
+    Builder b;
+    b.kv("bad\nkey", static_cast<GgufType>(99), enc_u32(0));
+    expect_error(b.build(), "unknown value type 99 in metadata key 0 'bad\\x0Akey'");
+  }
+  {
+    Builder b = valid_builder();
+    b.tensors[0].name = "w\r\n0";
+    b.tensors[0].ne = {1, 1, 1, 1, 32};
+    expect_error(b.build(), "tensor 'w\\x0D\\x0A0': 5 dimensions");
+  }
+  {
+    Builder b;
+    b.kv("k\n", GgufType::U8, Bytes().u8(1).b);
+    const GgufFile f = GgufFile::open(write("key_nl.gguf", b.build()));
+    expect_file_error([&] { f.get_string("k\n"); }, f.path(), "key 'k\\x0A' is u8, expected string");
+  }
+}
+
+// Counts of 2^60 (tensors, keys, array items, a string length): one-line errors, no allocation.
+TEST_F(gguf_file, fuzz_counts_of_2_60_are_one_line_errors) {
+  const uint64_t n = 1ull << 60;
+  Bytes t;
+  t.b = "GGUF";
+  t.u32(3).u64(n).u64(0);
+  expect_error(t.b + std::string(64, '\0'), "tensor count 1152921504606846976 exceeds what the file size");
+  Bytes k;
+  k.b = "GGUF";
+  k.u32(3).u64(0).u64(n);
+  expect_error(k.b + std::string(64, '\0'), "metadata count 1152921504606846976 exceeds");
+  Builder a;
+  a.kv("a", GgufType::ARRAY, Bytes().u32(0).u64(n).b);
+  expect_error(a.build() + std::string(64, '\0'), "array of 1152921504606846976 u8");
+}
+
+// A count the file size allows, wrong after one entry, in a 64 MiB (sparse) file: an error,
+// with no allocation of count x sizeof(entry) first (an array of 64M bools claimed 2.5 GB, 64M/13
+// keys 350 MB, 64M/24 tensor infos 250 MB). Run in a child under an address-space limit of
+// what it has now + 256 MB (the 64 MiB mapping included).
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+TEST_F(gguf_file, fuzz_large_counts_do_not_reserve_memory_up_front) {
+  const uint64_t size = 64ull << 20;
+  auto sparse = [&](const std::string& name, const std::string& head) {
+    const std::string p = write(name, head);
+    fs::resize_file(p, size);
+    return p;
+  };
+  Builder arr;
+  arr.kv("flags", GgufType::ARRAY, Bytes().u32(7).u64(size - 64).u8(2).b);  // bools; the first is 2
+  Bytes kvs;
+  kvs.b = "GGUF";
+  kvs.u32(3).u64(0).u64(size / 13 - 2).str("k").u32(99);  // the first key has type 99
+  Bytes infos;
+  infos.b = "GGUF";
+  infos.u32(3).u64(size / 24 - 2).u64(0).str("t").u32(5);  // the first tensor has 5 dims
+  const std::pair<std::string, std::string> files[] = {
+      {sparse("array.gguf", arr.build()), "bool value 2"},
+      {sparse("kvs.gguf", kvs.b), "unknown value type 99"},
+      {sparse("infos.gguf", infos.b), "5 dimensions"}};
+  for (const auto& [p, what] : files) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      long pages = 0;
+      std::ifstream("/proc/self/statm") >> pages;
+      const rlimit lim{static_cast<rlim_t>(pages) * 4096 + (256ull << 20), RLIM_INFINITY};
+      setrlimit(RLIMIT_AS, &lim);
+      int code = 3;
+      try {
+        GgufFile::open(p);
+      } catch (const std::runtime_error& e) {
+        code = std::string(e.what()).find(what) != std::string::npos ? 0 : 4;
+      } catch (const std::bad_alloc&) {
+        code = 5;
+      }
+      _exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << p;
+    EXPECT_EQ(WEXITSTATUS(status), 0) << p << ": 3 no error, 4 another error, 5 bad_alloc";
+  }
+}
+#endif
 
 }  // namespace

@@ -98,6 +98,8 @@ TEST(gguf_llama, anything_but_a_plain_llama_block_is_refused_by_name) {
   LlamaFile lf;
   lf.arch = "qwen2";
   expect_refused(lf, "arch", "general.architecture = 'qwen2'");
+  lf.arch = "llama\n";  // a string from the file: the message stays one line (tests/fuzz)
+  expect_refused(lf, "arch_nl", "general.architecture = 'llama\\x0A'");
   lf = LlamaFile();
   lf.extra_str = {{"llama.rope.scaling.type", "linear"}};
   expect_refused(lf, "scaling", "llama.rope.scaling.type");

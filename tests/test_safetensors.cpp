@@ -227,7 +227,7 @@ TEST_F(safetensors_file, BadFilesGiveErrorsNamingFileAndTensor) {
       {"trailing", raw_file(ok_header, ok_data + "junk"), "4 bytes after the last tensor"},
       {"neg_shape",
        raw_file(R"({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", ok_data),
-       "tensor w: shape [-2]"},
+       "tensor w: shape[0] = -2 is not a non-negative integer"},
       {"no_offsets", raw_file(R"({"w": {"dtype": "F32", "shape": [2]}})", ok_data),
        "tensor w: data_offsets must be an array"},
       {"meta_not_string", raw_file(R"({"__metadata__": {"step": 3}})", ""),
@@ -269,4 +269,36 @@ TEST_F(safetensors_file, LookupErrorsNameFileAndTensor) {
   EXPECT_NE(m.find("tensor tokens: dtype I32 is not a float type"), std::string::npos) << m;
   m = message([&] { r.metadata("config"); });
   EXPECT_NE(m.find("no __metadata__ key config"), std::string::npos) << m;
+}
+
+// ---- fuzzer findings (tests/fuzz/fuzz_safetensors.cpp; docs/design.md, "Fuzzing") ----
+
+// A shape nested 200000 deep (a 400 KB header): the error named the shape by dump(), which
+// recursed once per level and overflowed the stack. Now the entry is named by its index.
+TEST_F(safetensors_file, FuzzDeeplyNestedShapeIsAnErrorNotAStackOverflow) {
+  const int depth = 200000;
+  const std::string header = R"({"w": {"dtype": "F32", "shape": )" + std::string(depth, '[') +
+                             std::string(depth, ']') + R"(, "data_offsets": [0, 0]}})";
+  const std::string p = path("deep.safetensors");
+  write_bytes(p, raw_file(header, ""));
+  const std::string msg = read_error(p);
+  EXPECT_NE(msg.find(p), std::string::npos) << msg.substr(0, 200);
+  EXPECT_NE(msg.find("tensor w: shape[0] = array is not a non-negative integer"), std::string::npos)
+      << msg.substr(0, 200);
+  write_bytes(p, raw_file(R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [0, [[]]]}})", ""));
+  const std::string off = read_error(p);
+  EXPECT_NE(off.find("tensor w: data_offsets[1] = array is not a non-negative integer"),
+            std::string::npos)
+      << off;
+}
+
+// Tensor names and metadata keys are strings from the file: control bytes in them (JSON "\n")
+// stay out of the one-line message.
+TEST_F(safetensors_file, FuzzControlBytesInNamesKeepErrorsOneLine) {
+  const std::string p = path("nl.safetensors");
+  write_bytes(p, raw_file(R"({"w\n1": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})",
+                          f32_bytes({1, 2})));
+  const std::string msg = read_error(p);
+  EXPECT_NE(msg.find("tensor w\\x0A1: data_offsets [0, 8] hold 8 bytes"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
 }

@@ -1,5 +1,6 @@
 #include "tools/safetensors.h"
 
+#include "data/error_text.h"
 #include "data/gguf_quant.h"
 
 #include "data/file_commit.h"
@@ -203,7 +204,7 @@ void SafetensorsWriter::write(const std::string& path) const {
 // ---- reader ---------------------------------------------------------------------------------
 
 void SafetensorsReader::fail(const std::string& what) const {
-  throw std::runtime_error(path_ + ": " + what);
+  throw std::runtime_error(path_ + ": " + one_line(what));  // names from the file: one line
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
@@ -268,18 +269,23 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     } catch (const std::invalid_argument& e) {
       fail(where + e.what());
     }
-    for (const auto& d : val["shape"]) {
-      if (!d.is_number_unsigned()) fail(where + "shape " + val["shape"].dump() +
-                                        " has an entry that is not a non-negative integer");
+    // Entries are named by index, not by dump(): dump() recurses, and [[[...]]] nested 10^5
+    // deep would overflow the stack.
+    auto entry = [](const json& d) { return d.is_number() ? d.dump() : std::string(d.type_name()); };
+    for (size_t i = 0; i < val["shape"].size(); ++i) {
+      const json& d = val["shape"][i];
+      if (!d.is_number_unsigned())
+        fail(where + "shape[" + std::to_string(i) + "] = " + entry(d) +
+             " is not a non-negative integer");
       uint64_t v = d.get<uint64_t>();
       if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         fail(where + "shape dimension too large");
       t.shape.push_back(static_cast<int64_t>(v));
     }
-    for (const auto& o : val["data_offsets"])
-      if (!o.is_number_unsigned())
-        fail(where + "data_offsets " + val["data_offsets"].dump() +
-             " are not non-negative integers");
+    for (size_t i = 0; i < 2; ++i)
+      if (!val["data_offsets"][i].is_number_unsigned())
+        fail(where + "data_offsets[" + std::to_string(i) + "] = " + entry(val["data_offsets"][i]) +
+             " is not a non-negative integer");
     const uint64_t b = val["data_offsets"][0].get<uint64_t>();
     const uint64_t e = val["data_offsets"][1].get<uint64_t>();
     if (e < b) fail(where + "data_offsets [" + std::to_string(b) + ", " + std::to_string(e) +

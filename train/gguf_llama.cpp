@@ -1,5 +1,7 @@
 #include "train/gguf_llama.h"
 
+#include "data/error_text.h"
+
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -9,7 +11,7 @@ namespace kvt {
 
 namespace {
 [[noreturn]] void refuse(const GgufFile& f, const std::string& what) {
-  throw std::runtime_error(f.path() + ": " + what + ": not a plain LLaMA block, refused");
+  throw std::runtime_error(f.path() + ": " + one_line(what) + ": not a plain LLaMA block, refused");
 }
 
 int get_int(const GgufFile& f, const std::string& key) {
