@@ -373,8 +373,9 @@ TEST_F(Import, HuggingFaceRefusesWhatIsNotPlainLlama) {
 }
 
 // A run starts from an imported model (train.init_from) on shards `prepare` wrote with its
-// tokenizer: after one step at lr 1e-9 the weights are the imported ones to within 1e-6.
-TEST_F(Import, TrainStartsFromAnImportedModel) {
+// tokenizer: after one step at lr 1e-9 the weights are the imported ones to within 1e-6. Gates
+// train on it and eval uses them.
+TEST_F(Import, TrainGatesAndEvalTakeAnImportedModel) {
   std::vector<float> want;
   const ImportedModel m = import_gguf(write_gguf("m", &want));
   const std::string ck = (dir_ / "m.h5").string();
@@ -407,6 +408,27 @@ TEST_F(Import, TrainStartsFromAnImportedModel) {
   for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(after.params[i] - want[i]));
   EXPECT_LT(worst, 1e-6f);
   EXPECT_TRUE(read_checkpoint_summary((dir_ / "run" / "ckpt_00000001.h5").string()).has_optimizer);
+
+  // Fast KVzip gates for the imported model (its embedded tokenizer encodes the repeat prompt),
+  // then eval with them: at keep 1.0 the gate policy's losses are the full cache's.
+  const std::string data = (dir_ / "data").string();
+  std::ofstream(dir_ / "gates.yaml") << "gates: {checkpoint: '" << ck << "', context: 8, steps: 2, eval_every: 2, "
+                                     << "eval_contexts: 1, threads: 1}\n"
+                                     << "data: {train: '" << data << "/*train*.bin', val: '" << data << "/*val*.bin'}\n"
+                                     << "output: {dir: '" << (dir_ / "gates").string() << "', checkpoint_every: 0}\n";
+  const auto g = testutil::run_kvtrain("gates --config " + (dir_ / "gates.yaml").string());
+  ASSERT_EQ(g.rc, 0) << g.out;
+  const auto e = testutil::run_kvtrain("eval --checkpoint " + ck + " --gates " + (dir_ / "gates" / "gates.h5").string() +
+                                       " --data '" + data + "/*val*.bin' --policy full,gates --keep 1.0 --context 8 "
+                                       "--continuation 4 --contexts 1 --json " + (dir_ / "eval.jsonl").string());
+  ASSERT_EQ(e.rc, 0) << e.out;
+  std::ifstream in(dir_ / "eval.jsonl");
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);)
+    if (json j = json::parse(line); j.contains("policy")) rows.push_back(j);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_NEAR(rows[1]["continuation_loss"].get<double>(), rows[0]["continuation_loss"].get<double>(), 1e-6);
+  EXPECT_GT(rows[0]["continuation_loss"].get<double>(), 0.0);
 }
 
 // kvtrain's own fp32 export of every variant imports bitwise, config included.
