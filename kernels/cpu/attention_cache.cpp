@@ -1,11 +1,15 @@
 // Attention of new queries over a KV cache (ops.h, attention_cache_forward).
 // Per KV head g the G query heads x n queries are stacked as the rows of one matrix Q_g
-// [M = n G, D] (row t G + j is query t of head g G + j), and, per tile of at most kRows rows:
-//   S = Q_g K_g^T / sqrt(D)        one sgemm over the slots of g     [rows, S]
-//   W = e^(S - rowmax) over the slots with 0 <= pos <= p0 + t (others 0)  (math::softmax_weight)
-//   O = (W V_g) / rowsum(W)        one sgemm, then each row scaled   [rows, D]
-// Row max and sum run in kLanes partial lanes combined in a fixed order (vectorised, and the
-// same for every thread count).
+// [M = n G, D] (row t G + j is query t of head g G + j), and, per tile of at most kRows rows and
+// per block of at most kSlots cache slots (so the score block and the slots' K and V stay in L2),
+// with the online softmax (running max m and sum l per row):
+//   S = Q_g K_b^T / sqrt(D)                  one sgemm over the block's slots      [rows, B]
+//   m' = max(m, max of S over the slots with 0 <= pos <= p0 + t), a = e^(m - m')
+//   W = e^(S - m') over those slots (others 0),  l = a l + rowsum(W)
+//   O = a O + W V_b                          one sgemm (O scaled first)           [rows, D]
+// and at the end O / l. With S <= kSlots (one block) this is the plain softmax. Row max and sum
+// run in kLanes partial lanes combined in a fixed order (vectorised, and the same for every
+// thread count).
 // Tiles run in parallel (OpenMP, static schedule); BLAS runs single-threaded inside, every sum is
 // in a fixed order, so the result does not depend on the thread count.
 
@@ -22,41 +26,49 @@
 namespace kvt {
 
 namespace {
-constexpr int kRows = 64;   // rows of Q_g per tile: the [rows, S] score block stays in L2
-constexpr int kLanes = 16;  // independent partial max / sum lanes (vectorised, fixed order)
+constexpr int kRows = 64;     // rows of Q_g per tile
+constexpr int kSlots = 1024;  // cache slots per block: [rows, kSlots] scores, K and V of the block in L2
+constexpr int kLanes = 16;    // independent partial max / sum lanes (vectorised, fixed order)
 
-// Softmax weights of one score row in place over the slots visible at position p (0 <= pos <= p),
-// 0 elsewhere; returns 1 / (sum of the weights), or 0 when no slot is visible (the row is then
-// all 0). The caller scales the row's output by it instead of normalising the S weights.
-float masked_softmax_weights(float* row, const int32_t* pos, int S, int p) {
+// The largest score of one row over the slots visible at position p (0 <= pos <= p); -inf when
+// none is. pos == nullptr: every slot is visible (the block lies wholly in the row's past).
+float masked_max(const float* row, const int32_t* pos, int n, int p) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  auto visible = [&](int i) { return (pos[i] >= 0) & (pos[i] <= p); };  // no branch: vectorises
+  auto visible = [&](int i) { return !pos || ((pos[i] >= 0) & (pos[i] <= p)); };
   float lane[kLanes];
   std::fill(lane, lane + kLanes, ninf);
   int i = 0;
-  for (; i + kLanes <= S; i += kLanes)
+  for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; j++) {
       const float x = visible(i + j) ? row[i + j] : ninf;
       lane[j] = x > lane[j] ? x : lane[j];
     }
   float mx = ninf;
-  for (; i < S; i++) mx = visible(i) && row[i] > mx ? row[i] : mx;
+  for (; i < n; i++) mx = visible(i) && row[i] > mx ? row[i] : mx;
   for (int j = 0; j < kLanes; j++) mx = lane[j] > mx ? lane[j] : mx;
-  if (mx == ninf) {
-    std::fill(row, row + S, 0.0f);
-    return 0.0f;
+  return mx;
+}
+
+// The row's softmax weights e^(x - mx) in place over the visible slots, 0 elsewhere (mx finite);
+// returns their sum.
+float masked_weights(float* row, const int32_t* pos, int n, int p, float mx) {
+  if (pos) {
+    for (int k = 0; k < n; k++) {  // e^ of every slot, then the mask: a loop without branches
+      const float w = math::softmax_weight(row[k], mx);
+      row[k] = (pos[k] >= 0) & (pos[k] <= p) ? w : 0.0f;
+    }
+  } else {
+    for (int k = 0; k < n; k++) row[k] = math::softmax_weight(row[k], mx);
   }
-  for (int k = 0; k < S; k++) {  // e^ of every slot, then the mask: a loop without branches
-    const float w = math::softmax_weight(row[k], mx);
-    row[k] = visible(k) ? w : 0.0f;
-  }
+  float lane[kLanes];
   std::fill(lane, lane + kLanes, 0.0f);
-  for (i = 0; i + kLanes <= S; i += kLanes)
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; j++) lane[j] += row[i + j];
   float sum = 0.0f;
   for (int j = 0; j < kLanes; j++) sum += lane[j];
-  for (; i < S; i++) sum += row[i];
-  return 1.0f / sum;
+  for (; i < n; i++) sum += row[i];
+  return sum;
 }
 }  // namespace
 
@@ -70,10 +82,12 @@ void CpuOps::attention_cache_forward(float* out, const float* q, const float* k,
     std::memset(out, 0, static_cast<size_t>(s.n) * HD * sizeof(float));
     return;
   }
+  const int block = std::min(kSlots, S);
+  const float ninf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel
   {
     std::vector<float> qg(static_cast<size_t>(tile_rows) * D), og(qg.size()),
-        sc(static_cast<size_t>(tile_rows) * S), inv(tile_rows);
+        sc(static_cast<size_t>(tile_rows) * block), mx(tile_rows), sum(tile_rows);
 #pragma omp for collapse(2) schedule(static)
     for (int g = 0; g < s.Hkv; g++)
       for (int tile = 0; tile < tiles; tile++) {
@@ -87,18 +101,44 @@ void CpuOps::attention_cache_forward(float* out, const float* q, const float* k,
                       q + static_cast<int64_t>(t) * s.ldq + static_cast<int64_t>(h) * D,
                       D * sizeof(float));
         }
-        cpu::sgemm(false, true, rows, S, D, scale, qg.data(), D, kg,
-                    s.ld, 0.0f, sc.data(), S);
-        for (int r = 0; r < rows; r++)
-          inv[r] = masked_softmax_weights(sc.data() + static_cast<size_t>(r) * S, pg, S,
-                                          s.p0 + (r0 + r) / G);
-        cpu::sgemm(false, false, rows, D, S, 1.0f, sc.data(), S, vg,
-                    s.ld, 0.0f, og.data(), D);
+        std::fill(mx.begin(), mx.end(), ninf);
+        std::fill(sum.begin(), sum.end(), 0.0f);
+        for (int b0 = 0; b0 < S; b0 += block) {
+          const int nb = std::min(block, S - b0);
+          // A block whose slots all hold positions in [0, p] of the tile's first (earliest) row is
+          // visible to every row: no mask to apply (prefill's past).
+          int lo = std::numeric_limits<int>::max(), hi = -1;
+          for (int i = 0; i < nb; i++) {
+            lo = std::min(lo, pg[b0 + i]);
+            hi = std::max(hi, pg[b0 + i]);
+          }
+          const int32_t* mask = lo >= 0 && hi <= s.p0 + r0 / G ? nullptr : pg + b0;
+          cpu::sgemm(false, true, rows, nb, D, scale, qg.data(), D, kg + static_cast<int64_t>(b0) * s.ld, s.ld,
+                     0.0f, sc.data(), nb);
+          for (int r = 0; r < rows; r++) {
+            float* row = sc.data() + static_cast<size_t>(r) * nb;
+            const int p = s.p0 + (r0 + r) / G;
+            const float m_blk = masked_max(row, mask, nb, p);
+            const float m_new = m_blk > mx[r] ? m_blk : mx[r];
+            if (m_new == ninf) {  // nothing visible yet: the row's weights are all 0
+              std::fill(row, row + nb, 0.0f);
+              continue;
+            }
+            const float a = mx[r] == ninf ? 0.0f : math::softmax_weight(mx[r], m_new);
+            sum[r] = a * sum[r] + masked_weights(row, mask, nb, p, m_new);
+            mx[r] = m_new;
+            if (b0 > 0 && a != 1.0f)
+              for (int d = 0; d < D; d++) og[static_cast<size_t>(r) * D + d] *= a;
+          }
+          cpu::sgemm(false, false, rows, D, nb, 1.0f, sc.data(), nb, vg + static_cast<int64_t>(b0) * s.ld, s.ld,
+                     b0 == 0 ? 0.0f : 1.0f, og.data(), D);
+        }
         for (int r = 0; r < rows; r++) {
           const int t = (r0 + r) / G, h = g * G + (r0 + r) % G;
           float* o = out + static_cast<int64_t>(t) * HD + static_cast<int64_t>(h) * D;
           const float* src = og.data() + static_cast<size_t>(r) * D;
-          for (int d = 0; d < D; d++) o[d] = src[d] * inv[r];
+          const float inv = sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f;
+          for (int d = 0; d < D; d++) o[d] = src[d] * inv;
         }
       }
   }
