@@ -2,11 +2,11 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "data/bpe.h"
 
+#include "data/file_commit.h"
+
 #include <pcre2.h>
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -549,11 +549,7 @@ std::string pre_tokenizer_name(const json& pt, const std::string& path) {
 }  // namespace
 
 BpeTokenizer BpeTokenizer::from_json(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(path + ": cannot open");
-  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw std::runtime_error(path + ": read error");
-  return from_json_text(text, path);
+  return from_json_text(read_whole_file(path), path);
 }
 
 BpeTokenizer BpeTokenizer::from_json_text(const std::string& text, const std::string& path) {

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <stdexcept>
 
@@ -85,6 +87,14 @@ void throw_write_error(const std::string& path, const std::string& what, int err
     throw std::runtime_error(msg);
   }
   throw std::runtime_error(path + ": " + what + ": " + std::strerror(err));
+}
+
+std::string read_whole_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(path + ": cannot open");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw std::runtime_error(path + ": read error");
+  return s;
 }
 
 void write_file_atomic(const std::string& path, std::string_view bytes) {

@@ -38,6 +38,9 @@ class AtomicFile {
 // dir/.<name>.tmp for path dir/<name>: the temporary name AtomicFile uses (and cleanup looks for).
 std::string temporary_path_for(const std::string& path);
 
+// The whole file; throws "<path>: cannot open" / "<path>: read error".
+std::string read_whole_file(const std::string& path);
+
 // Writes `bytes` to `path` through an AtomicFile.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 

@@ -3,13 +3,12 @@
 #include "data/text_tokenizer.h"
 
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "data/bpe.h"
 #include "data/bpe_gguf.h"
+#include "data/file_commit.h"
 #include "data/gguf.h"
 #include "data/tokenizer.h"
 
@@ -22,14 +21,6 @@ namespace {
 
 const char* const kImStart = "<|im_start|>";
 const char* const kImEnd = "<|im_end|>";
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw std::runtime_error(p.string() + ": cannot open");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw std::runtime_error(p.string() + ": read error");
-  return s;
-}
 
 // kvtrain's SentencePiece models: documents start with BOS and carry no end token (the shards
 // `prepare` has always written); eos ends generation.
@@ -164,19 +155,15 @@ std::unique_ptr<TextTokenizer> open_json(const std::string& path) {
   const fs::path config = dir / "tokenizer_config.json";
   SpecialTokens s;
   if (fs::is_regular_file(config)) {
-    s = parse_special_config(read_file(config), tok, config.string());
+    s = parse_special_config(read_whole_file(config.string()), tok, config.string());
   } else {
     s.eot = default_eot(tok, -1);
     s.eos = s.eot;
   }
   // transformers 5.x writes the template to its own file.
   const fs::path jinja = dir / "chat_template.jinja";
-  if (s.chat_template.empty() && fs::is_regular_file(jinja)) s.chat_template = read_file(jinja);
+  if (s.chat_template.empty() && fs::is_regular_file(jinja)) s.chat_template = read_whole_file(jinja.string());
   return std::make_unique<BpeText>(std::move(tok), std::move(s), path);
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -223,9 +210,9 @@ std::string TextTokenizer::chatml_prompt(const std::string& user) const {
 
 std::unique_ptr<TextTokenizer> open_tokenizer(const std::string& path) {
   if (!fs::is_regular_file(path)) throw std::runtime_error("tokenizer " + path + ": no such file");
-  if (ends_with(path, ".model")) return std::make_unique<SentencePieceText>(path);
-  if (ends_with(path, ".gguf")) return open_gguf(path);
-  if (ends_with(path, ".json")) return open_json(path);
+  if (path.ends_with(".model")) return std::make_unique<SentencePieceText>(path);
+  if (path.ends_with(".gguf")) return open_gguf(path);
+  if (path.ends_with(".json")) return open_json(path);
   throw std::invalid_argument("tokenizer " + path +
                               ": unknown kind (give a SentencePiece .model, a .gguf or a tokenizer.json)");
 }

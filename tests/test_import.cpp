@@ -248,9 +248,10 @@ TEST_F(Import, GgufIsMappedDequantizedAndUnpermuted) {
 
 TEST_F(Import, CheckpointIsWeightsOnlyWithTheTokenizerEmbedded) {
   std::vector<float> want;
-  const ImportedModel m = import_gguf(write_gguf("m", &want));
+  ImportedModel m = import_gguf(write_gguf("m", &want));
   const std::string out = (dir_ / "m.h5").string();
   write_imported_checkpoint(m, out, false);
+  expect_bitwise(m.params, want);  // lent to the writer and given back
   const ModelCheckpoint ck = load_model_checkpoint(out);
   expect_bitwise(ck.params, want);
   EXPECT_EQ(config_differences(ck.config, RunConfig{ck.config.model, {}, {}, {}}, "model").size(), 0u);
@@ -377,7 +378,7 @@ TEST_F(Import, HuggingFaceRefusesWhatIsNotPlainLlama) {
 // train on it and eval uses them.
 TEST_F(Import, TrainGatesAndEvalTakeAnImportedModel) {
   std::vector<float> want;
-  const ImportedModel m = import_gguf(write_gguf("m", &want));
+  ImportedModel m = import_gguf(write_gguf("m", &want));
   const std::string ck = (dir_ / "m.h5").string();
   write_imported_checkpoint(m, ck, false);
   const fs::path hf = write_hf("tok", tiny_llama(), want);

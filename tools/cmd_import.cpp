@@ -19,7 +19,7 @@ struct ImportArgs {
 };
 
 void run_import(const ImportArgs& a) {
-  const ImportedModel m = import_model(a.from);
+  ImportedModel m = import_model(a.from);
   const std::string path = write_imported_checkpoint(m, a.out, a.force);
   const ModelConfig& c = m.model;
   std::printf("import: %s (%s) -> %s\n", a.from.c_str(), m.source_kind.c_str(), path.c_str());

@@ -212,8 +212,7 @@ ImportedModel import_hf_dir(const std::string& dir_in) {
   }
   for (const auto& [name, file] : file_of) {
     if (name == "lm_head.weight" && out.model.tie_embeddings) continue;  // a tied copy
-    const std::string buffer = ".self_attn.rotary_emb.inv_freq";  // older transformers saved it
-    if (name.size() > buffer.size() && name.compare(name.size() - buffer.size(), buffer.size(), buffer) == 0) continue;
+    if (name.ends_with(".self_attn.rotary_emb.inv_freq")) continue;  // older transformers saved it
     throw std::runtime_error(files[file]->path() + ": tensor " + name + " has no place in the model, refused");
   }
   out.tokenizer = hf_tokenizer(dir);

@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "model/transformer.h"
 #include "train/checkpoint.h"
@@ -21,7 +23,7 @@ ImportedModel import_model(const std::string& source) {
   throw std::invalid_argument("import: " + source + ": give a .gguf file or a Hugging Face model directory");
 }
 
-std::string write_imported_checkpoint(const ImportedModel& m, const std::string& out_path, bool force) {
+std::string write_imported_checkpoint(ImportedModel& m, const std::string& out_path, bool force) {
   const fs::path out(out_path);
   if (out.extension() != ".h5") throw std::invalid_argument("import: --out " + out_path + ": must end in .h5");
   if (fs::exists(out) && !force)
@@ -36,7 +38,14 @@ std::string write_imported_checkpoint(const ImportedModel& m, const std::string&
   CheckpointState s;
   s.format = kCheckpointFormatName;
   s.config_yaml = to_yaml(cfg);
-  s.params = m.params;
+  // The state borrows the parameters (no second copy of the model in memory) and gives them
+  // back however the write ends.
+  s.params = std::move(m.params);
+  struct GiveBack {
+    std::vector<float>& from;
+    std::vector<float>& to;
+    ~GiveBack() { to = std::move(from); }
+  } give_back{s.params, m.params};
   if (embed) s.texts = m.tokenizer->embedded_texts();
   s.texts.emplace_back("import_source", m.source_kind + ": " + fs::absolute(m.source).lexically_normal().string());
   const ParamTable table = build_param_table(m.model);

@@ -39,7 +39,8 @@ ImportedModel import_model(const std::string& source);
 // Writes the model as a weights-only kvtrain checkpoint (no optimizer state, step 0; the
 // tokenizer embedded as /text/tokenizer.json and /text/tokenizer_config.json, the source as
 // /text/import_source) at out_path, atomically, with its .sha256 sidecar. Refuses an existing
-// file unless force. Returns the path written.
-std::string write_imported_checkpoint(const ImportedModel& m, const std::string& out_path, bool force);
+// file unless force. Returns the path written. m.params is moved into the writer's state for
+// the write (no copy) and is back in m when this returns or throws.
+std::string write_imported_checkpoint(ImportedModel& m, const std::string& out_path, bool force);
 
 }  // namespace kvt
