@@ -121,6 +121,16 @@ class Ops {
   virtual void attention_cache_forward(float* out, const float* q, const float* k,
                                        const float* v, const int32_t* pos,
                                        const CacheAttnShape& s) = 0;
+  // Attention probabilities of queries over a KV cache, reduced per slot (KVzip targets, SnapKV
+  // scores). Same layout as attention_cache_forward; for query row t in [t0, t1) of head h (KV
+  // head g = h / (H/Hkv)), p_{t,h}(i) = softmax over the visible slots i of g
+  // (0 <= pos_i <= p0 + t) of q[t,h]·K_i / sqrt(D), and 0 for slots it does not see:
+  //   out[g*S + i] = max_{t in [t0,t1), h in g} p_{t,h}(i)     (sum = false: KVzip)
+  //   out[g*S + i] = sum_{t in [t0,t1), h in g} p_{t,h}(i)     (sum = true: SnapKV)
+  // out [Hkv, S] is overwritten; sums run in increasing t, then h. Forward only.
+  virtual void attention_cache_score(float* out, const float* q, const float* k,
+                                     const int32_t* pos, const CacheAttnShape& s, int t0, int t1,
+                                     bool sum) = 0;
 
   // ---- FusedKV: a reusing layer's K or V from two storage layers (docs/design.md, "The model family") ------------
   // x viewed [N, Hkv, D] with row strides (floats between tokens). For KV head h, channel j:

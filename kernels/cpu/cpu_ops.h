@@ -44,6 +44,8 @@ class CpuOps final : public Ops {
                           const AttnShape& s) override;
   void attention_cache_forward(float* out, const float* q, const float* k, const float* v,
                                const int32_t* pos, const CacheAttnShape& s) override;
+  void attention_cache_score(float* out, const float* q, const float* k, const int32_t* pos,
+                             const CacheAttnShape& s, int t0, int t1, bool sum) override;
   void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
                        int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,
                        int D, bool pair_tied) override;

@@ -77,3 +77,11 @@ void attention_cache_forward(cudaStream_t stream, float* out, const float* q, co
 }
 
 }  // namespace kvt::cuda
+
+namespace kvt::cuda {
+// Placeholder until the kernel lands (ops.h, attention_cache_score).
+void attention_cache_score(cudaStream_t, float*, const float*, const float*, const int32_t*,
+                           const CacheAttnShape&, int, int, bool) {
+  throw std::runtime_error("attention_cache_score: not implemented on CUDA yet");
+}
+}  // namespace kvt::cuda
