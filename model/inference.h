@@ -1,13 +1,15 @@
 // model/inference.h — kvtrain's own inference path (docs/design.md, "Inference and the KV
 // cache"): a KV cache per variant that stores exactly what the method stores (model/kv_cache.h),
-// chunked prefill and one-token decode at absolute positions, and eviction through a keep-mask.
+// chunked prefill and one-token decode at absolute positions, and eviction: a keep-mask that
+// readers skip, and compact(), which frees the entries the mask dropped.
 //
 // Every layer follows the layer plan the training forward uses (model/layer_plan.h). A storage
 // layer appends its new entries to its cache heads; a layer reads the entries of the layers in
 // its plan: own or reused entries in place, FusedKV's fusion (kv_fuse) and LRKV's rebuild
 // (lrkv_expand, then RoPE) into one scratch buffer reused by every layer (working memory, not
 // cache: kv_bytes() does not count it). The attention itself is Ops::attention_cache_forward,
-// one op on every backend; model/ holds no kernel and never branches on the backend.
+// one call per KV head over that head's entry list (its own length once compacted), one op on
+// every backend; model/ holds no kernel and never branches on the backend.
 #pragma once
 
 #include <cstddef>
@@ -60,6 +62,10 @@ class InferenceModel {
   std::vector<float> prefill(std::span<const int32_t> tokens, bool all_logits = false) {
     return prefill(tokens.data(), static_cast<int>(tokens.size()), all_logits);
   }
+  // Like prefill with all_logits, but hands the logits over chunk by chunk instead of keeping
+  // [n, V]: f(i, logits, rows) gets host logits [rows, V] of tokens [i, i + rows).
+  using LogitsSink = std::function<void(int first, const float* logits, int rows)>;
+  void prefill_rows(const int32_t* tokens, int n, const LogitsSink& f);
   // One token at position length(); returns its logits [V].
   std::vector<float> decode(int32_t token);
   // Empties the cache (length 0) and keeps every position again.
@@ -73,6 +79,19 @@ class InferenceModel {
   // the call only (the Fast KVzip gates score new KV pairs from it). Empty = none.
   using HiddenObserver = std::function<void(int layer, const float* h, int pos0, int n)>;
   void set_hidden_observer(HiddenObserver f) { observer_ = std::move(f); }
+
+  // Attention probabilities that the queries at positions [q_begin, q_end) give the cache
+  // entries, reduced per entry (Ops::attention_cache_score: max over those queries and the
+  // G query heads of the KV head, or their sum): during every forward chunk that holds such
+  // queries, for every layer and every head read (KV head; LRKV: query head), f gets host arrays
+  // of count entries: the position of each entry the head reads (-1: not visible) and its
+  // score. KVzip targets (max) and SnapKV (sum) come from here.
+  struct AttentionProbe {
+    int q_begin = 0, q_end = 0;
+    bool sum = false;
+    std::function<void(int layer, int head, const int32_t* pos, const float* score, int count)> f;
+  };
+  void set_attention_probe(AttentionProbe p) { probe_ = std::move(p); }
 
   // ---- keep-mask (eviction) ---------------------------------------------------------------
   // One flag per (storage layer, mask head, position), all kept initially. mask_heads() is H_kv,
@@ -88,10 +107,15 @@ class InferenceModel {
   bool kept(int layer, int head, int pos) const;
   // Whether reading layer `layer` (any layer) sees position pos of KV head `kv_head`.
   bool visible(int layer, int kv_head, int pos) const;
+  // Frees the entries the keep-mask dropped (model/kv_cache.h); returns how many. The logits
+  // that follow equal the keep-mask's to float rounding.
+  int64_t compact();
+  const KvCache& cache() const { return *cache_; }
 
   // ---- cache accounting (measured from the allocation) -------------------------------------
-  size_t kv_capacity_bytes() const;  // the whole cache allocation (max_seq_len positions rounded
-                                     // up to whole blocks of KvCache::kBlock)
+  size_t kv_capacity_bytes() const;  // the cache's allocation now (every entry list rounded up
+                                     // to whole blocks of KvCache::kBlock rows)
+  size_t kv_peak_bytes() const;      // the most it allocated at once since the last reset()
   size_t kv_bytes_per_token() const; // bytes of one position over every storage layer and head
   size_t kv_bytes() const;           // used: length() x kv_bytes_per_token()
   // Bytes of the filled entries still kept by the mask (what an evicting cache would hold).
@@ -99,9 +123,19 @@ class InferenceModel {
 
  private:
   void setup(InferenceOptions opt);
-  void forward_chunk(const int32_t* tokens, int n, bool all_logits, std::vector<float>* out);
+  void check_input(const int32_t* tokens, int n) const;
+  // Forwards one chunk; hands the logits of its last out_rows tokens to sink (host [rows, V]).
+  void forward_chunk(const int32_t* tokens, int n, int out_rows,
+                     const std::function<void(const float*, int)>& sink);
   void store(const LayerPlan& ly, int p0, int n);
   void attend(const LayerPlan& ly, int p0, int n);
+  // The K/V rows head r of layer ly reads: pointers, row stride and the visible positions into
+  // host_pos_ (returns the row count), gathered into scratch_ when not read in place.
+  struct HeadRead {
+    const float *k = nullptr, *v = nullptr;
+    int ld = 0, rows = 0;
+  };
+  HeadRead gather(const LayerPlan& ly, int r);
   void check_storage(int layer, int head, int pos) const;
 
   ModelConfig cfg_;
@@ -121,8 +155,11 @@ class InferenceModel {
   std::vector<int32_t> host_pos_;
   float *x_ = nullptr, *ln_ = nullptr, *rstd_ = nullptr, *qkv_ = nullptr,
         *atty_ = nullptr, *tmp_ = nullptr, *gate_up_ = nullptr, *swi_ = nullptr,
-        *logits_ = nullptr, *scratch_ = nullptr, *rope_cos_ = nullptr, *rope_sin_ = nullptr;
+        *logits_ = nullptr, *scratch_ = nullptr, *rope_cos_ = nullptr, *rope_sin_ = nullptr,
+        *head_out_ = nullptr, *score_ = nullptr;
   HiddenObserver observer_;
+  AttentionProbe probe_;
+  std::vector<float> host_score_, host_logits_;
 };
 
 }  // namespace kvt

@@ -163,26 +163,31 @@ uint64_t inference_cache_bytes(const ModelConfig& cfg) {
 uint64_t inference_working_bytes(const ModelConfig& cfg, int chunk) {
   const ModelConfig c = resolved(cfg);
   const uint64_t N = default_chunk(c, chunk), T = c.max_seq_len, C = c.d_model, H = c.n_heads,
-                 D = c.head_dim(), F = c.ffn_dim(), V = c.vocab_size, S = cache_slots(c),
+                 D = c.head_dim(), F = c.ffn_dim(), V = c.vocab_size,
                  heads_read = c.lrkv() ? H : static_cast<uint64_t>(c.kv_heads());
   bool scratch = c.lrkv();
   uint64_t max_proj = 0;
   for (int l = 0; l < c.n_layers; l++) {
-    scratch = scratch || kv_source_of_layer(c, l).kind == KvSource::Kind::fused;
+    const KvSource src = kv_source_of_layer(c, l);
+    scratch = scratch || src.kind == KvSource::Kind::fused ||
+              (src.kind == KvSource::Kind::reuse && src.k_layer != src.v_layer);
     max_proj = std::max(max_proj, layer_shape(c, l).proj);
   }
-  // x, ln, tmp [N, C]; rstd [N]; qkv [N, max proj]; atty [N, HD]; gate_up [N, 2F]; swi [N, F];
-  // logits [N, V]; rebuilt K|V scratch [heads read, S, 2D] (fused, LRKV); RoPE cos, sin [T, D/2]
+  // x, ln, tmp [N, C]; rstd [N]; qkv [N, max proj]; atty, one head's output [N, HD]; scores [T];
+  // gate_up [N, 2F]; swi [N, F]; logits [N, V]; gathered or rebuilt K|V scratch
+  // [heads read, T, 2D] (K and V from two layers, fused, LRKV); RoPE cos, sin [T, D/2]
   uint64_t floats = add(mul(3, slot(mul(N, C))), slot(N));
-  floats = add(floats, add(slot(mul(N, max_proj)), slot(mul(N, H * D))));
-  floats = add(floats, add(slot(mul(N, 2 * F)), slot(mul(N, F))));
+  floats = add(floats, add(slot(mul(N, max_proj)), mul(2, slot(mul(N, H * D)))));
+  floats = add(floats, add(slot(T), add(slot(mul(N, 2 * F)), slot(mul(N, F)))));
   floats = add(floats, add(slot(mul(N, V)), mul(2, slot(mul(T, D / 2)))));
-  if (scratch) floats = add(floats, slot(mul(heads_read, S, 2 * D)));
-  // token ids [N] and visible positions [heads read, T] (int32, backend and a host copy)
-  const uint64_t ids = add(mul(N, sizeof(int32_t)), mul(2, mul(heads_read, T, sizeof(int32_t))));
+  if (scratch) floats = add(floats, slot(mul(heads_read, T, 2 * D)));
+  // token ids [N] and visible positions [heads read, T] (int32, backend); host: one head's
+  // positions and scores [T] and the keep flags (uint8 per layer, mask head and position)
+  const uint64_t ids = add(mul(N, sizeof(int32_t)), mul(heads_read, T, sizeof(int32_t)));
+  const uint64_t host = mul(2, T, sizeof(float));
   const uint64_t mask_heads = c.lrkv() ? 1 : c.kv_heads();
-  const uint64_t keep = mul(static_cast<uint64_t>(c.n_layers), mask_heads, S);  // uint8 flags
-  return add(add(mul(floats, sizeof(float)), ids), keep);
+  const uint64_t keep = mul(static_cast<uint64_t>(c.n_layers), mask_heads, T);
+  return add(add(mul(floats, sizeof(float)), ids), add(host, keep));
 }
 
 uint64_t gate_activation_bytes(const ModelConfig& cfg, int64_t max_tokens) {

@@ -186,39 +186,81 @@ TEST(Inference, ChunkSizesAgree) {
 
 // ---- cache layout ------------------------------------------------------------------------------
 
-// Per (storage layer, head): its own blocks of KvCache::kBlock entries, one stride apart, each
-// block a distinct pool block; layers that store nothing own none.
-TEST(KvCacheLayout, EveryStorageLayerHeadOwnsDistinctBlocks) {
+// Per (storage layer, head): its own list in whole blocks of KvCache::kBlock rows; compact()
+// frees what the flags drop and keeps the rows of what stays; truncate and clear.
+TEST(KvCacheLayout, ListsGrowByBlocksAndCompactToWhatTheyKeep) {
   for (const Variant& v : variants()) {
     SCOPED_TRACE(v.name);
     ModelConfig cfg = config_of(v);
-    cfg.max_seq_len = 150;  // 3 blocks, the last one partly used
+    cfg.max_seq_len = 150;
     auto ops = make_ops("cpu");
     const std::vector<LayerPlan> plan = build_layer_plan(build_param_table(cfg), cfg);
     KvCache cache(*ops, cfg, plan);
-    EXPECT_EQ(cache.blocks_per_head(), 3);
     EXPECT_EQ(cache.heads(), cfg.lrkv() ? 1 : cfg.kv_heads());
-    std::vector<int> seen;
+    EXPECT_EQ(cache.capacity_bytes(), 0u);
+    // row value of (layer, head, position, column)
+    const auto value = [](int l, int h, int p, int c) { return static_cast<float>(p * 1000 + l * 100 + h * 10 + c % 10); };
     size_t floats = 0;
     for (int l = 0; l < cfg.n_layers; l++) {
       EXPECT_EQ(cache.width(l) > 0, plan[l].stores());
       if (!plan[l].stores()) continue;
-      EXPECT_EQ(cache.width(l) * cache.heads(), plan[l].kv_width);
-      for (int h = 0; h < cache.heads(); h++) {
-        for (int b : cache.block_table(l, h)) seen.push_back(b);
-        if (h > 0) {
-          EXPECT_EQ(cache.entries(l, h) - cache.entries(l, h - 1), cache.head_stride(l));
+      const int W = cache.width(l);
+      EXPECT_EQ(W * cache.heads(), plan[l].kv_width);
+      for (int h = 0; h < cache.heads(); h++)
+        for (auto [p0, n] : {std::pair{0, 60}, std::pair{60, 40}}) {
+          std::vector<float> rows(static_cast<size_t>(n) * W);
+          for (int i = 0; i < n; i++)
+            for (int c = 0; c < W; c++) rows[static_cast<size_t>(i) * W + c] = value(l, h, p0 + i, c);
+          ops->to_device(cache.append(l, h, p0, n), rows.data(), rows.size() * sizeof(float));
         }
-        floats += static_cast<size_t>(cache.head_stride(l));
+      for (int h = 0; h < cache.heads(); h++) {
+        EXPECT_EQ(cache.count(l, h), 100);
+        EXPECT_EQ(cache.allocated_rows(l, h), 128);
+        floats += 128 * static_cast<size_t>(W);
       }
     }
-    std::sort(seen.begin(), seen.end());
-    EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end());  // no block shared
     EXPECT_EQ(cache.capacity_bytes(), floats * sizeof(float));
-    cache.set_kept(0, 0, 149, false);
-    EXPECT_FALSE(cache.kept(0, 0, 149));
-    cache.keep_range(140, 150);
-    EXPECT_TRUE(cache.kept(0, 0, 149));
+    EXPECT_THROW(cache.append(plan[0].stores() ? 0 : 1, 0, 99, 1), std::logic_error);  // not after 99
+    // Non-uniform budgets: head h of layer l keeps the positions p with (p + l) % (h + 2) != 0,
+    // and layer 0 head 0 only the first 10.
+    const auto keeps = [](int l, int h, int p) { return (l == 0 && h == 0) ? p < 10 : (p + l) % (h + 2) != 0; };
+    int64_t dropped = 0;
+    for (int l = 0; l < cfg.n_layers; l++)
+      for (int h = 0; plan[l].stores() && h < cache.heads(); h++)
+        for (int p = 0; p < 100; p++)
+          if (!keeps(l, h, p)) cache.set_kept(l, h, p, false), dropped++;
+    EXPECT_EQ(cache.compact(), dropped);
+    floats = 0;
+    for (int l = 0; l < cfg.n_layers; l++) {
+      if (!plan[l].stores()) continue;
+      const int W = cache.width(l);
+      for (int h = 0; h < cache.heads(); h++) {
+        std::vector<int32_t> want;
+        for (int p = 0; p < 100; p++)
+          if (keeps(l, h, p)) want.push_back(p);
+        EXPECT_EQ(cache.positions(l, h), want);
+        EXPECT_EQ(cache.allocated_rows(l, h), (cache.count(l, h) + 63) / 64 * 64);
+        floats += static_cast<size_t>(cache.allocated_rows(l, h)) * W;
+        std::vector<float> rows(want.size() * W);
+        ops->to_host(rows.data(), cache.entries(l, h), rows.size() * sizeof(float));
+        bool same = true;
+        for (size_t i = 0; i < want.size(); i++)
+          for (int c = 0; c < W; c++) same = same && rows[i * W + c] == value(l, h, want[i], c);
+        EXPECT_TRUE(same) << "layer " << l << " head " << h << ": rows moved wrongly";
+      }
+    }
+    EXPECT_EQ(cache.capacity_bytes(), floats * sizeof(float));
+    EXPECT_LT(cache.capacity_bytes(), cache.peak_bytes());
+    EXPECT_EQ(cache.compact(), 0);  // nothing more to drop
+    cache.truncate(50);
+    for (int l = 0; l < cfg.n_layers; l++)
+      for (int h = 0; plan[l].stores() && h < cache.heads(); h++) {
+        EXPECT_TRUE(cache.positions(l, h).empty() || cache.positions(l, h).back() < 50);
+        EXPECT_TRUE(cache.kept(l, h, 60));  // kept again after truncation
+      }
+    cache.clear();
+    EXPECT_EQ(cache.capacity_bytes(), 0u);
+    EXPECT_EQ(cache.peak_bytes(), 0u);
   }
 }
 
@@ -230,9 +272,10 @@ TEST(Inference, KvBytesEqualHandComputedNumbers) {
     Fixture f(v, 10);
     InferenceModel inf(*f.model);
     EXPECT_EQ(inf.kv_bytes(), 0u);
-    // allocated for 32 positions, rounded up to whole cache blocks
-    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * KvCache::kBlock);
+    EXPECT_EQ(inf.kv_capacity_bytes(), 0u);  // the cache allocates as it fills
     inf.prefill(f.tokens.data(), 7);
+    // one block of KvCache::kBlock entries per list
+    EXPECT_EQ(inf.kv_capacity_bytes(), v.bytes_10_tokens / 10 * KvCache::kBlock);
     inf.prefill(f.tokens.data() + 7, 2);
     inf.decode(f.tokens[9]);
     EXPECT_EQ(inf.kv_bytes(), v.bytes_10_tokens);
@@ -331,6 +374,104 @@ TEST(Inference, KeepMaskEqualsDenseAttentionWithPositionsMaskedOut) {
     inf.reset();
     const std::vector<float> dense = inf.prefill(f.tokens.data(), T, true);
     EXPECT_LE(max_abs_diff(dense.data(), f.full.data(), dense.size()), kTol);
+  }
+}
+
+// The compacting cache: the entries the mask drops are freed, and the logits that follow equal
+// the keep-mask path's to 1e-5, for every variant, after two rounds of eviction (one after the
+// prefill, one during decode), including reusing layers that see a position only where all their
+// sources kept it.
+TEST(Inference, CompactedCacheGivesTheKeepMaskLogits) {
+  const int T = 24;
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Fixture f(v, T);
+    const int L = f.cfg.n_layers;
+    InferenceModel masked(*f.model, InferenceOptions{5}), compacted(*f.model, InferenceOptions{5});
+    const int mh = masked.mask_heads();
+    Rng r(11 + v.layers);
+    const auto evict = [&](int upto) {
+      int64_t n = 0;
+      for (int l = 0; l < L; l++)
+        for (int g = 0; is_storage_layer(f.cfg, l) && g < mh; g++)
+          for (int s = 1; s < upto; s++)
+            if (masked.kept(l, g, s) && r.uniform() < 0.3) {
+              masked.set_keep(l, g, s, false);
+              compacted.set_keep(l, g, s, false);
+              n++;
+            }
+      return n;
+    };
+    std::vector<float> a = masked.prefill(f.tokens.data(), 12, true);
+    std::vector<float> b = compacted.prefill(f.tokens.data(), 12, true);
+    EXPECT_LE(max_abs_diff(a.data(), b.data(), a.size()), kTol);
+    const int64_t first = evict(12);
+    ASSERT_GT(first, 0);
+    EXPECT_EQ(compacted.compact(), first);
+    EXPECT_EQ(compacted.kv_bytes_kept(), masked.kv_bytes_kept());
+    for (int l = 0; l < L; l++)  // each list holds exactly the positions it keeps
+      for (int g = 0; is_storage_layer(f.cfg, l) && g < mh; g++) {
+        std::vector<int32_t> want;
+        for (int s = 0; s < 12; s++)
+          if (masked.kept(l, g, s)) want.push_back(s);
+        EXPECT_EQ(compacted.cache().positions(l, g), want);
+      }
+    double worst = 0, moved = 0;
+    for (int t = 12; t < T; t++) {
+      if (t == 18) {
+        const int64_t second = evict(18);
+        EXPECT_EQ(compacted.compact(), second);
+      }
+      const std::vector<float> x = masked.decode(f.tokens[t]), y = compacted.decode(f.tokens[t]);
+      worst = std::max(worst, max_abs_diff(x.data(), y.data(), x.size()));
+      moved = std::max(moved, max_abs_diff(x.data(), f.full.data() + static_cast<size_t>(t) * f.cfg.vocab_size, x.size()));
+    }
+    EXPECT_LE(worst, kTol);
+    EXPECT_GT(moved, 1e-2) << "the eviction must change the logits";
+    // truncate then prefill again on the compacted cache: still the masked path's logits
+    masked.truncate(14), compacted.truncate(14);
+    a = masked.prefill(f.tokens.data() + 14, 6, true);
+    b = compacted.prefill(f.tokens.data() + 14, 6, true);
+    EXPECT_LE(max_abs_diff(a.data(), b.data(), a.size()), kTol);
+  }
+}
+
+// The attention probe (max over a query range) equals the probabilities the training forward
+// keeps, for every variant, with the full cache: per reading layer and head read.
+TEST(Inference, AttentionProbeEqualsTheForwardsProbabilities) {
+  const int T = 20, q0 = 12, q1 = 20;
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Fixture f(v, T);
+    const int H = f.cfg.n_heads, heads = f.cfg.lrkv() ? H : f.cfg.kv_heads(), G = H / heads;
+    std::vector<std::vector<float>> got(static_cast<size_t>(f.cfg.n_layers) * heads, std::vector<float>(T, -1.0f));
+    InferenceModel inf(*f.model, InferenceOptions{7});
+    for (bool sum : {false, true}) {
+      inf.reset();
+      inf.set_attention_probe({q0, q1, sum, [&](int layer, int head, const int32_t* pos, const float* s, int n) {
+                                 auto& row = got[static_cast<size_t>(layer) * heads + head];
+                                 for (int i = 0; i < n; i++)
+                                   if (pos[i] >= 0) row[pos[i]] = sum ? (row[pos[i]] < 0 ? 0 : row[pos[i]]) + s[i] : std::max(row[pos[i]], s[i]);
+                               }});
+      for (auto& row : got) std::fill(row.begin(), row.end(), -1.0f);
+      inf.prefill(f.tokens.data(), T);
+      double worst = 0;
+      for (int l = 0; l < f.cfg.n_layers; l++) {
+        std::vector<float> probs(static_cast<size_t>(H) * T * T);
+        f.ops->to_host(probs.data(), f.model->attention_probs(l), probs.size() * sizeof(float));
+        for (int r = 0; r < heads; r++)
+          for (int i = 0; i < T; i++) {
+            double want = 0;
+            for (int h = r * G; h < (r + 1) * G; h++)
+              for (int t = q0; t < q1; t++) {
+                const double p = probs[(static_cast<size_t>(h) * T + t) * T + i];
+                want = sum ? want + p : std::max(want, p);
+              }
+            worst = std::max(worst, std::fabs(want - got[static_cast<size_t>(l) * heads + r][i]));
+          }
+      }
+      EXPECT_LE(worst, 1e-5) << (sum ? "sum" : "max");
+    }
   }
 }
 

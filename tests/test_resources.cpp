@@ -166,16 +166,16 @@ TEST(memoryEstimate, InferenceAndGateBuffersEqualTheAllocations) {
       const uint64_t bytes = backend_bytes_of([&] {
         inf = std::make_unique<InferenceModel>(cfg, *ops, host, InferenceOptions{chunk});
       });
-      EXPECT_EQ(inf->kv_capacity_bytes(), inference_cache_bytes(cfg));
+      // The cache allocates as it fills: nothing yet, the estimate's bound once full.
+      EXPECT_EQ(inf->kv_capacity_bytes(), 0u);
       // Host memory, not counted by the allocator hook: the keep flags (one byte per layer,
-      // mask head and cache slot) and the host copy of the visible positions [heads read, T].
-      const uint64_t slots = (static_cast<uint64_t>(inf->capacity()) + KvCache::kBlock - 1) /
-                             KvCache::kBlock * KvCache::kBlock;
-      const uint64_t mask = static_cast<uint64_t>(cfg.n_layers) * inf->mask_heads() * slots;
-      const uint64_t heads_read = cfg.lrkv() ? cfg.n_heads : cfg.kv_heads();
-      const uint64_t host_pos = heads_read * inf->capacity() * sizeof(int32_t);
-      EXPECT_EQ(bytes, 4 * host.size() + inference_cache_bytes(cfg) +
-                           inference_working_bytes(cfg, chunk) - mask - host_pos);
+      // mask head and position) and one head's positions and scores [T].
+      const uint64_t mask = static_cast<uint64_t>(cfg.n_layers) * inf->mask_heads() * inf->capacity();
+      const uint64_t host_side = 2 * static_cast<uint64_t>(inf->capacity()) * 4;
+      EXPECT_EQ(bytes, 4 * host.size() + inference_working_bytes(cfg, chunk) - mask - host_side);
+      const std::vector<int32_t> tokens(static_cast<size_t>(inf->capacity()), 1);
+      inf->prefill(tokens);
+      EXPECT_EQ(inf->kv_capacity_bytes(), inference_cache_bytes(cfg));
     }
     const MemoryEstimate g = estimate_generate_memory(cfg);
     EXPECT_EQ(g.params, 4 * host.size());
