@@ -127,7 +127,8 @@ class Ops {
   // (0 <= pos_i <= p0 + t) of q[t,h]·K_i / sqrt(D), and 0 for slots it does not see:
   //   out[g*S + i] = max_{t in [t0,t1), h in g} p_{t,h}(i)     (sum = false: KVzip)
   //   out[g*S + i] = sum_{t in [t0,t1), h in g} p_{t,h}(i)     (sum = true: SnapKV)
-  // out [Hkv, S] is overwritten; sums run in increasing t, then h. Forward only.
+  // out [Hkv, S] is overwritten; sums run in a fixed order (the same for every thread count).
+  // Forward only.
   virtual void attention_cache_score(float* out, const float* q, const float* k,
                                      const int32_t* pos, const CacheAttnShape& s, int t0, int t1,
                                      bool sum) = 0;

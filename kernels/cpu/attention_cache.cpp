@@ -12,6 +12,11 @@
 // thread count).
 // Tiles run in parallel (OpenMP, static schedule); BLAS runs single-threaded inside, every sum is
 // in a fixed order, so the result does not depend on the thread count.
+//
+// attention_cache_score, per tile of rows (query t in [t0, t1) of head h, t-major) over all S
+// slots at once: S = Q_g K^T / sqrt(D) (one sgemm), the row's softmax over its visible slots,
+// reduced per slot into the tile's partial (max or sum over its rows, in row order); the tiles'
+// partials are then combined in tile order.
 
 #include <algorithm>
 #include <cmath>
@@ -141,6 +146,57 @@ void CpuOps::attention_cache_forward(float* out, const float* q, const float* k,
           for (int d = 0; d < D; d++) o[d] = src[d] * inv;
         }
       }
+  }
+}
+
+void CpuOps::attention_cache_score(float* out, const float* q, const float* k, const int32_t* pos,
+                                   const CacheAttnShape& s, int t0, int t1, bool sum) {
+  const int G = s.H / s.Hkv, D = s.D, S = s.S;
+  std::fill(out, out + static_cast<int64_t>(s.Hkv) * S, 0.0f);
+  t0 = std::max(t0, 0), t1 = std::min(t1, s.n);
+  if (t0 >= t1 || S == 0) return;
+  const int M = (t1 - t0) * G, tiles = (M + kRows - 1) / kRows, tile_rows = std::min(kRows, M);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> part(static_cast<size_t>(s.Hkv) * tiles * S, 0.0f);  // [Hkv, tiles, S]
+#pragma omp parallel
+  {
+    std::vector<float> qg(static_cast<size_t>(tile_rows) * D), sc(static_cast<size_t>(tile_rows) * S);
+#pragma omp for collapse(2) schedule(static)
+    for (int g = 0; g < s.Hkv; g++)
+      for (int tile = 0; tile < tiles; tile++) {
+        const int r0 = tile * kRows, rows = std::min(kRows, M - r0);
+        const int32_t* pg = pos + static_cast<int64_t>(g) * S;
+        for (int r = 0; r < rows; r++) {
+          const int t = t0 + (r0 + r) / G, h = g * G + (r0 + r) % G;
+          std::memcpy(qg.data() + static_cast<size_t>(r) * D,
+                      q + static_cast<int64_t>(t) * s.ldq + static_cast<int64_t>(h) * D, D * sizeof(float));
+        }
+        cpu::sgemm(false, true, rows, S, D, scale, qg.data(), D, k + g * s.head_stride, s.ld, 0.0f,
+                   sc.data(), S);
+        float* pt = part.data() + (static_cast<size_t>(g) * tiles + tile) * S;
+        for (int r = 0; r < rows; r++) {
+          float* row = sc.data() + static_cast<size_t>(r) * S;
+          const int p = s.p0 + t0 + (r0 + r) / G;
+          const float mx = masked_max(row, pg, S, p);
+          if (mx == ninf) continue;  // the query sees nothing
+          const float inv = 1.0f / masked_weights(row, pg, S, p, mx);
+          if (sum)
+            for (int i = 0; i < S; i++) pt[i] += row[i] * inv;
+          else
+            for (int i = 0; i < S; i++) pt[i] = std::max(pt[i], row[i] * inv);
+        }
+      }
+  }
+  for (int g = 0; g < s.Hkv; g++) {
+    float* o = out + static_cast<int64_t>(g) * S;
+    for (int tile = 0; tile < tiles; tile++) {
+      const float* pt = part.data() + (static_cast<size_t>(g) * tiles + tile) * S;
+      if (sum)
+        for (int i = 0; i < S; i++) o[i] += pt[i];
+      else
+        for (int i = 0; i < S; i++) o[i] = std::max(o[i], pt[i]);
+    }
   }
 }
 
