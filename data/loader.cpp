@@ -36,7 +36,7 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
 }
 
 WindowLoader::WindowLoader(const std::vector<std::string>& files, int seq_len, int vocab_size,
-                           uint64_t seed, bool shuffle)
+                           uint64_t seed, bool shuffle, uint64_t max_windows)
     : files_(files), seq_len_(seq_len), seed_(seed), shuffle_(shuffle) {
   if (seq_len < 1) throw std::runtime_error("loader: bad seq_len " + std::to_string(seq_len));
   if (files.empty()) throw std::runtime_error("loader: no shard files given");
@@ -57,6 +57,8 @@ WindowLoader::WindowLoader(const std::vector<std::string>& files, int seq_len, i
                              " tokens fits in any shard (" + std::to_string(total_tokens_) +
                              " tokens in " + names + ")");
   }
+  all_windows_ = num_windows_;
+  if (max_windows > 0) num_windows_ = std::min(num_windows_, max_windows);
 }
 
 const std::vector<uint64_t>& WindowLoader::permutation(uint64_t epoch) {
@@ -81,6 +83,7 @@ void WindowLoader::read_window(uint64_t w, int32_t* out) const {
   if (w >= num_windows_)
     throw std::runtime_error("loader: window " + std::to_string(w) + " out of range (" +
                              std::to_string(num_windows_) + " windows)");
+  w = w * all_windows_ / num_windows_;  // the spread subset (w itself when all are used)
   // The shard holding w: the last one whose first window is <= w.
   const auto it = std::upper_bound(first_window_.begin(), first_window_.end(), w);
   const size_t s = static_cast<size_t>(it - first_window_.begin()) - 1;

@@ -29,8 +29,10 @@ std::vector<std::string> expand_glob(const std::string& pattern);
 class WindowLoader {
  public:
   // Opens (and validates) every shard. Throws when no shard holds a full window.
+  // max_windows > 0: only that many windows, spread evenly over all of them (window w reads
+  // window floor(w x all / max_windows) of the shards), e.g. a fixed training set of contexts.
   WindowLoader(const std::vector<std::string>& files, int seq_len, int vocab_size, uint64_t seed,
-               bool shuffle);
+               bool shuffle, uint64_t max_windows = 0);
 
   uint64_t num_windows() const { return num_windows_; }
   int seq_len() const { return seq_len_; }
@@ -56,7 +58,7 @@ class WindowLoader {
   int seq_len_;
   uint64_t seed_;
   bool shuffle_;
-  uint64_t num_windows_ = 0;
+  uint64_t num_windows_ = 0, all_windows_ = 0;
   uint64_t total_tokens_ = 0;
   uint64_t cached_epoch_ = UINT64_MAX;
   std::vector<uint64_t> perm_;  // permutation of cached_epoch_ (empty without shuffle)

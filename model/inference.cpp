@@ -47,6 +47,12 @@ InferenceModel::InferenceModel(const ModelConfig& cfg, Ops& ops, std::span<const
 
 InferenceModel::~InferenceModel() = default;
 
+std::vector<float> InferenceModel::params_to_host() const {
+  std::vector<float> out(table_.total());
+  ops_.to_host(out.data(), P_, out.size() * sizeof(float));
+  return out;
+}
+
 void InferenceModel::setup(InferenceOptions opt) {
   const int T = cfg_.max_seq_len;
   const int64_t C = cfg_.d_model, H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),

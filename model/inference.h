@@ -49,7 +49,9 @@ class InferenceModel {
   InferenceModel& operator=(const InferenceModel&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
+  Ops& ops() const { return ops_; }
   const ParamTable& params() const { return table_; }
+  std::vector<float> params_to_host() const;  // the weights it runs (a host copy)
   int length() const { return len_; }              // positions filled: the next one is length()
   int capacity() const { return cfg_.max_seq_len; }
   int max_chunk() const { return chunk_; }

@@ -1,4 +1,4 @@
-// model/kvzip.cpp — KVzip scores from one teacher-forced forward of the frozen model.
+// model/kvzip.cpp — KVzip scores from one teacher-forced prefill of the frozen model.
 #include "model/kvzip.h"
 
 #include <algorithm>
@@ -10,56 +10,69 @@
 
 namespace kvt {
 
-KvzipScorer::KvzipScorer(Transformer& model) : model_(model), storage_(gate_layers(model.config())) {}
+KvzipScorer::KvzipScorer(InferenceModel& model)
+    : model_(model), storage_(gate_layers(model.config())) {
+  storage_of_.assign(model.config().n_layers, -1);
+  for (size_t i = 0; i < storage_.size(); i++) storage_of_[storage_[i]] = static_cast<int>(i);
+}
 
 void KvzipScorer::run(std::span<const int32_t> context, std::span<const int32_t> prompt) {
   const ModelConfig& cfg = model_.config();
   const int P = static_cast<int>(context.size()), Q = static_cast<int>(prompt.size());
-  const int T = 2 * P + Q;
+  const int T = 2 * P + Q, C = cfg.d_model, M = gate_decisions(cfg);
   if (P < 1) throw std::invalid_argument("KVzip scoring needs a context of at least 1 token");
-  if (T > model_.max_seq())
+  if (T > cfg.max_seq_len)
     throw std::length_error("KVzip scoring: context " + std::to_string(P) + " + prompt " +
                             std::to_string(Q) + " + context " + std::to_string(P) + " = " +
-                            std::to_string(T) + " tokens exceeds the model's capacity of " +
-                            std::to_string(model_.max_seq()) + " (model.max_seq_len " +
-                            std::to_string(cfg.max_seq_len) + ")");
+                            std::to_string(T) + " tokens exceeds model.max_seq_len " +
+                            std::to_string(cfg.max_seq_len));
   std::vector<int32_t> input;
   input.reserve(T);
   input.insert(input.end(), context.begin(), context.end());
   input.insert(input.end(), prompt.begin(), prompt.end());
   input.insert(input.end(), context.begin(), context.end());
-  model_.forward(input.data(), nullptr, 1, T);
 
-  // Per attending layer: max over the repeated copy's queries and each group's heads; then each
-  // storage layer takes the max over every layer that reads its cache.
-  const int M = gate_decisions(cfg), H = cfg.n_heads;
   Ops& ops = model_.ops();
-  if (layer_score_.size() < static_cast<size_t>(M) * P) layer_score_ = Buffer<float>(ops, static_cast<size_t>(M) * P);
-  std::vector<float> layer(static_cast<size_t>(M) * P);
+  const size_t hidden_floats = storage_.size() * static_cast<size_t>(P) * C;
+  if (hidden_.size() != hidden_floats) hidden_ = Buffer<float>(ops, hidden_floats);
   P_ = P;
   scores_.assign(storage_.size() * M * P, 0.0f);
-  auto fold_into = [&](int storage_layer) {
-    const auto it = std::find(storage_.begin(), storage_.end(), storage_layer);
-    float* dst = scores_.data() + (it - storage_.begin()) * static_cast<size_t>(M) * P;
-    for (size_t i = 0; i < layer.size(); i++) dst[i] = std::max(dst[i], layer[i]);
-  };
-  for (int l = 0; l < cfg.n_layers; l++) {
-    ops.kvzip_score(layer_score_.data(), model_.attention_probs(l), 1, H, M, T, P + Q, T, P);
-    ops.to_host(layer.data(), layer_score_.data(), layer.size() * sizeof(float));
-    const KvSource src = kv_source_of_layer(cfg, l);
-    if (src.kind == KvSource::Kind::own) {
-      fold_into(l);
-    } else {  // reuse: the K and V source layers; fused: first and last (maybe equal)
-      fold_into(src.k_layer);
-      if (src.v_layer != src.k_layer) fold_into(src.v_layer);
+  // Gate inputs: the rows of positions < P as each storage layer sees them.
+  model_.set_hidden_observer([&](int layer, const float* h, int pos0, int n) {
+    const int rows = std::min(n, P - pos0);
+    if (rows <= 0) return;
+    float* dst = hidden_.data() + (static_cast<size_t>(storage_of_[layer]) * P + pos0) * C;
+    ops.copy(dst, h, static_cast<size_t>(rows) * C * sizeof(float));
+  });
+  // Targets: per reading layer and head, the max over the repeated copy's queries, folded into
+  // every storage layer it reads (own: itself; reuse: its K and V layers; fused: both).
+  model_.set_attention_probe({P + Q, T, false, [&](int layer, int head, const int32_t* pos,
+                                                   const float* score, int n) {
+    const KvSource src = kv_source_of_layer(cfg, layer);
+    const int m = cfg.lrkv() ? 0 : head;  // LRKV: one decision per token, the max over heads
+    for (int target : {src.kind == KvSource::Kind::own ? layer : src.k_layer,
+                       src.kind == KvSource::Kind::own ? layer : src.v_layer}) {
+      float* dst = scores_.data() + (static_cast<size_t>(storage_of_[target]) * M + m) * P;
+      for (int i = 0; i < n; i++)
+        if (pos[i] >= 0 && pos[i] < P) dst[pos[i]] = std::max(dst[pos[i]], score[i]);
     }
+  }});
+  try {
+    model_.reset();
+    model_.prefill(input);
+  } catch (...) {
+    model_.set_hidden_observer(nullptr);
+    model_.set_attention_probe({});
+    throw;
   }
+  model_.set_hidden_observer(nullptr);
+  model_.set_attention_probe({});
 }
 
 const float* KvzipScorer::hidden(int storage_index) const {
   if (storage_index < 0 || storage_index >= static_cast<int>(storage_.size()))
     throw std::out_of_range("storage index " + std::to_string(storage_index) + " out of range");
-  return model_.attention_input(storage_[storage_index]);
+  return hidden_.data() + static_cast<size_t>(storage_index) * P_ * model_.config().d_model;
 }
 
 }  // namespace kvt

@@ -258,6 +258,26 @@ TEST(dataLoader, WindowsAreNonOverlappingAndCoverEachShard) {
   EXPECT_EQ(first_tokens(L, 14, 3), (std::vector<int32_t>{140, 0, 10}));
 }
 
+TEST(dataLoader, MaxWindowsSpreadsASubsetEvenly) {
+  TwoShards s;  // 15 windows: starts 0, 10, ..., 90 (shard 0), 100, ..., 140 (shard 1)
+  WindowLoader L(s.files, 9, 1000, 3, true, 5);
+  ASSERT_EQ(L.num_windows(), 5u);
+  std::vector<int32_t> w(10);
+  std::vector<int32_t> starts;
+  for (uint64_t i = 0; i < 5; ++i) {
+    L.read_window(i, w.data());
+    starts.push_back(w[0]);
+  }
+  EXPECT_EQ(starts, (std::vector<int32_t>{0, 30, 60, 90, 120}));  // windows 0, 3, 6, 9, 12
+  EXPECT_THROW(L.read_window(5, w.data()), std::runtime_error);
+  // every epoch visits exactly those five
+  std::vector<int32_t> e = first_tokens(L, 5, 5);
+  std::sort(e.begin(), e.end());
+  EXPECT_EQ(e, starts);
+  WindowLoader all(s.files, 9, 1000, 3, true, 100);  // more than there are: all of them
+  EXPECT_EQ(all.num_windows(), 15u);
+}
+
 TEST(dataLoader, EveryEpochIsAPermutationAndSeedDecidesOrder) {
   TwoShards s;
   WindowLoader a(s.files, 9, 1000, 42, true), b(s.files, 9, 1000, 42, true),

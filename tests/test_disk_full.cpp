@@ -145,13 +145,15 @@ TEST(DiskFull, GateFileAndContextCacheFailInOneLine) {
   std::string why;
   EXPECT_TRUE(checkpoint_verify(dir + "/gates.h5", &why)) << why;
 
-  // Context cache: one context of 2 x 600 x 300 floats (1.4 MB) of gate inputs.
-  const ContextCache cache(dir + "/contexts", "key\n", 600, 300, 2, 2);
-  const std::vector<float> hidden(2 * 600 * 300, 1.0f), targets(2 * 2 * 600, 0.25f);
+  // Context cache: one context of 2 x 1200 x 300 bf16 gate inputs (1.4 MB).
+  const ContextCache cache(dir + "/contexts", "key\n", 1200, 300, 2, 2);
+  const std::vector<uint16_t> hidden(2 * 1200 * 300, 0x3f80);
+  const std::vector<float> targets(2 * 2 * 1200, 0.25f);
   const std::string cache_err = error_of([&] { cache.store("train_0", hidden, targets); });
   EXPECT_NE(cache_err.find("train_0.bin.tmp: no space left on device"), std::string::npos) << cache_err;
   EXPECT_EQ(cache_err.find('\n'), std::string::npos) << cache_err;
   EXPECT_TRUE(temporaries(dir + "/contexts").empty()) << temporaries(dir + "/contexts").front();
-  std::vector<float> h, t;
+  std::vector<uint16_t> h;
+  std::vector<float> t;
   EXPECT_FALSE(cache.load("train_0", h, t)) << "a context that failed to store must not load";
 }

@@ -233,7 +233,8 @@ TEST(Eviction, FullCacheLossesEqualTheForwardAndKeepOneEqualsFullForEveryPolicy)
 
     GateModel gates(m.cfg, *m.ops, 8, false);
     gates.params_from_host(init_gate_parameters(m.cfg, 4));
-    KvzipScorer scorer(*m.net);
+    InferenceModel oracle_model(*m.net);
+    KvzipScorer scorer(oracle_model);
     scorer.run(ctx, prompt);
     const std::vector<float> oracle = scorer.scores();
     for (EvictPolicy p : {EvictPolicy::gates, EvictPolicy::kvzip, EvictPolicy::recent, EvictPolicy::random}) {

@@ -139,7 +139,7 @@ void run_eval(const EvalArgs& a) {
     gates->params_from_host(g);
   }
   std::unique_ptr<KvzipScorer> scorer;
-  if (need_oracle) scorer = std::make_unique<KvzipScorer>(net);
+  if (need_oracle) scorer = std::make_unique<KvzipScorer>(inf);
 
   const std::string data = a.data.empty() ? model.config.data.val : a.data;
   if (data.empty()) throw std::invalid_argument(a.checkpoint + ": its config has no data.val; give --data");

@@ -27,7 +27,12 @@ ContextCache::ContextCache(std::string dir, const std::string& key, int64_t P, i
   }
 }
 
-bool ContextCache::load(const std::string& name, std::vector<float>& hidden, std::vector<float>& targets) const {
+int64_t ContextCache::file_bytes() const {
+  return static_cast<int64_t>(sizeof header_) + 2 * header_[3] * header_[1] * header_[2] +
+         4 * header_[3] * header_[4] * header_[1];
+}
+
+bool ContextCache::load(const std::string& name, std::vector<uint16_t>& hidden, std::vector<float>& targets) const {
   const std::string path = dir_ + "/" + name + ".bin";
   std::ifstream in(path, std::ios::binary);
   if (!in) return false;
@@ -37,16 +42,17 @@ bool ContextCache::load(const std::string& name, std::vector<float>& hidden, std
     throw std::runtime_error(path + ": not a context of this gate run (header differs); delete gates.cache_dir");
   hidden.resize(static_cast<size_t>(header_[3] * header_[1] * header_[2]));
   targets.resize(static_cast<size_t>(header_[3] * header_[4] * header_[1]));
-  in.read(reinterpret_cast<char*>(hidden.data()), static_cast<std::streamsize>(hidden.size() * sizeof(float)));
+  in.read(reinterpret_cast<char*>(hidden.data()), static_cast<std::streamsize>(hidden.size() * sizeof(uint16_t)));
   in.read(reinterpret_cast<char*>(targets.data()), static_cast<std::streamsize>(targets.size() * sizeof(float)));
   if (!in || in.peek() != std::char_traits<char>::eof())
     throw std::runtime_error(path + ": truncated or oversized context file; delete gates.cache_dir");
   return true;
 }
 
-void ContextCache::store(const std::string& name, const std::vector<float>& hidden, const std::vector<float>& targets) const {
+void ContextCache::store(const std::string& name, const std::vector<uint16_t>& hidden,
+                         const std::vector<float>& targets) const {
   std::string bytes(reinterpret_cast<const char*>(header_), sizeof header_);
-  bytes.append(reinterpret_cast<const char*>(hidden.data()), hidden.size() * sizeof(float));
+  bytes.append(reinterpret_cast<const char*>(hidden.data()), hidden.size() * sizeof(uint16_t));
   bytes.append(reinterpret_cast<const char*>(targets.data()), targets.size() * sizeof(float));
   write_file_atomic(dir_ + "/" + name + ".bin", bytes);  // fsync, rename; ENOSPC in one line
 }

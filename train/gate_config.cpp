@@ -28,6 +28,7 @@ constexpr Field kGateFields[] = {
     KVT_FIELD(gates, weight_decay),
     KVT_FIELD(gates, eval_every),
     KVT_FIELD(gates, eval_contexts),
+    KVT_FIELD(gates, train_contexts),
     KVT_FIELD(gates, threshold),
     KVT_FIELD(gates, recall_top),
     KVT_FIELD(gates, seed),
@@ -68,6 +69,7 @@ void validate(const GateRunConfig& cfg, const std::string& source) {
   check(g.weight_decay >= 0, "gates.weight_decay", ">= 0", g.weight_decay);
   check(g.eval_every >= 0, "gates.eval_every", ">= 0 (0 = only at the end)", g.eval_every);
   check(g.eval_contexts >= 1, "gates.eval_contexts", ">= 1", g.eval_contexts);
+  check(g.train_contexts >= 0, "gates.train_contexts", ">= 0", g.train_contexts);
   check(g.threshold > 0 && g.threshold < 1, "gates.threshold", "in (0, 1)", g.threshold);
   check(g.recall_top > 0 && g.recall_top <= 1, "gates.recall_top", "in (0, 1]", g.recall_top);
   check(g.backend == "cpu" || g.backend == "cuda", "gates.backend", "cpu or cuda", g.backend);

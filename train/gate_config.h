@@ -28,6 +28,7 @@ struct GateTrainConfig {
   float weight_decay = 0.0f;      // sgd: L2 added to the gradient; adamw: decoupled, matrices only
   int64_t eval_every = 500;       // steps between held-out evaluations; 0 = only at the end
   int eval_contexts = 8;          // held-out contexts per evaluation (the first of data.val)
+  int64_t train_contexts = 0;     // 0: every window of data.train; N: N windows spread evenly over it
   float threshold = 0.05f;        // accuracy: (score >= t) agrees with (target >= t)
   float recall_top = 0.3f;        // recall of the true top fraction of each context's entries
   uint64_t seed = 1234;           // gate init and the order of training contexts

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "data/file_commit.h"
+#include "kernels/common/math.h"
 #include "train/model_tokenizer.h"
 #include "train/adamw.h"
 #include "train/run_loop.h"
@@ -23,7 +24,7 @@
 namespace kvt {
 
 std::vector<int32_t> repeat_prompt_tokens(const TextTokenizer& tok, const std::string& text, int vocab_size) {
-  const std::vector<int32_t> ids = tok.encode(text);
+  const std::vector<int32_t> ids = tok.encode(text, /*parse_special=*/true);  // e.g. ChatML turns of a chat model
   if (ids.empty()) throw std::invalid_argument("the repeat prompt encodes to no tokens with " + tok.source());
   for (int32_t id : ids)
     if (id < 0 || id >= vocab_size)
@@ -115,8 +116,8 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
                                 " (use a context of at most " + std::to_string((m.max_seq_len - Q) / 2) + ")");
 
   ops_ = make_ops(g.backend);
-  model_ = std::make_unique<Transformer>(m, *ops_, 1, T, /*with_grads=*/false);
-  model_->params_from_host(frozen_.params);
+  // The frozen model runs only its inference path: no gradients, no probabilities kept.
+  model_ = std::make_unique<InferenceModel>(m, *ops_, frozen_.params);
   scorer_ = std::make_unique<KvzipScorer>(*model_);
   gates_ = std::make_unique<GateModel>(m, *ops_, P, /*with_grads=*/true);
   gates_->params_from_host(init_gate_parameters(m, g.seed));
@@ -132,7 +133,8 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
   };
   // Windows of P tokens (the loader's seq_len + 1).
   train_data_ = std::make_unique<WindowLoader>(files_of("data.train", cfg_.data.train), P - 1,
-                                               m.vocab_size, g.seed, /*shuffle=*/true);
+                                               m.vocab_size, g.seed, /*shuffle=*/true,
+                                               static_cast<uint64_t>(g.train_contexts));
   val_data_ = std::make_unique<WindowLoader>(files_of("data.val", cfg_.data.val), P - 1, m.vocab_size,
                                              g.seed, /*shuffle=*/false);
   window_.resize(static_cast<size_t>(P));
@@ -145,12 +147,13 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
       key << "\nshards";
       for (const std::string& f : d->files()) key << " " << std::filesystem::absolute(f).string();
     }
-    key << "\n";
+    key << "\ntrain_contexts " << g.train_contexts << "\n";
     cache_ = std::make_unique<ContextCache>(g.cache_dir, key.str(), P, m.d_model,
                                             static_cast<int64_t>(layers_.size()), gate_decisions(m));
-    hidden_buf_ = Buffer<float>(*ops_, layers_.size() * static_cast<size_t>(P) * m.d_model);
   }
+  hidden_buf_ = Buffer<float>(*ops_, layers_.size() * static_cast<size_t>(P) * m.d_model);
   hidden_.resize(layers_.size());
+  for (size_t i = 0; i < layers_.size(); i++) hidden_[i] = hidden_buf_.data() + i * P * m.d_model;
 }
 
 GateTrainer::~GateTrainer() = default;
@@ -158,20 +161,21 @@ GateTrainer::~GateTrainer() = default;
 void GateTrainer::load_context(WindowLoader& data, const std::string& split, uint64_t w) {
   const size_t P = static_cast<size_t>(cfg_.gates.context), C = static_cast<size_t>(model_->config().d_model);
   const std::string name = split + "_" + std::to_string(w);
-  if (cache_ && cache_->load(name, hidden_host_, targets_)) {
-    ops_->to_device(hidden_buf_.data(), hidden_host_.data(), hidden_host_.size() * sizeof(float));
-    for (size_t i = 0; i < layers_.size(); i++) hidden_[i] = hidden_buf_.data() + i * P * C;
-    return;
+  if (!cache_ || !cache_->load(name, hidden_bf16_, targets_)) {
+    data.read_window(w, window_.data());
+    scorer_->run(window_, prompt_);
+    targets_ = scorer_->scores();
+    hidden_host_.resize(layers_.size() * P * C);
+    for (size_t i = 0; i < layers_.size(); i++)
+      ops_->to_host(hidden_host_.data() + i * P * C, scorer_->hidden(static_cast<int>(i)), P * C * sizeof(float));
+    hidden_bf16_.resize(hidden_host_.size());
+    std::transform(hidden_host_.begin(), hidden_host_.end(), hidden_bf16_.begin(), math::to_bf16);
+    if (cache_) cache_->store(name, hidden_bf16_, targets_);
   }
-  data.read_window(w, window_.data());
-  scorer_->run(window_, prompt_);
-  targets_ = scorer_->scores();
-  for (size_t i = 0; i < layers_.size(); i++) hidden_[i] = scorer_->hidden(static_cast<int>(i));
-  if (!cache_) return;
-  hidden_host_.resize(layers_.size() * P * C);
-  for (size_t i = 0; i < layers_.size(); i++)
-    ops_->to_host(hidden_host_.data() + i * P * C, hidden_[i], P * C * sizeof(float));
-  cache_->store(name, hidden_host_, targets_);
+  // The gates read bf16-rounded inputs, cached or not.
+  hidden_host_.resize(hidden_bf16_.size());
+  std::transform(hidden_bf16_.begin(), hidden_bf16_.end(), hidden_host_.begin(), math::from_bf16);
+  ops_->to_device(hidden_buf_.data(), hidden_host_.data(), hidden_host_.size() * sizeof(float));
 }
 
 double GateTrainer::score_context(bool backward, float grad_scale, GateEvalAccumulator* acc) {

@@ -1,7 +1,8 @@
 // train/gate_trainer.h — the forward-only Fast KVzip gate trainer (docs/design.md, "Fast KVzip gates"). The model of a
-// checkpoint is frozen: built without gradient buffers, its forward runs on
-// [context ; repeat prompt ; context] to give both the KVzip targets and the hidden states the
-// gates read (model/kvzip.h); only the gates (model/gates.h) get gradients, from a BCE loss.
+// checkpoint is frozen: only its inference path is built (model/inference.h: no gradients, no
+// backward), and one prefill of [context ; repeat prompt ; context] gives both the KVzip targets,
+// reduced to the max as they are computed, and the hidden states the gates read (model/kvzip.h);
+// only the gates (model/gates.h) get gradients, from a BCE loss.
 //
 // One step: for each of gates.contexts_per_step training contexts (windows of gates.context
 // tokens, in a per-epoch permutation drawn from gates.seed, like the training loader), one frozen
@@ -23,7 +24,7 @@
 #include "data/loader.h"
 #include "model/gates.h"
 #include "model/kvzip.h"
-#include "model/transformer.h"
+#include "model/inference.h"
 #include "train/checkpoint.h"
 #include "train/context_cache.h"
 #include "train/gate_config.h"
@@ -33,7 +34,8 @@
 
 namespace kvt {
 
-// The repeat prompt's ids with the model's tokenizer (no BOS; special-token strings literal).
+// The repeat prompt's ids with the model's tokenizer (no BOS; special-token strings such as
+// "<|im_start|>" become their ids).
 // Throws naming the tokenizer when the text encodes to nothing or to ids the model cannot embed.
 std::vector<int32_t> repeat_prompt_tokens(const TextTokenizer& tok, const std::string& text, int vocab_size);
 
@@ -64,7 +66,7 @@ class GateTrainer {
 
   const GateRunConfig& config() const { return cfg_; }  // data keys resolved
   const ModelCheckpoint& frozen() const { return frozen_; }
-  Transformer& model() { return *model_; }
+  InferenceModel& model() { return *model_; }
   GateModel& gates() { return *gates_; }
   const std::vector<int32_t>& repeat_prompt() const { return prompt_; }
   int64_t steps_done() const { return step_; }
@@ -82,7 +84,7 @@ class GateTrainer {
   GateRunConfig cfg_;
   ModelCheckpoint frozen_;
   std::unique_ptr<Ops> ops_;
-  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<InferenceModel> model_;
   std::unique_ptr<KvzipScorer> scorer_;
   std::unique_ptr<GateModel> gates_;
   std::unique_ptr<Optimizer> opt_;
@@ -91,8 +93,9 @@ class GateTrainer {
   std::vector<int32_t> prompt_, window_;
   std::vector<int> layers_;
   // The current context: targets [layer][M][P] (host) and each storage layer's gate input [P, C]
-  // (backend memory: the scorer's activations, or hidden_buf_ when read from the cache).
+  // (backend memory, hidden_buf_: bf16-rounded, from the cache or the scorer).
   std::vector<float> targets_, hidden_host_;
+  std::vector<uint16_t> hidden_bf16_;
   std::vector<const float*> hidden_;
   Buffer<float> hidden_buf_;
   int64_t step_ = 0;

@@ -98,4 +98,20 @@ KVT_HD void sgd_element(float* p, float g, float* buf, float lr, float momentum,
   *p -= lr * b;
 }
 
+// bfloat16: the upper 16 bits of a float. float -> bf16 rounds to nearest, ties to even (NaN
+// stays a quiet NaN); bf16 -> float is exact.
+KVT_HD uint16_t to_bf16(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+KVT_HD float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float x;
+  __builtin_memcpy(&x, &u, sizeof x);
+  return x;
+}
+
 }  // namespace kvt::math

@@ -79,7 +79,8 @@ void run(const Options& o) {
   tokens.insert(tokens.end(), prompt.begin(), prompt.end());
   tokens.insert(tokens.end(), context.begin(), context.end());
 
-  kvt::KvzipScorer scorer(model);
+  kvt::InferenceModel inference(model);
+  kvt::KvzipScorer scorer(inference);
   scorer.run(context, prompt);
   const std::vector<int> layers = kvt::gate_layers(model.config());
   const int M = kvt::gate_decisions(model.config()), NS = static_cast<int>(layers.size());
