@@ -30,6 +30,7 @@
 #   DOCS               docs                 where the report goes
 #   BUILD_DIR          build                kvtrain's build directory
 #   SKIP_SETUP         0                    1: no tools/setup.sh and no build (already done)
+#   PROJECT_ONLY       0                    1: stop after printing the projected times
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/kvzip_smollm2}
@@ -86,7 +87,9 @@ fi
 # per context, for every distinct training context and the held-out ones.
 read -r CACHE_BYTES N_TRAIN_CTX < <(/usr/bin/python3 - "$CKPT" "$P" "$TRAIN_TOKENS" <<'PY'
 import sys, h5py, yaml
-cfg = yaml.safe_load(h5py.File(sys.argv[1], "r")["config"][()].decode())["model"]
+v = h5py.File(sys.argv[1], "r")["config"][()]
+v = v if isinstance(v, (bytes, str)) else v.reshape(-1)[0]
+cfg = yaml.safe_load(v.decode() if isinstance(v, bytes) else v)["model"]
 P, tokens = int(sys.argv[2]), int(sys.argv[3])
 n = tokens // P
 per = 4 * cfg["n_layers"] * P * (cfg["d_model"] + cfg["n_kv_heads"])
@@ -112,12 +115,18 @@ import json, sys
 b = json.load(open(sys.argv[1]))
 rows = {r["context"]: r for r in b["rows"]}
 ctxs = sorted(rows)
-# prefill seconds of n tokens: t(n) = a n + c n^2 through the two measured points around n
+# prefill seconds of n tokens: linear between the measured lengths; outside them t(n) = a n + c n^2
+# (c >= 0) through the two nearest measured points
 def t(n):
-    lo, hi = (ctxs[0], ctxs[-1]) if len(ctxs) < 3 else ((ctxs[0], ctxs[1]) if n <= ctxs[1] else (ctxs[1], ctxs[2]))
-    t1, t2 = rows[lo]["prefill_ms"] / 1e3, rows[hi]["prefill_ms"] / 1e3
-    c = max(0.0, (t2 / hi - t1 / lo) / (hi - lo)) if hi != lo else 0.0
-    a = t1 / lo - c * lo
+    T = lambda c: rows[c]["prefill_ms"] / 1e3
+    for lo, hi in zip(ctxs, ctxs[1:]):
+        if lo <= n <= hi:
+            return T(lo) + (T(hi) - T(lo)) * (n - lo) / (hi - lo)
+    if len(ctxs) == 1:
+        return T(ctxs[0]) * n / ctxs[0]
+    lo, hi = (ctxs[0], ctxs[1]) if n < ctxs[0] else (ctxs[-2], ctxs[-1])
+    c = max(0.0, (T(hi) / hi - T(lo) / lo) / (hi - lo))
+    a = T(lo) / lo - c * lo
     return max(0.0, a * n + c * n * n)
 dec = rows[ctxs[0]]["decode_ms_per_token"] / 1e3   # per token from a context of P
 P, Q, steps, ntrain = $P, $Q, $GATE_STEPS, $N_TRAIN_CTX
@@ -147,6 +156,7 @@ print(f"  freecopy{h(free):>10}  $FREECOPY_CONTEXTS contexts x {fconds} conditio
 print(f"  memory  {h(mem):>10}  {len('$MEMORY_KEEPS'.split())} probes of a $MEMORY_CONTEXT-token prefill")
 print(f"  total   {h(gates + evl + free + mem):>10}")
 PY
+[[ "${PROJECT_ONLY:-0}" == 1 ]] && exit 0
 
 # 1. Gates.
 GATES=$OUT/gates/gates.h5
