@@ -161,8 +161,10 @@ PY
 # 1. Gates.
 GATES=$OUT/gates/gates.h5
 if [[ ! -f "$GATES" ]]; then
+  cache=()
+  [[ -n "$CACHE_DIR" ]] && cache=(--set gates.cache_dir="$CACHE_DIR")   # else the config's "" (off)
   "$KVTRAIN" gates --checkpoint "$CKPT" --config "$CONFIG" --resume \
-    --set output.dir="$OUT/gates" --set gates.cache_dir="$CACHE_DIR" --set gates.steps="$GATE_STEPS" \
+    --set output.dir="$OUT/gates" "${cache[@]}" --set gates.steps="$GATE_STEPS" \
     --set gates.backend="$BACKEND"
 fi
 
