@@ -9,6 +9,9 @@ pkgs=(
   libgtest-dev libcli11-dev nlohmann-json3-dev libssl-dev libpcre2-dev zlib1g-dev
   python3-torch python3-h5py python3-numpy python3-matplotlib python3-yaml python3-pip python3-venv
   bible-kjv
+  # the Fast KVzip study's texts (tools/prepare_kvzip_text.sh)
+  debian-reference-en debian-faq developers-reference debian-policy gnu-standards python3.11-doc
+  debian-handbook installation-guide-amd64
   clang libclang-rt-14-dev  # the parser fuzzers (tools/fuzz.sh, CTest fuzz_parsers_short)
 )
 missing=()

