@@ -183,7 +183,7 @@ class CudaOps final : public Ops {
   }
   void attention_cache_score(float* out, const float* q, const float* k, const int32_t* pos,
                              const CacheAttnShape& s, int t0, int t1, bool sum) override {
-    cuda::attention_cache_score(stream_, out, q, k, pos, s, t0, t1, sum);
+    cuda::attention_cache_score(stream_, scratch_, out, q, k, pos, s, t0, t1, sum);
   }
   void kv_fuse_forward(float* out, int ldo, const float* first, int ld_first, const float* last,
                        int ld_last, const float* w_first, const float* w_last, int64_t N, int Hkv,

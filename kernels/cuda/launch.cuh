@@ -43,8 +43,11 @@ void attention_backward(cudaStream_t stream, Scratch& scratch, float* dq, float*
 // attention_cache.cu: attention of new queries over a KV cache (one warp per query and head).
 void attention_cache_forward(cudaStream_t stream, float* out, const float* q, const float* k,
                              const float* v, const int32_t* pos, const CacheAttnShape& s);
-void attention_cache_score(cudaStream_t stream, float* out, const float* q, const float* k,
-                           const int32_t* pos, const CacheAttnShape& s, int t0, int t1, bool sum);
+// The rows' softmax max and 1/sum in `scratch` (one block per query row and head), then one
+// thread per (KV head, slot) reduces the probabilities in increasing t, then h: deterministic.
+void attention_cache_score(cudaStream_t stream, Scratch& scratch, float* out, const float* q,
+                           const float* k, const int32_t* pos, const CacheAttnShape& s, int t0,
+                           int t1, bool sum);
 
 // kv_fuse.cu (FusedKV); weight gradients reduced through `scratch` in a fixed order.
 void kv_fuse_forward(cudaStream_t stream, float* out, int ldo, const float* first, int ld_first,
