@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/common/rng.h"
+#include "model/decode_eviction.h"
 #include "model/eviction.h"
 #include "model/gates.h"
 #include "model/inference.h"
@@ -92,14 +93,19 @@ TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
     SCOPED_TRACE(v.name);
     Model m(v);
     const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 5);
-    InferenceModel inf(*m.net, InferenceOptions{chunk});
-    Evictor ev(inf, options(0.4, 2, 3));
+    InferenceModel inf(*m.net, InferenceOptions{chunk}), compacted(*m.net, InferenceOptions{chunk});
+    Evictor ev(inf, options(0.4, 2, 3)), ev2(compacted, options(0.4, 2, 3));
     fill_random_scores(ev, inf, 7);
-    std::vector<float> got;
+    fill_random_scores(ev2, compacted, 7);
+    std::vector<float> got, got_compacted;
     for (int i = 0; i < T; i += chunk) {
       const std::vector<float> lg = inf.prefill(tok.data() + i, chunk, true);
       got.insert(got.end(), lg.begin(), lg.end());
       ev.evict(i + chunk);
+      const std::vector<float> lc = compacted.prefill(tok.data() + i, chunk, true);
+      got_compacted.insert(got_compacted.end(), lc.begin(), lc.end());
+      const int64_t evicted = ev2.evict(i + chunk);
+      EXPECT_EQ(compacted.compact(), evicted);  // the same entries, now freed
     }
     const std::vector<float> prm = m.net->params_to_host();
     const std::vector<int> layers = gate_layers(m.cfg);
@@ -110,6 +116,7 @@ TEST(Eviction, ChunkedEvictionEqualsDenseAttentionWithEvictedPositionsMasked) {
         m.cfg, m.net->params(), prm, tok,
         [&](int l, int g, int s, int t) { return t < ev.visible_until(storage_index(l), g, s); });
     EXPECT_LE(max_abs_diff(got, ref), 1e-4);
+    EXPECT_LE(max_abs_diff(got_compacted, ref), 1e-4);
     const std::vector<double> dense =
         testutil::reference_logits(m.cfg, m.net->params(), prm, tok, [](int, int, int, int) { return true; });
     EXPECT_GT(max_abs_diff(got, dense), 1e-3) << "eviction must change the logits";
@@ -237,7 +244,7 @@ TEST(Eviction, FullCacheLossesEqualTheForwardAndKeepOneEqualsFullForEveryPolicy)
     KvzipScorer scorer(oracle_model);
     scorer.run(ctx, prompt);
     const std::vector<float> oracle = scorer.scores();
-    for (EvictPolicy p : {EvictPolicy::gates, EvictPolicy::kvzip, EvictPolicy::recent, EvictPolicy::random}) {
+    for (EvictPolicy p : {EvictPolicy::gates, EvictPolicy::kvzip, EvictPolicy::streaming, EvictPolicy::snapkv, EvictPolicy::random}) {
       SCOPED_TRACE(to_string(p));
       const EvictionResult one = run(inf, p, 1.0, ctx, cont, prompt, &gates, &oracle);
       EXPECT_NEAR(one.continuation_loss, full.continuation_loss, 1e-6);
@@ -288,6 +295,118 @@ TEST(Eviction, GatesPolicyScoresTheHiddenStatesTheModelComputes) {
   }
 }
 
+// Decode-time eviction: after a compressed prefill, tokens decoded one at a time with the
+// decode evictor re-scoring every 4 tokens (random scores, and the gates) equal the dense
+// reference in which query t sees an entry only until the length at which it was evicted; sinks
+// and the recent window are never evicted, and the kept share follows the budget at each round.
+TEST(Eviction, DecodeTimeEvictionEqualsTheDenseMaskedReference) {
+  const int P = 12, T = 36, every = 4, sinks = 1, recent = 4;
+  for (const Variant& v : variants()) {
+    for (EvictPolicy policy : {EvictPolicy::random, EvictPolicy::gates, EvictPolicy::streaming}) {
+      SCOPED_TRACE(std::string(v.name) + " " + to_string(policy));
+      Model m(v);
+      const std::vector<int32_t> tok = testutil::random_tokens(T, m.cfg.vocab_size, 31);
+      InferenceModel inf(*m.net, InferenceOptions{6});
+      GateModel gates(m.cfg, *m.ops, 6, false);
+      gates.params_from_host(init_gate_parameters(m.cfg, 3));
+      EvictionOptions opt = options(0.5, sinks, 2);
+      opt.policy = policy;
+      opt.chunk = 6;
+      opt.seed = 9;
+      Evictor ev(inf, opt);
+      const CompressResult c = compress_context(inf, ev, std::span<const int32_t>(tok.data(), P), &gates, nullptr);
+      EXPECT_EQ(c.entries_kept, std::llround(0.5 * P * ev.entries_per_position()));
+      ev.set_window(sinks, recent);
+      DecodeEvictor dec(inf, ev, &gates, every);
+      std::vector<float> got;
+      for (int t = P; t < T; t++) {
+        const std::vector<float> lg = inf.decode(tok[t]);
+        got.insert(got.end(), lg.begin(), lg.end());
+        dec.step();
+        if ((t + 1 - P) % every == 0)  // a round just ran: the budget holds again
+          EXPECT_EQ(ev.kept_entries(t + 1), std::llround(0.5 * (t + 1) * ev.entries_per_position()));
+      }
+      EXPECT_EQ(dec.evictions(), (T - P) / every);
+      const std::vector<int> layers = gate_layers(m.cfg);
+      for (size_t si = 0; si < layers.size(); si++)
+        for (int h = 0; h < inf.mask_heads(); h++)
+          for (int p = 0; p < T; p++)
+            if (p < sinks || p >= T - recent) EXPECT_TRUE(inf.kept(layers[si], h, p)) << p;
+      // the reference: logits of positions P-1 .. T-1 (last context token's row excluded: it is
+      // predicted before decode); its mask replays every eviction
+      auto storage_index = [&](int l) {
+        return static_cast<int>(std::find(layers.begin(), layers.end(), l) - layers.begin());
+      };
+      const std::vector<float> prm = m.net->params_to_host();
+      const std::vector<double> ref = testutil::reference_logits(
+          m.cfg, m.net->params(), prm, tok,
+          [&](int l, int g, int s, int t) { return t < ev.visible_until(storage_index(l), g, s); });
+      const size_t V = static_cast<size_t>(m.cfg.vocab_size);
+      const std::vector<double> ref_decode(ref.begin() + P * V, ref.end());
+      EXPECT_LE(max_abs_diff(got, ref_decode), 1e-4);
+      int64_t evicted_during_decode = 0;
+      for (size_t si = 0; si < layers.size(); si++)
+        for (int h = 0; h < inf.mask_heads(); h++)
+          for (int p = 0; p < T; p++) {
+            const int until = ev.visible_until(static_cast<int>(si), h, p);
+            evicted_during_decode += until > P && until <= T;
+          }
+      EXPECT_GT(evicted_during_decode, 0) << "decode-time eviction must evict";
+    }
+  }
+}
+
+// SnapKV's scores equal those computed here from the training forward's attention
+// probabilities: per reading layer the sum over the window's queries, averaged over each KV
+// head's query heads (LRKV: all heads), the max over the layers that read a storage layer, then
+// max-pooled over 3 positions.
+TEST(Eviction, SnapKvScoresEqualTheForwardsWindowAttention) {
+  const int P = 20, w = 5, pool = 3;
+  for (const Variant& v : variants()) {
+    SCOPED_TRACE(v.name);
+    Model m(v);
+    const std::vector<int32_t> ctx = testutil::random_tokens(P, m.cfg.vocab_size, 51);
+    InferenceModel inf(*m.net, InferenceOptions{7});
+    EvictionOptions opt = options(1.0, 1, 2);
+    opt.policy = EvictPolicy::snapkv;
+    opt.snapkv_window = w;
+    opt.snapkv_pool = pool;
+    Evictor ev(inf, opt);
+    compress_context(inf, ev, ctx, nullptr, nullptr);
+    Transformer& net = *m.net;
+    net.forward(ctx.data(), nullptr, 1, P);
+    const int H = m.cfg.n_heads, M = inf.mask_heads(), G = m.cfg.lrkv() ? H : H / m.cfg.kv_heads();
+    const std::vector<int> layers = gate_layers(m.cfg);
+    std::vector<double> folded(layers.size() * M * P, 0.0);
+    for (int l = 0; l < m.cfg.n_layers; l++) {
+      std::vector<float> probs(static_cast<size_t>(H) * P * P);
+      m.ops->to_host(probs.data(), net.attention_probs(l), probs.size() * sizeof(float));
+      std::vector<double> mine(static_cast<size_t>(M) * P, 0.0);
+      for (int h = 0; h < H; h++)
+        for (int t = P - w; t < P; t++)
+          for (int i = 0; i < P; i++)
+            mine[static_cast<size_t>(m.cfg.lrkv() ? 0 : h / G) * P + i] += probs[(static_cast<size_t>(h) * P + t) * P + i] / G;
+      const KvSource src = kv_source_of_layer(m.cfg, l);
+      for (int target : {src.kind == KvSource::Kind::own ? l : src.k_layer, src.kind == KvSource::Kind::own ? l : src.v_layer}) {
+        const size_t si = std::find(layers.begin(), layers.end(), target) - layers.begin();
+        for (size_t j = 0; j < mine.size(); j++) folded[si * M * P + j] = std::max(folded[si * M * P + j], mine[j]);
+      }
+    }
+    double worst = 0;
+    for (size_t si = 0; si < layers.size(); si++)
+      for (int h = 0; h < M; h++) {
+        const std::span<float> got = ev.scores(static_cast<int>(si), h);
+        for (int p = 0; p < P; p++) {
+          double want = 0;
+          for (int q = std::max(0, p - pool / 2); q <= std::min(P - 1, p + pool / 2); q++)
+            want = std::max(want, folded[(si * M + h) * P + q]);
+          worst = std::max(worst, std::fabs(want - got[p]));
+        }
+      }
+    EXPECT_LE(worst, 1e-5);
+  }
+}
+
 TEST(Eviction, BadInputIsRejectedWithClearErrors) {
   Model m(variants()[0], 32);
   InferenceModel inf(*m.net);
@@ -295,7 +414,7 @@ TEST(Eviction, BadInputIsRejectedWithClearErrors) {
                              prompt = testutil::random_tokens(3, m.cfg.vocab_size, 42);
   for (double keep : {0.0, -0.5, 1.5, std::nan("")}) {
     try {
-      run(inf, EvictPolicy::recent, keep, ctx, {}, prompt, nullptr, nullptr);
+      run(inf, EvictPolicy::streaming, keep, ctx, {}, prompt, nullptr, nullptr);
       ADD_FAILURE() << "keep " << keep << " accepted";
     } catch (const std::invalid_argument& e) {
       EXPECT_NE(std::string(e.what()).find("keep ratio must be in (0, 1]"), std::string::npos) << e.what();

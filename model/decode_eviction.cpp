@@ -1,0 +1,80 @@
+// model/decode_eviction.cpp — buffered re-scoring and eviction while generating.
+#include "model/decode_eviction.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/common/rng.h"
+
+namespace kvt {
+
+namespace {
+constexpr uint64_t kDecodeRandomPurpose = 0x6465636f6465ull;  // "decode"
+}
+
+DecodeEvictor::DecodeEvictor(InferenceModel& model, Evictor& ev, GateModel* gates, int every)
+    : m_(model), ev_(ev), gates_(gates), every_(every), start_(model.length()),
+      rows_(every + model.max_chunk()) {
+  const EvictPolicy p = ev.options().policy;
+  if (p != EvictPolicy::gates && p != EvictPolicy::streaming && p != EvictPolicy::random)
+    throw std::invalid_argument("decode-time eviction scores new tokens with gates, streaming or "
+                                "random, not " + to_string(p));
+  if (p == EvictPolicy::gates && !gates) throw std::invalid_argument("decode-time eviction with gates needs gates");
+  if (every < 1) throw std::invalid_argument("decode-time eviction: every must be >= 1");
+  const ModelConfig& cfg = model.config();
+  const std::vector<int> layers = gate_layers(cfg);
+  storage_of_.assign(cfg.n_layers, -1);
+  for (size_t i = 0; i < layers.size(); i++) storage_of_[layers[i]] = static_cast<int>(i);
+  if (p != EvictPolicy::gates) return;
+  hidden_ = Buffer<float>(model.ops(), layers.size() * static_cast<size_t>(rows_) * cfg.d_model);
+  const int C = cfg.d_model;
+  m_.set_hidden_observer([this, C](int layer, const float* h, int pos0, int n) {
+    if (pos0 - start_ + n > rows_)
+      throw std::logic_error("decode-time eviction: step() was not called after a forward");
+    float* dst = hidden_.data() + (static_cast<size_t>(storage_of_[layer]) * rows_ + (pos0 - start_)) * C;
+    m_.ops().copy(dst, h, static_cast<size_t>(n) * C * sizeof(float));
+  });
+}
+
+DecodeEvictor::~DecodeEvictor() {
+  if (hidden_.size() > 0) m_.set_hidden_observer({});
+}
+
+int64_t DecodeEvictor::step() {
+  const int len = m_.length(), n = len - start_;
+  if (n < every_) return 0;
+  const EvictionOptions& opt = ev_.options();
+  const int M = m_.mask_heads(), S = static_cast<int>(std::count_if(storage_of_.begin(), storage_of_.end(),
+                                                                   [](int i) { return i >= 0; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int si = 0; si < S; si++) {
+    const int layer = static_cast<int>(std::find(storage_of_.begin(), storage_of_.end(), si) - storage_of_.begin());
+    for (int i = 0; i < n; i += every_) {  // the gates see at most max_chunk tokens per forward
+      const int k = std::min(every_, n - i);
+      std::vector<float> s;
+      if (opt.policy == EvictPolicy::gates)
+        s = gates_->forward(layer, hidden_.data() + (static_cast<size_t>(si) * rows_ + i) * m_.config().d_model, k);
+      for (int m = 0; m < M; m++) {
+        std::span<float> dst = ev_.scores(si, m);
+        for (int j = 0; j < k; j++) {
+          const int p = start_ + i + j;
+          if (opt.policy == EvictPolicy::gates) dst[p] = s[static_cast<size_t>(j) * M + m];
+          else if (opt.policy == EvictPolicy::streaming) dst[p] = static_cast<float>(p);
+          else dst[p] = static_cast<float>(Rng(derive_seed(opt.seed, kDecodeRandomPurpose,
+                                                           (static_cast<uint64_t>(si) * M + m) * m_.capacity() + p))
+                                               .uniform());
+        }
+      }
+    }
+  }
+  if (opt.policy == EvictPolicy::gates) gate_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  start_ = len;
+  evictions_++;
+  const int64_t evicted = ev_.evict(len);
+  if (evicted > 0 && opt.compact) m_.compact();
+  return evicted;
+}
+
+}  // namespace kvt

@@ -1,0 +1,108 @@
+// model/eviction_tasks.cpp — reconstruction, continuation, greedy answers and free copy.
+#include "model/eviction_tasks.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+
+namespace kvt {
+
+double token_nll(const float* logits, int V, int32_t target) {
+  double mx = logits[0];
+  for (int i = 1; i < V; i++) mx = std::max(mx, static_cast<double>(logits[i]));
+  double z = 0;
+  for (int i = 0; i < V; i++) z += std::exp(logits[i] - mx);
+  return std::log(z) + mx - logits[target];
+}
+
+int32_t argmax_token(const float* logits, int V) {
+  return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+}
+
+Reconstruction reconstruct(InferenceModel& m, std::span<const int32_t> prompt,
+                           std::span<const int32_t> context) {
+  const int P = static_cast<int>(context.size()), Q = static_cast<int>(prompt.size()),
+            V = m.config().vocab_size, start = m.length();
+  if (P < 1 || Q < 1) throw std::invalid_argument("reconstruction: empty context or prompt");
+  std::vector<int32_t> in(prompt.begin(), prompt.end());
+  in.insert(in.end(), context.begin(), context.end() - 1);
+  Reconstruction r;
+  bool copying = true;
+  // logits row i predicts input i + 1: rows Q - 1 .. Q + P - 2 predict the context
+  m.prefill_rows(in.data(), static_cast<int>(in.size()), [&](int first, const float* lg, int rows) {
+    for (int i = 0; i < rows; i++) {
+      const int c = first + i - (Q - 1);
+      if (c < 0) continue;
+      const float* row = lg + static_cast<size_t>(i) * V;
+      r.nll += token_nll(row, V, context[c]);
+      copying = copying && argmax_token(row, V) == context[c];
+      r.copy_prefix += copying;
+    }
+  });
+  r.nll /= P;
+  m.truncate(start);
+  return r;
+}
+
+double continuation_nll(InferenceModel& m, std::span<const float> last_logits,
+                        std::span<const int32_t> continuation) {
+  const int N = static_cast<int>(continuation.size()), V = m.config().vocab_size, start = m.length();
+  if (N < 1) throw std::invalid_argument("continuation: no tokens");
+  double nll = token_nll(last_logits.data(), V, continuation[0]);
+  if (N > 1)
+    m.prefill_rows(continuation.data(), N - 1, [&](int first, const float* lg, int rows) {
+      for (int i = 0; i < rows; i++) nll += token_nll(lg + static_cast<size_t>(i) * V, V, continuation[first + i + 1]);
+    });
+  m.truncate(start);
+  return nll / N;
+}
+
+std::vector<int32_t> greedy_answer(InferenceModel& m, std::span<const int32_t> question, int max_new,
+                                   std::span<const int32_t> stop) {
+  const int V = m.config().vocab_size, start = m.length();
+  std::vector<int32_t> out;
+  std::vector<float> lg = m.prefill(question);
+  for (int i = 0; i < max_new && m.length() < m.capacity(); i++) {
+    const int32_t t = argmax_token(lg.data(), V);
+    out.push_back(t);
+    if (std::find(stop.begin(), stop.end(), t) != stop.end() || i + 1 == max_new) break;
+    lg = m.decode(t);
+  }
+  m.truncate(start);
+  return out;
+}
+
+FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span<const int32_t> context,
+                   int generate, DecodeEvictor* dec) {
+  const int V = m.config().vocab_size, P = static_cast<int>(context.size());
+  if (m.length() + static_cast<int64_t>(prompt.size()) + generate > m.capacity())
+    throw std::length_error("free copy: prompt + " + std::to_string(generate) +
+                            " generated tokens exceed model.max_seq_len " + std::to_string(m.capacity()));
+  FreeCopy r;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> lg = m.prefill(prompt);
+  if (dec) dec->step();
+  bool copying = true;
+  int matches = 0;
+  for (int i = 0; i < generate; i++) {
+    const int32_t t = argmax_token(lg.data(), V);
+    const bool same = i < P && t == context[i];
+    copying = copying && same;
+    r.copy_prefix += copying;
+    matches += same;
+    r.generated++;
+    if (i + 1 == generate) break;
+    lg = m.decode(t);
+    if (dec) dec->step();
+  }
+  r.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.match_rate = static_cast<double>(matches) / std::max(1, std::min(r.generated, P));
+  if (dec) {
+    r.gate_seconds = dec->gate_seconds();
+    r.evictions = dec->evictions();
+  }
+  return r;
+}
+
+}  // namespace kvt

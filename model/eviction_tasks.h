@@ -1,0 +1,48 @@
+// model/eviction_tasks.h — the tasks of the Fast KVzip study (docs/kvzip.md, "Tasks"), each run on
+// a context compressed once before the task is seen (compress_context). Each starts from the cache
+// holding the compressed context (length P) and leaves it so (truncate(P)), except free_copy, whose
+// decode-time eviction may also evict context entries.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/decode_eviction.h"
+#include "model/inference.h"
+
+namespace kvt {
+
+double token_nll(const float* logits, int V, int32_t target);  // -log softmax(logits)[target], in double
+int32_t argmax_token(const float* logits, int V);               // the lowest id among the largest
+
+struct Reconstruction {
+  double nll = 0;       // mean over the P context tokens
+  int copy_prefix = 0;  // context tokens before the first whose argmax differs (teacher-forced)
+};
+// Teacher-forced [prompt ; context[0 : P-1]] after the cache: the copy's loss and exact prefix.
+Reconstruction reconstruct(InferenceModel& m, std::span<const int32_t> prompt,
+                           std::span<const int32_t> context);
+
+// Mean NLL of the continuation: its first token predicted by last_logits (the context's).
+double continuation_nll(InferenceModel& m, std::span<const float> last_logits,
+                        std::span<const int32_t> continuation);
+
+// Greedy answer to a question appended after the cache: at most max_new tokens, stopping after
+// any token of `stop`.
+std::vector<int32_t> greedy_answer(InferenceModel& m, std::span<const int32_t> question, int max_new,
+                                   std::span<const int32_t> stop);
+
+struct FreeCopy {
+  int generated = 0;
+  int copy_prefix = 0;      // generated tokens equal to the context's before the first difference
+  double match_rate = 0;    // share of i < min(generated, P) with generated[i] == context[i]
+  double decode_seconds = 0, gate_seconds = 0;
+  int evictions = 0;        // decode-time eviction rounds
+};
+// The repeat prompt, then `generate` greedy tokens (no stop), with decode-time eviction when
+// dec is given (built on this model and called after every forward).
+FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span<const int32_t> context,
+                   int generate, DecodeEvictor* dec);
+
+}  // namespace kvt
