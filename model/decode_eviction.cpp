@@ -15,8 +15,7 @@ constexpr uint64_t kDecodeRandomPurpose = 0x6465636f6465ull;  // "decode"
 }
 
 DecodeEvictor::DecodeEvictor(InferenceModel& model, Evictor& ev, GateModel* gates, int every)
-    : m_(model), ev_(ev), gates_(gates), every_(every), start_(model.length()),
-      rows_(every + model.max_chunk()) {
+    : m_(model), ev_(ev), gates_(gates), every_(every), start_(model.length()), rows_(0) {
   const EvictPolicy p = ev.options().policy;
   if (p != EvictPolicy::gates && p != EvictPolicy::streaming && p != EvictPolicy::random)
     throw std::invalid_argument("decode-time eviction scores new tokens with gates, streaming or "
@@ -28,14 +27,24 @@ DecodeEvictor::DecodeEvictor(InferenceModel& model, Evictor& ev, GateModel* gate
   storage_of_.assign(cfg.n_layers, -1);
   for (size_t i = 0; i < layers.size(); i++) storage_of_[layers[i]] = static_cast<int>(i);
   if (p != EvictPolicy::gates) return;
-  hidden_ = Buffer<float>(model.ops(), layers.size() * static_cast<size_t>(rows_) * cfg.d_model);
+  reserve(every + model.max_chunk());
   const int C = cfg.d_model;
   m_.set_hidden_observer([this, C](int layer, const float* h, int pos0, int n) {
-    if (pos0 - start_ + n > rows_)
-      throw std::logic_error("decode-time eviction: step() was not called after a forward");
+    reserve(pos0 - start_ + n);  // a prefill longer than a chunk between two steps
     float* dst = hidden_.data() + (static_cast<size_t>(storage_of_[layer]) * rows_ + (pos0 - start_)) * C;
     m_.ops().copy(dst, h, static_cast<size_t>(n) * C * sizeof(float));
   });
+}
+
+void DecodeEvictor::reserve(int rows) {
+  if (rows <= rows_) return;
+  const int grown = std::max(rows, 2 * rows_), S = static_cast<int>(gate_layers(m_.config()).size());
+  const size_t C = static_cast<size_t>(m_.config().d_model);
+  Buffer<float> b(m_.ops(), static_cast<size_t>(S) * grown * C);
+  for (int si = 0; si < S && rows_ > 0; si++)
+    m_.ops().copy(b.data() + si * grown * C, hidden_.data() + si * rows_ * C, rows_ * C * sizeof(float));
+  hidden_ = std::move(b);
+  rows_ = grown;
 }
 
 DecodeEvictor::~DecodeEvictor() {
@@ -51,8 +60,9 @@ int64_t DecodeEvictor::step() {
   const auto t0 = std::chrono::steady_clock::now();
   for (int si = 0; si < S; si++) {
     const int layer = static_cast<int>(std::find(storage_of_.begin(), storage_of_.end(), si) - storage_of_.begin());
-    for (int i = 0; i < n; i += every_) {  // the gates see at most max_chunk tokens per forward
-      const int k = std::min(every_, n - i);
+    const int slice = std::min(every_, m_.max_chunk());  // the gates see at most max_chunk tokens
+    for (int i = 0; i < n; i += slice) {
+      const int k = std::min(slice, n - i);
       std::vector<float> s;
       if (opt.policy == EvictPolicy::gates)
         s = gates_->forward(layer, hidden_.data() + (static_cast<size_t>(si) * rows_ + i) * m_.config().d_model, k);

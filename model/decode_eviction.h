@@ -1,5 +1,6 @@
 // model/decode_eviction.h — eviction while generating (docs/kvzip.md, "Decode-time eviction"):
-// the hidden states of the new tokens are buffered as they pass (backend memory); every `every`
+// the hidden states of the new tokens are buffered as they pass (backend memory, grown as
+// needed); every `every`
 // tokens they are scored at once (the gates; or the position for streaming, uniform for random),
 // and the evictor evicts down to its budget again over the whole cache, with its sinks and recent
 // window (the reference keeps 4 sinks and the 128 newest), one threshold across layers and heads,
@@ -7,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/eviction.h"
 #include "model/gates.h"
@@ -24,8 +26,8 @@ class DecodeEvictor {
   DecodeEvictor(const DecodeEvictor&) = delete;
   DecodeEvictor& operator=(const DecodeEvictor&) = delete;
 
-  // Call after each forward (a decode, or a prefill of at most max_chunk tokens): once `every`
-  // positions wait, scores them and evicts. Returns the entries evicted now.
+  // Call after each forward (a decode or a prefill): once `every` positions wait, scores them
+  // and evicts. Returns the entries evicted now.
   int64_t step();
   int evictions() const { return evictions_; }       // rounds run
   double gate_seconds() const { return gate_seconds_; }
@@ -34,6 +36,7 @@ class DecodeEvictor {
   InferenceModel& m_;
   Evictor& ev_;
   GateModel* gates_;
+  void reserve(int rows);     // the buffer holds at least `rows` positions per layer
   int every_, start_, rows_;  // positions [start_, length()) wait; the buffer holds rows_
   std::vector<int> storage_of_;
   Buffer<float> hidden_;  // [storage layers, rows_, C]

@@ -248,7 +248,6 @@ EvictionResult evaluate_eviction(InferenceModel& model, const EvictionOptions& o
                                  std::span<const int32_t> continuation,
                                  std::span<const int32_t> prompt, GateModel* gates,
                                  const std::vector<float>* oracle) {
-  const ModelConfig& cfg = model.config();
   const int P = static_cast<int>(context.size()), N = static_cast<int>(continuation.size()),
             Q = static_cast<int>(prompt.size()), cap = model.capacity();
   if (P < 1) throw std::invalid_argument("eviction eval: empty context");

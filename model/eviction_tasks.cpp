@@ -36,11 +36,14 @@ Reconstruction reconstruct(InferenceModel& m, std::span<const int32_t> prompt,
       if (c < 0) continue;
       const float* row = lg + static_cast<size_t>(i) * V;
       r.nll += token_nll(row, V, context[c]);
-      copying = copying && argmax_token(row, V) == context[c];
+      const bool right = argmax_token(row, V) == context[c];
+      copying = copying && right;
       r.copy_prefix += copying;
+      r.copy_accuracy += right;
     }
   });
   r.nll /= P;
+  r.copy_accuracy /= P;
   m.truncate(start);
   return r;
 }
@@ -85,8 +88,10 @@ FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span
   if (dec) dec->step();
   bool copying = true;
   int matches = 0;
+  std::vector<int32_t> gen;
   for (int i = 0; i < generate; i++) {
     const int32_t t = argmax_token(lg.data(), V);
+    gen.push_back(t);
     const bool same = i < P && t == context[i];
     copying = copying && same;
     r.copy_prefix += copying;
@@ -98,6 +103,14 @@ FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span
   }
   r.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.match_rate = static_cast<double>(matches) / std::max(1, std::min(r.generated, P));
+  // LCS(gen, context[0 : generated + 64]) by dynamic programming over two rows
+  const int B = std::min(P, r.generated + 64);
+  std::vector<int> prev(B + 1, 0), cur(B + 1, 0);
+  for (int32_t g : gen) {
+    for (int j = 1; j <= B; j++) cur[j] = g == context[j - 1] ? prev[j - 1] + 1 : std::max(prev[j], cur[j - 1]);
+    std::swap(prev, cur);
+  }
+  r.lcs_rate = static_cast<double>(prev[B]) / std::max(1, r.generated);
   if (dec) {
     r.gate_seconds = dec->gate_seconds();
     r.evictions = dec->evictions();

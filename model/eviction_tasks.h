@@ -19,6 +19,7 @@ int32_t argmax_token(const float* logits, int V);               // the lowest id
 struct Reconstruction {
   double nll = 0;       // mean over the P context tokens
   int copy_prefix = 0;  // context tokens before the first whose argmax differs (teacher-forced)
+  double copy_accuracy = 0;  // share of context tokens that are the argmax (teacher-forced)
 };
 // Teacher-forced [prompt ; context[0 : P-1]] after the cache: the copy's loss and exact prefix.
 Reconstruction reconstruct(InferenceModel& m, std::span<const int32_t> prompt,
@@ -37,6 +38,8 @@ struct FreeCopy {
   int generated = 0;
   int copy_prefix = 0;      // generated tokens equal to the context's before the first difference
   double match_rate = 0;    // share of i < min(generated, P) with generated[i] == context[i]
+  double lcs_rate = 0;      // longest common subsequence of the generated tokens and the context's
+                            // first generated + 64 tokens, over the generated count (shift-tolerant)
   double decode_seconds = 0, gate_seconds = 0;
   int evictions = 0;        // decode-time eviction rounds
 };

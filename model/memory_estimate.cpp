@@ -274,19 +274,20 @@ MemoryEstimate estimate_eval_memory(const ModelConfig& cfg, int oracle_T, int ch
   e.params = P;
   e.host_copies = P;
   e.kv_cache = inference_cache_bytes(c);
-  // the Transformer holding the weights (batch 1 x oracle_T, or x 1 without the oracle), the
-  // InferenceModel's chunk, and the oracle's layer scores [M, T]
-  e.activations = add(transformer_activation_bytes(c, 1, std::max(oracle_T, 1), false),
-                      inference_working_bytes(c, n));
-  if (oracle_T > 0) e.activations = add(e.activations, mul(gate_decisions(c), static_cast<uint64_t>(oracle_T), sizeof(float)));
+  // the InferenceModel's chunk and, with the oracle (KVzip input of oracle_T = 2 P + prompt
+  // tokens), the gate inputs it copies out [storage layers, P, C] (P <= oracle_T / 2)
+  e.activations = inference_working_bytes(c, n);
+  if (oracle_T > 0)
+    e.activations = add(e.activations, mul(static_cast<uint64_t>(storage_layer_count(c)),
+                                           static_cast<uint64_t>(oracle_T / 2), mul(c.d_model, sizeof(float))));
   if (with_gates) {
     const uint64_t Gp = mul(gate_parameter_count(c), sizeof(float));
     e.params = add(e.params, Gp);
     e.host_copies = add(e.host_copies, Gp);
     e.activations = add(e.activations, gate_activation_bytes(c, n));
   }
-  // all-position logits of one prefill (reconstruction: up to max_seq_len rows of V floats)
-  e.host_copies = add(e.host_copies, mul(static_cast<uint64_t>(c.max_seq_len), static_cast<uint64_t>(c.vocab_size), sizeof(float)));
+  // the host logits of one chunk (the tasks read them chunk by chunk)
+  e.host_copies = add(e.host_copies, mul(static_cast<uint64_t>(n), static_cast<uint64_t>(c.vocab_size), sizeof(float)));
   e.batch = 1;
   e.seq = std::max(oracle_T, n);
   return e;

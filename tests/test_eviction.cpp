@@ -323,15 +323,18 @@ TEST(Eviction, DecodeTimeEvictionEqualsTheDenseMaskedReference) {
         const std::vector<float> lg = inf.decode(tok[t]);
         got.insert(got.end(), lg.begin(), lg.end());
         dec.step();
-        if ((t + 1 - P) % every == 0)  // a round just ran: the budget holds again
+        if ((t + 1 - P) % every == 0) {  // a round just ran: the budget holds again
           EXPECT_EQ(ev.kept_entries(t + 1), std::llround(0.5 * (t + 1) * ev.entries_per_position()));
+        }
       }
       EXPECT_EQ(dec.evictions(), (T - P) / every);
       const std::vector<int> layers = gate_layers(m.cfg);
       for (size_t si = 0; si < layers.size(); si++)
         for (int h = 0; h < inf.mask_heads(); h++)
           for (int p = 0; p < T; p++)
-            if (p < sinks || p >= T - recent) EXPECT_TRUE(inf.kept(layers[si], h, p)) << p;
+            if (p < sinks || p >= T - recent) {
+              EXPECT_TRUE(inf.kept(layers[si], h, p)) << p;
+            }
       // the reference: logits of positions P-1 .. T-1 (last context token's row excluded: it is
       // predicted before decode); its mask replays every eviction
       auto storage_index = [&](int l) {

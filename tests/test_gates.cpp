@@ -362,7 +362,9 @@ TEST_F(Gates, CachedContextsGiveBitwiseTheSameGates) {
   const uint64_t L = gate_layers(mc).size(), M = gate_decisions(mc), P = context_, C = mc.d_model;
   for (const auto& e : fs::directory_iterator(cache)) {
     const std::string n = e.path().filename().string();
-    if (n != "KEY") EXPECT_EQ(fs::file_size(e.path()), 64 + 2 * L * P * C + 4 * L * M * P) << n;
+    if (n != "KEY") {
+      EXPECT_EQ(fs::file_size(e.path()), 64 + 2 * L * P * C + 4 * L * M * P) << n;
+    }
     train_files += n.rfind("train_", 0) == 0;
     val_files += n.rfind("val_", 0) == 0;
   }
@@ -507,6 +509,85 @@ TEST_F(Gates, EvalKeepOneEqualsFullAndBytesFollowTheKeepRatio) {
   EXPECT_GT(density, 0.0);
   EXPECT_LT(density, 1.0);
   EXPECT_NE(r.out.find("KVzip targets:"), std::string::npos) << r.out;
+}
+
+// `kvtrain eval --study`: one record per context with its tasks, the full cache keeps every entry
+// and the evicting policies half, compaction shrinks the allocation, the free copy runs decode-time
+// eviction, a rerun skips finished contexts and refuses other options; the memory probe prints its
+// JSON line.
+TEST_F(Gates, EvalStudyWritesResumableRecordsAndTheMemoryProbeItsLine) {
+  ASSERT_FALSE(ckpt_.empty());
+  // a short repeat prompt, so that 2 x 50 + the prompt fit max_seq_len 112 and the needle sentence
+  // (about 40 tokens with this small tokenizer) fits the context
+  const int kStudyContext = 50;
+  gate_config("study_gates", 2);
+  const CmdResult g = run_kvtrain("gates --config " + quote((dir_ / "study_gates.yaml").string()));
+  ASSERT_EQ(g.rc, 0) << g.out;
+  const std::string gates = quote((dir_ / "study_gates" / "gates.h5").string());
+  const fs::path study = dir_ / "study";
+  const std::string args = "eval --checkpoint " + quote(ckpt_) + " --gates " + gates +
+                           " --policy full,kvzip,gates,snapkv,streaming,random --keep 0.5 --context " +
+                           std::to_string(kStudyContext) + " --continuation 8 --contexts 2 --chunk 8 --sinks 2" +
+                           " --recent 4 --tasks reconstruction,continuation,freecopy" +
+                           " --freecopy-contexts 1 --freecopy-keep 0.5 --generate 12 --decode-every 4" +
+                           " --decode-recent 4 --prompt Again: --study " + quote(study.string());
+  const CmdResult r = run_kvtrain(args);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (int c = 0; c < 2; c++) {
+    const fs::path f = study / ("ctx_0000" + std::to_string(c) + ".json");
+    ASSERT_TRUE(fs::exists(f)) << f;
+    std::ifstream in(f);
+    const nlohmann::json j = nlohmann::json::parse(in);
+    ASSERT_EQ(j["results"].size(), 6u);
+    const nlohmann::json& full = j["results"][0];
+    EXPECT_EQ(full["policy"], "full");
+    EXPECT_EQ(full["entries_kept"], full["entries_total"]);
+    EXPECT_EQ(j["answer"].get<std::string>().size(), 5u);
+    EXPECT_TRUE(j["no_context"].is_null());  // the needle task is not run here: its question alone
+                                             // is 114 tokens with this small tokenizer
+    for (const nlohmann::json& x : j["results"]) {
+      SCOPED_TRACE(x.dump());
+      EXPECT_GT(x["reconstruction_nll"].get<double>(), 0.0);
+      EXPECT_GE(x["copy_prefix"].get<int>(), 0);
+      EXPECT_LE(x["copy_prefix"].get<int>(), kStudyContext);
+      EXPECT_GT(x["continuation_nll"].get<double>(), 0.0);
+      EXPECT_TRUE(x["needle_correct"].is_null());
+      if (x["policy"] == "full") continue;
+      EXPECT_EQ(2 * x["entries_kept"].get<int64_t>(), x["entries_total"].get<int64_t>());
+      EXPECT_LE(x["kv_alloc_bytes"].get<int64_t>(), full["kv_alloc_bytes"].get<int64_t>());
+      const bool decodes = x["policy"] == "gates" || x["policy"] == "streaming" || x["policy"] == "random";
+      EXPECT_EQ(!x["freecopy"].is_null(), decodes && c == 0);
+      if (!x["freecopy"].is_null()) {
+        EXPECT_EQ(x["freecopy"]["generated"], 12);
+        EXPECT_EQ(x["freecopy"]["evictions"], 3);  // after the prompt, then after 4 and 8 decodes
+      }
+      if (x["policy"] == "gates") {
+        EXPECT_GT(x["gate_seconds"].get<double>(), 0.0);
+      }
+    }
+  }
+  // A rerun skips what is done (the records stay byte for byte); other options are refused.
+  const auto stamp = fs::last_write_time(study / "ctx_00000.json");
+  const CmdResult again = run_kvtrain(args);
+  ASSERT_EQ(again.rc, 0) << again.out;
+  EXPECT_EQ(fs::last_write_time(study / "ctx_00000.json"), stamp);
+  const CmdResult other = run_kvtrain(args + " --depths 0.2");
+  EXPECT_NE(other.rc, 0);
+  EXPECT_NE(other.out.find("meta.json: the study there was made with other options"), std::string::npos) << other.out;
+  // The memory probe: allocation and peak RSS fall with the keep ratio's cache.
+  std::vector<nlohmann::json> probes;
+  for (const char* keep : {"1.0", "0.25"}) {
+    const CmdResult m = run_kvtrain("eval --checkpoint " + quote(ckpt_) + " --gates " + gates +
+                                    " --policy gates --keep " + keep + " --context 96 --chunk 8 --contexts 1" +
+                                    " --memory-probe");
+    ASSERT_EQ(m.rc, 0) << m.out;
+    const size_t at = m.out.rfind("{\"");
+    ASSERT_NE(at, std::string::npos) << m.out;
+    probes.push_back(nlohmann::json::parse(m.out.substr(at)));
+  }
+  EXPECT_LT(probes[1]["kv_alloc_bytes"].get<int64_t>(), probes[0]["kv_alloc_bytes"].get<int64_t>());
+  EXPECT_LT(probes[1]["kv_peak_bytes"].get<int64_t>(), probes[0]["kv_peak_bytes"].get<int64_t>());
+  EXPECT_GT(probes[0]["vmhwm_bytes"].get<int64_t>(), 0);
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include "model/kvzip.h"
 #include "model/transformer.h"
 #include "tools/commands.h"
+#include "tools/eval_args.h"
 #include "tools/memory_check.h"
 #include "train/checkpoint.h"
 #include "train/model_tokenizer.h"
@@ -37,18 +38,6 @@
 
 namespace kvt::cli {
 
-namespace {
-
-struct EvalArgs {
-  std::string checkpoint, gates, data, tokenizer, json, backend = "cpu";
-  std::string policies = "full", keeps = "1.0";
-  std::string prompt = kDefaultRepeatPrompt;
-  int context = 1024, continuation = 64, contexts = 8, chunk = 256, sinks = 4, recent = 32;
-  int threads = 0;
-  uint64_t seed = 0;
-  bool ignore_memory = false;
-};
-
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -57,7 +46,7 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-std::vector<double> parse_keeps(const std::string& s) {
+std::vector<double> parse_keeps(const std::string& s, const std::string& flag) {
   std::vector<double> out;
   for (const std::string& item : split_list(s)) {
     size_t used = 0;
@@ -67,14 +56,16 @@ std::vector<double> parse_keeps(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != item.size()) throw std::invalid_argument("--keep: '" + item + "' is not a number");
+    if (used != item.size()) throw std::invalid_argument(flag + ": '" + item + "' is not a number");
     if (!(v > 0.0 && v <= 1.0))
-      throw std::invalid_argument("--keep: the keep ratio must be in (0, 1], got " + item);
+      throw std::invalid_argument(flag + ": the keep ratio must be in (0, 1], got " + item);
     out.push_back(v);
   }
-  if (out.empty()) throw std::invalid_argument("--keep: give at least one keep ratio");
+  if (out.empty()) throw std::invalid_argument(flag + ": give at least one keep ratio");
   return out;
 }
+
+namespace {
 
 // Every context has the same token counts, so the mean of the per-context losses is the
 // token-weighted mean.
@@ -127,9 +118,7 @@ void run_eval(const EvalArgs& a) {
   if (need_gates && a.gates.empty()) throw std::invalid_argument("--policy gates needs --gates FILE (gates.h5)");
 
   auto ops = make_ops(a.backend);
-  Transformer net(m, *ops, 1, need_oracle ? 2 * P + Q : 1, /*with_grads=*/false);
-  net.params_from_host(model.params);
-  InferenceModel inf(net, InferenceOptions{std::min(a.chunk, m.max_seq_len)});
+  InferenceModel inf(m, *ops, model.params, InferenceOptions{std::min(a.chunk, m.max_seq_len)});
   std::unique_ptr<GateModel> gates;
   if (!a.gates.empty()) {
     std::string warning;
@@ -234,10 +223,10 @@ void run_eval(const EvalArgs& a) {
 void add_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* sub = app.add_subcommand(
-      "eval", "evict KV pairs at inference (gates, kvzip, recent, random, full) and measure the losses");
+      "eval", "evict KV pairs at inference (full, kvzip, gates, streaming, snapkv, random) and measure the losses or run the study's tasks");
   sub->add_option("--checkpoint", a->checkpoint, "model checkpoint (ckpt_<step>.h5)")->required();
   sub->add_option("--gates", a->gates, "gates of this model (gates.h5 of kvtrain gates)");
-  sub->add_option("--policy", a->policies, "comma-separated: gates, kvzip, recent, random, full (default full)");
+  sub->add_option("--policy", a->policies, "comma-separated: full, kvzip, gates, streaming (or recent), snapkv, random (default full)");
   sub->add_option("--keep", a->keeps, "comma-separated keep ratios in (0, 1] (default 1.0)");
   sub->add_option("--context", a->context, "context tokens (default 1024)");
   sub->add_option("--continuation", a->continuation, "continuation tokens scored after the context (default 64)");
@@ -252,8 +241,26 @@ void add_eval(CLI::App& app) {
   sub->add_option("--backend", a->backend, "cpu or cuda (default cpu)");
   sub->add_option("--threads", a->threads, "OpenMP threads (default: automatic)");
   sub->add_option("--json", a->json, "write one JSON record per row to this file");
+  sub->add_option("--study", a->study,
+                  "study mode: write one JSON record per context to this directory (resumable; docs/kvzip.md)");
+  sub->add_option("--tasks", a->tasks,
+                  "study tasks, comma-separated: reconstruction, continuation, needle, freecopy "
+                  "(default reconstruction,continuation,needle)");
+  sub->add_option("--depths", a->depths, "needle depths in the context, cycled over contexts (default 0.1,0.5,0.9)");
+  sub->add_option("--answer-tokens", a->answer_tokens, "greedy tokens of a needle answer (default 8)");
+  sub->add_option("--freecopy-contexts", a->freecopy_contexts, "contexts that also run the free copy (default 0)");
+  sub->add_option("--freecopy-keep", a->freecopy_keeps, "keep ratios of the free copy (default 0.3)");
+  sub->add_option("--generate", a->generate, "free copy: greedy tokens generated (default 512)");
+  sub->add_option("--decode-every", a->decode_every, "free copy: tokens between decode-time evictions (default 128)");
+  sub->add_option("--decode-recent", a->decode_recent, "free copy: newest positions never evicted (default 128)");
+  sub->add_flag("--memory-probe", a->memory_probe,
+                "one context, one policy and keep: print the KV allocation and the peak RSS as one JSON line");
   add_memory_limit_flag(*sub, a->ignore_memory);
-  sub->callback([a] { run_eval(*a); });
+  sub->callback([a] {
+    if (a->memory_probe) run_memory_probe(*a);
+    else if (!a->study.empty()) run_eval_study(*a);
+    else run_eval(*a);
+  });
 }
 
 }  // namespace kvt::cli

@@ -11,7 +11,8 @@ import math
 import os
 import sys
 
-POLICIES = ["full", "kvzip", "gates", "recent", "random"]
+POLICIES = ["full", "kvzip", "gates", "streaming", "snapkv", "random"]
+LEGACY = {"recent": "streaming"}  # older records name StreamingLLM by its old policy name
 
 
 def read_jsonl(path):
@@ -41,7 +42,7 @@ def main(run_dirs):
     runs = []
     for d in run_dirs:
         recs = read_jsonl(os.path.join(d, "eviction.jsonl"))
-        rows = {(r["policy"], r["keep"]): r for r in recs if "policy" in r}
+        rows = {(LEGACY.get(r["policy"], r["policy"]), r["keep"]): r for r in recs if "policy" in r}
         sparsity = next((r for r in recs if "targets_ge_0.05" in r), None)
         gate_evals = [r for r in read_jsonl(os.path.join(d, "gates", "metrics.jsonl"))
                       if r.get("kind") == "eval"]

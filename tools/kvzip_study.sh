@@ -25,7 +25,7 @@
 #   FREECOPY_CONTEXTS  8                    contexts of the free-copy task (512 greedy tokens each)
 #   FREECOPY_KEEPS     0.3                  its keep ratios
 #   BACKEND            cpu                  cpu | cuda (gates, eval, bench)
-#   GATE_CACHE         auto                 keep gate contexts on disk (68 MiB each for SmolLM2):
+#   GATE_CACHE         auto                 keep gate contexts on disk (35.8 MB each for SmolLM2):
 #                                           auto = when the disk has room, 1 = always, 0 = never
 #   DOCS               docs                 where the report goes
 #   BUILD_DIR          build                kvtrain's build directory
@@ -83,16 +83,20 @@ if [[ ! -s "$OUT/bench.json" ]]; then
     --contexts "$P,$((2 * P + Q)),$MEMORY_CONTEXT" --decode-tokens 16 --repeats 2 --json "$OUT/bench.json.tmp"
   mv "$OUT/bench.json.tmp" "$OUT/bench.json"
 fi
-# Gate cache: 4 bytes x (n_layers x P x d_model gate inputs + n_layers x n_kv_heads x P targets)
-# per context, for every distinct training context and the held-out ones.
-read -r CACHE_BYTES N_TRAIN_CTX < <(/usr/bin/python3 - "$CKPT" "$P" "$TRAIN_TOKENS" <<'PY'
+# Gate cache: 2 bytes x n_layers x P x d_model bf16 gate inputs + 4 bytes x n_layers x n_kv_heads x P
+# targets per context, for every distinct training context (gates.train_contexts of the config, or
+# all windows) and the held-out ones.
+TRAIN_CTX=$(/usr/bin/python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["gates"].get("train_contexts", 0))' "$CONFIG")
+read -r CACHE_BYTES N_TRAIN_CTX < <(/usr/bin/python3 - "$CKPT" "$P" "$TRAIN_TOKENS" "$TRAIN_CTX" <<'PY'
 import sys, h5py, yaml
 v = h5py.File(sys.argv[1], "r")["config"][()]
 v = v if isinstance(v, (bytes, str)) else v.reshape(-1)[0]
 cfg = yaml.safe_load(v.decode() if isinstance(v, bytes) else v)["model"]
 P, tokens = int(sys.argv[2]), int(sys.argv[3])
 n = tokens // P
-per = 4 * cfg["n_layers"] * P * (cfg["d_model"] + cfg["n_kv_heads"])
+if int(sys.argv[4]) > 0:
+    n = min(n, int(sys.argv[4]))
+per = cfg["n_layers"] * P * (2 * cfg["d_model"] + 4 * cfg["n_kv_heads"])
 print((n + 16) * per, n)
 PY
 )

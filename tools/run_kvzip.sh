@@ -23,7 +23,7 @@ for model in tiny_long tiny_long_fusedkv; do
   "$KVTRAIN" gates --checkpoint "$final" --config configs/gates.yaml --resume \
     --set output.dir="$run/gates" --set gates.steps="$GATE_STEPS" --set gates.cache_dir="$run/gates/contexts"
   "$KVTRAIN" eval --checkpoint "$final" --gates "$run/gates/gates.h5" \
-    --policy full,gates,kvzip,recent,random --keep 1.0,0.5,0.3,0.2 \
+    --policy full,gates,kvzip,streaming,random --keep 1.0,0.5,0.3,0.2 \
     --context 1024 --continuation 64 --contexts "$CONTEXTS" --json "$run/eviction.jsonl"
 done
 /usr/bin/python3 tools/eviction_table.py runs/tiny_long runs/tiny_long_fusedkv | tee runs/eviction_table.md
