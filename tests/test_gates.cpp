@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -29,6 +30,7 @@
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "kernels/common/math.h"
 #include "kernels/common/rng.h"
 #include "model/gates.h"
 #include "train/checkpoint.h"
@@ -76,6 +78,22 @@ double gate_loss(GateModel& g, const std::vector<int>& layers, const std::vector
     }
   }
   return loss;
+}
+
+// bfloat16 rounding of the context cache's gate inputs: nearest, ties to even, NaN stays NaN,
+// and bf16 -> float -> bf16 is the identity.
+TEST(Bf16, RoundsToNearestEvenAndRoundTrips) {
+  EXPECT_EQ(math::to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(math::to_bf16(std::bit_cast<float>(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(math::to_bf16(std::bit_cast<float>(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(math::to_bf16(std::bit_cast<float>(0x3f808001u)), 0x3f81);  // above the tie
+  EXPECT_EQ(math::to_bf16(-2.0f), 0xc000);
+  EXPECT_TRUE(std::isnan(math::from_bf16(math::to_bf16(std::nanf("")))));
+  EXPECT_EQ(math::to_bf16(std::bit_cast<float>(0x7f7fffffu)), 0x7f80);  // FLT_MAX rounds to inf
+  for (uint32_t b = 0; b < 0x10000; b++) {
+    if ((b & 0x7f80) == 0x7f80 && (b & 0x7f)) continue;  // NaNs
+    ASSERT_EQ(math::to_bf16(math::from_bf16(static_cast<uint16_t>(b))), b) << b;
+  }
 }
 
 TEST(GateModel, GradientsMatchDirectionalFiniteDifferences) {

@@ -491,8 +491,8 @@ def report(out, docs):
     res = claims(cond, ctxs)
     res["gate_training"] = gstats
     L += claims_section(res)
-    L += ["Figures: " + ", ".join(f"[{n}](figures/kvzip_{n}.png)"
-                                  for n in ("reconstruction", "continuation", "needle", "freecopy")), ""]
+    L += ["### Figures", ""] + [f"![{n}](figures/kvzip_{n}.png)" for n in
+                                ("reconstruction", "continuation", "needle", "freecopy")] + [""]
 
     figure(cond, os.path.join(figdir, "kvzip_reconstruction.png"), "Reconstruction", "NLL (nats/token)",
            "reconstruction_nll", "mean")
@@ -507,11 +507,31 @@ def report(out, docs):
     with open(md + ".tmp", "w") as f:
         f.write("\n".join(L))
     os.replace(md + ".tmp", md)
+    splice_results(os.path.join(docs, "results.md"), L)
     with open(os.path.join(out, "summary.json.tmp"), "w") as f:
         json.dump(res, f, indent=1)
     os.replace(os.path.join(out, "summary.json.tmp"), os.path.join(out, "summary.json"))
     print(f"kvzip_report: wrote {md}, {figdir}/kvzip_*.png and {os.path.join(out, 'summary.json')}")
     return res
+
+
+BEGIN, END = "<!-- kvzip_smollm2: begin (tools/kvzip_report.py) -->", "<!-- kvzip_smollm2: end -->"
+
+
+def splice_results(path, lines):
+    """Replaces the text between the markers of results.md (when it has them) with the report,
+    its title demoted to a section and its figure links made relative to docs/."""
+    if not os.path.exists(path):
+        return
+    text = open(path).read()
+    if BEGIN not in text or END not in text:
+        return
+    body = ["## " + lines[0].lstrip("# ")] + [("#" + l if l.startswith("## ") or l.startswith("### ") else l)
+                                              for l in lines[1:]]
+    a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+    with open(path + ".tmp", "w") as f:
+        f.write(text[:a] + "\n" + "\n".join(body) + "\n" + text[b:])
+    os.replace(path + ".tmp", path)
 
 
 def main():

@@ -62,7 +62,9 @@ EVAL_DATA="$TEXT/eval/eval_train_*.bin"
 mkdir -p "$OUT"
 
 # The repeat prompt of the gates, given to eval too (reconstruction and the kvzip oracle), and
-# its length Q in tokens (prepare frames a document with its own BOS/EOS: "." measures that).
+# its length Q in tokens for the projection (prepare frames a document with its own BOS/EOS: "."
+# measures that). prepare encodes special-token strings as text, so Q is an upper bound for a
+# ChatML prompt: 33 here where kvtrain gates and eval, which parse them, use 16.
 # (the x keeps the prompt's trailing newline through the command substitution)
 PROMPT=$(/usr/bin/python3 -c 'import sys, yaml; sys.stdout.write(yaml.safe_load(open(sys.argv[1]))["gates"]["repeat_prompt"] + "x")' "$CONFIG")
 PROMPT=${PROMPT%x}

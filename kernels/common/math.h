@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define KVT_HD __host__ __device__ __forceinline__
@@ -99,18 +100,18 @@ KVT_HD void sgd_element(float* p, float g, float* buf, float lr, float momentum,
 }
 
 // bfloat16: the upper 16 bits of a float. float -> bf16 rounds to nearest, ties to even (NaN
-// stays a quiet NaN); bf16 -> float is exact.
-KVT_HD uint16_t to_bf16(float x) {
+// stays a quiet NaN); bf16 -> float is exact. Host only for now (the gate trainer's context cache).
+inline uint16_t to_bf16(float x) {
   uint32_t u;
-  __builtin_memcpy(&u, &x, sizeof u);
+  std::memcpy(&u, &x, sizeof u);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
-KVT_HD float from_bf16(uint16_t b) {
+inline float from_bf16(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float x;
-  __builtin_memcpy(&x, &u, sizeof x);
+  std::memcpy(&x, &u, sizeof x);
   return x;
 }
 
