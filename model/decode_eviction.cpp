@@ -23,9 +23,9 @@ DecodeEvictor::DecodeEvictor(InferenceModel& model, Evictor& ev, GateModel* gate
   if (p == EvictPolicy::gates && !gates) throw std::invalid_argument("decode-time eviction with gates needs gates");
   if (every < 1) throw std::invalid_argument("decode-time eviction: every must be >= 1");
   const ModelConfig& cfg = model.config();
-  const std::vector<int> layers = gate_layers(cfg);
+  layers_ = gate_layers(cfg);
   storage_of_.assign(cfg.n_layers, -1);
-  for (size_t i = 0; i < layers.size(); i++) storage_of_[layers[i]] = static_cast<int>(i);
+  for (size_t i = 0; i < layers_.size(); i++) storage_of_[layers_[i]] = static_cast<int>(i);
   if (p != EvictPolicy::gates) return;
   reserve(every + model.max_chunk());
   const int C = cfg.d_model;
@@ -38,7 +38,7 @@ DecodeEvictor::DecodeEvictor(InferenceModel& model, Evictor& ev, GateModel* gate
 
 void DecodeEvictor::reserve(int rows) {
   if (rows <= rows_) return;
-  const int grown = std::max(rows, 2 * rows_), S = static_cast<int>(gate_layers(m_.config()).size());
+  const int grown = std::max(rows, 2 * rows_), S = static_cast<int>(layers_.size());
   const size_t C = static_cast<size_t>(m_.config().d_model);
   Buffer<float> b(m_.ops(), static_cast<size_t>(S) * grown * C);
   for (int si = 0; si < S && rows_ > 0; si++)
@@ -55,12 +55,11 @@ int64_t DecodeEvictor::step() {
   const int len = m_.length(), n = len - start_;
   if (n < every_) return 0;
   const EvictionOptions& opt = ev_.options();
-  const int M = m_.mask_heads(), S = static_cast<int>(std::count_if(storage_of_.begin(), storage_of_.end(),
-                                                                   [](int i) { return i >= 0; }));
+  const int M = m_.mask_heads(), S = static_cast<int>(layers_.size());
+  const int slice = std::min(every_, m_.max_chunk());  // the gates see at most max_chunk tokens
   const auto t0 = std::chrono::steady_clock::now();
   for (int si = 0; si < S; si++) {
-    const int layer = static_cast<int>(std::find(storage_of_.begin(), storage_of_.end(), si) - storage_of_.begin());
-    const int slice = std::min(every_, m_.max_chunk());  // the gates see at most max_chunk tokens
+    const int layer = layers_[si];
     for (int i = 0; i < n; i += slice) {
       const int k = std::min(slice, n - i);
       std::vector<float> s;

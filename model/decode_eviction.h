@@ -38,7 +38,7 @@ class DecodeEvictor {
   GateModel* gates_;
   void reserve(int rows);     // the buffer holds at least `rows` positions per layer
   int every_, start_, rows_;  // positions [start_, length()) wait; the buffer holds rows_
-  std::vector<int> storage_of_;
+  std::vector<int> layers_, storage_of_;  // storage layers (gate_layers); per layer its index or -1
   Buffer<float> hidden_;  // [storage layers, rows_, C]
   int evictions_ = 0;
   double gate_seconds_ = 0;

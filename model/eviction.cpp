@@ -139,9 +139,7 @@ class SnapKvScores {
     const int M = m_.mask_heads(), half = ev_.options().snapkv_pool / 2;
     std::vector<float> folded(layers_.size() * M * static_cast<size_t>(P_), 0.0f);
     for (int l = 0; l < cfg_.n_layers; l++) {
-      const KvSource src = kv_source_of_layer(cfg_, l);
-      for (int target : {src.kind == KvSource::Kind::own ? l : src.k_layer,
-                         src.kind == KvSource::Kind::own ? l : src.v_layer}) {
+      for (int target : kv_source_of_layer(cfg_, l).reads(l)) {
         const size_t si = std::find(layers_.begin(), layers_.end(), target) - layers_.begin();
         for (int m = 0; m < M; m++)
           for (int p = 0; p < P_; p++) {

@@ -15,6 +15,8 @@
 // not where they come from: every layer is `own`.
 #pragma once
 
+#include <array>
+
 #include <cstdint>
 #include <string>
 
@@ -32,6 +34,11 @@ struct KvSource {
   int k_layer = -1, v_layer = -1;  // reuse: source layers; fused: first = k_layer, last = v_layer
   int first() const { return k_layer; }
   int last() const { return v_layer; }
+  // The storage layers whose cached entries a read of `layer` (the layer this describes) sees:
+  // {layer, layer} (own), {k_layer, v_layer} (reuse) or {first, last} (fused).
+  std::array<int, 2> reads(int layer) const {
+    return kind == Kind::own ? std::array<int, 2>{layer, layer} : std::array<int, 2>{k_layer, v_layer};
+  }
 };
 
 // The map; cfg must be resolved. Throws std::out_of_range for a layer outside [0, n_layers).

@@ -48,10 +48,8 @@ void KvzipScorer::run(std::span<const int32_t> context, std::span<const int32_t>
   // every storage layer it reads (own: itself; reuse: its K and V layers; fused: both).
   model_.set_attention_probe({P + Q, T, false, [&](int layer, int head, const int32_t* pos,
                                                    const float* score, int n) {
-    const KvSource src = kv_source_of_layer(cfg, layer);
     const int m = cfg.lrkv() ? 0 : head;  // LRKV: one decision per token, the max over heads
-    for (int target : {src.kind == KvSource::Kind::own ? layer : src.k_layer,
-                       src.kind == KvSource::Kind::own ? layer : src.v_layer}) {
+    for (int target : kv_source_of_layer(cfg, layer).reads(layer)) {
       float* dst = scores_.data() + (static_cast<size_t>(storage_of_[target]) * M + m) * P;
       for (int i = 0; i < n; i++)
         if (pos[i] >= 0 && pos[i] < P) dst[pos[i]] = std::max(dst[pos[i]], score[i]);

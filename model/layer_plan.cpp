@@ -42,10 +42,7 @@ LayerParamOffsets layer_param_offsets(const ParamTable& t, const ModelConfig& cf
   return o;
 }
 
-std::array<int, 2> LayerPlan::reads() const {
-  return src.kind == KvSource::Kind::own ? std::array<int, 2>{layer, layer}
-                                         : std::array<int, 2>{src.k_layer, src.v_layer};
-}
+std::array<int, 2> LayerPlan::reads() const { return src.reads(layer); }
 
 std::vector<LayerPlan> build_layer_plan(const ParamTable& table, const ModelConfig& cfg) {
   const int HD = cfg.n_heads * cfg.head_dim();

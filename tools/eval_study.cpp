@@ -157,8 +157,16 @@ void run_eval_study(const EvalArgs& a) {
   if (policies.empty()) throw std::invalid_argument("--policy: give at least one policy");
   std::vector<double> depths;
   for (const std::string& d : split_list(a.depths)) {
-    depths.push_back(std::stod(d));
-    if (!(depths.back() >= 0 && depths.back() <= 1)) throw std::invalid_argument("--depths: " + d + " is outside [0, 1]");
+    size_t used = 0;
+    double x = -1;
+    try {
+      x = std::stod(d, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != d.size() || !(x >= 0 && x <= 1))
+      throw std::invalid_argument("--depths: '" + d + "' is not a number in [0, 1]");
+    depths.push_back(x);
   }
   if (depths.empty()) throw std::invalid_argument("--depths: give at least one depth");
   bool want_rec = false, want_cont = false, want_needle = false, want_free = false;
@@ -175,7 +183,10 @@ void run_eval_study(const EvalArgs& a) {
                           std::pair{a.generate >= 1 && a.decode_every >= 1, "--generate and --decode-every must be >= 1"}})
     if (!ok) throw std::invalid_argument(what);
   bool need_oracle = false, need_gates = false;
-  for (EvictPolicy p : policies) need_oracle |= p == EvictPolicy::kvzip, need_gates |= p == EvictPolicy::gates;
+  for (EvictPolicy p : policies) {
+    need_oracle = need_oracle || p == EvictPolicy::kvzip;
+    need_gates = need_gates || p == EvictPolicy::gates;
+  }
   if (need_gates && a.gates.empty()) throw std::invalid_argument("--policy gates needs --gates FILE (gates.h5)");
   const auto memory = check_eval_memory(a.checkpoint, a.tokenizer, a.prompt, a.context, a.chunk, need_oracle,
                                         !a.gates.empty(), a.backend, a.ignore_memory);
