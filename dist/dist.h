@@ -53,6 +53,27 @@ class Communicator {
   virtual void barrier() = 0;
   // max over ranks of a flag (e.g. "stop requested")
   virtual int max_flag(int flag) = 0;
+
+  // ---- asynchronous collectives (bucketed gradient reduction, ZeRO-1) ----------------------
+  // Started in call order and complete after wait_all(); the buffers must stay untouched until
+  // then. NCCL runs them on its communication stream, after the compute work submitted so far
+  // to the stream given to attach_compute(); MPI runs them as non-blocking MPI collectives.
+  // in place: buf[i] = mean over ranks of buf[i]
+  virtual void start_allreduce_mean(float* buf, size_t n) = 0;
+  // send [world * shard]; recv [shard] = mean over ranks of send[rank*shard : (rank+1)*shard]
+  // (recv must not overlap send)
+  virtual void start_reduce_scatter_mean(float* recv, const float* send, size_t shard) = 0;
+  // send [shard]; recv [world * shard], recv[r*shard : (r+1)*shard] = rank r's send
+  // (send may be recv + rank*shard: in place)
+  virtual void start_all_gather(float* recv, const float* send, size_t shard) = 0;
+  // Waits for every started collective. NCCL: polls them together with the communicator's
+  // asynchronous error under the configured timeout; on an error or the timeout it aborts the
+  // communicator and the job with the message (docs/design.md, "Distribution").
+  virtual void wait_all() = 0;
+  // The compute backend's native stream (Ops::native_stream()); a no-op for host communicators.
+  virtual void attach_compute(void* stream) { (void)stream; }
+  // Sum over ranks of a host double (the ZeRO-1 gradient norm: the shards' squared norms).
+  virtual double sum_double(double x) = 0;
 };
 
 // MPI_COMM_WORLD on host buffers; with world 1 (no MPI) every collective is the identity.

@@ -13,6 +13,26 @@ std::unique_ptr<Ops> make_cuda_ops();  // kernels/cuda; throws when no device is
 bool cuda_device_usable(std::string* why);
 #endif
 
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::fp32: return "fp32";
+    case Precision::fp32_tf32: return "fp32_tf32";
+    case Precision::bf16: return "bf16";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& name) {
+  for (Precision p : {Precision::fp32, Precision::fp32_tf32, Precision::bf16})
+    if (name == precision_name(p)) return p;
+  throw std::invalid_argument("unknown precision '" + name + "' (expected fp32, fp32_tf32 or bf16)");
+}
+
+void Ops::set_precision(Precision p) {
+  if (p != Precision::fp32)
+    throw std::invalid_argument("backend '" + name() + "' has no " + precision_name(p) + " mode");
+}
+
 bool cuda_available(std::string* why) {
 #ifdef KVT_WITH_CUDA
   return cuda_device_usable(why);

@@ -41,6 +41,19 @@ struct CacheAttnShape {
   int64_t head_stride = 0;  // floats between the slot lists of consecutive KV heads
 };
 
+// Arithmetic of the GEMMs and attention (docs/design.md, "GPU hot path"):
+//  fp32      the reference: fp32 inputs, fp32 FMA.
+//  fp32_tf32 GEMM inputs rounded to TF32 (10-bit mantissa), fp32 accumulation; attention fp32.
+//  bf16      GEMM inputs rounded to bf16 (8-bit mantissa; weights from a bf16 copy of the fp32
+//            master), fp32 accumulation, fp32 outputs; attention is flash (cuDNN SDPA) on bf16
+//            q, k, v with bf16 out, dq, dk, dv and one fp32 softmax statistic per (row, head).
+//            Norms, softmax, loss, optimizer and reductions stay fp32.
+// Activations are fp32 in memory in every mode (see "Activation storage" in docs/gpu.md).
+enum class Precision { fp32, fp32_tf32, bf16 };
+// "fp32" | "fp32_tf32" | "bf16"; parse throws std::invalid_argument naming the value.
+const char* precision_name(Precision p);
+Precision parse_precision(const std::string& name);
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -58,6 +71,33 @@ class Ops {
   virtual void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
                          int cols) = 0;
   virtual void synchronize() = 0;
+  // The backend's native stream (a cudaStream_t for cuda, null for cpu): the communicator orders
+  // its collectives after the work submitted to it.
+  virtual void* native_stream() { return nullptr; }
+  // A host-to-backend copy that returns at once (the step's tokens): cuda stages the bytes in a
+  // ring of page-locked buffers (each reused only once its previous copy has finished) and copies
+  // on the stream, so the caller may reuse host_src on return and the copy overlaps compute;
+  // cpu copies.
+  virtual void to_device_async(void* dst, const void* host_src, size_t bytes) {
+    to_device(dst, host_src, bytes);
+  }
+
+  // ---- precision (see Precision) ----------------------------------------------------------
+  // Set once, before any model is built on this backend. The base class knows only fp32.
+  virtual void set_precision(Precision p);
+  virtual Precision precision() const { return Precision::fp32; }
+  // Registers the fp32 master parameters [base, base + n): a GEMM whose weight lies inside reads
+  // the low-precision copy (bf16) instead. refresh_weights() rebuilds the copy from the master;
+  // the model calls it after every update and every load. No-ops in fp32 and fp32_tf32.
+  virtual void set_weights(const float* base, size_t n) { (void)base, (void)n; }
+  virtual void refresh_weights() {}
+  // Floats attention_forward saves in `att` for B sequences of T tokens and H heads:
+  // B*H*T*T probabilities, or B*H*T softmax statistics (logsumexp per row) when flash.
+  virtual size_t attention_saved_floats(int B, int H, int T) const {
+    return static_cast<size_t>(B) * H * T * T;
+  }
+  // Whether `att` holds probabilities (attention_probs, KVzip targets need them).
+  virtual bool attention_saves_probs() const { return true; }
 
   // ---- embedding --------------------------------------------------------------------------
   // out[n, :] = wte[tokens[n], :]                                   tokens host or backend: backend
@@ -105,13 +145,14 @@ class Ops {
   //   out[b,t,h*D:(h+1)*D] = sum_s att[b,h,t,s] v[b,s,g]              (out is contiguous [N, H*D])
   virtual void attention_forward(float* out, float* att, const float* q, const float* k,
                                  const float* v, const AttnShape& s) = 0;
+  // out is attention_forward's output (flash attention's backward needs it).
   // dq = (overwritten, row stride s.ldq);  dk, dv += (row strides s.ldk, s.ldv)
   //   dv[s] += sum_t att[t,s] dout[t];  datt[t,s] = dout[t]·v[s]
   //   dpre[t,s] = att[t,s] (datt[t,s] - sum_s' att[t,s'] datt[t,s'])
   //   dq[t] = sum_s dpre[t,s] k[s] / sqrt(D);  dk[s] += sum_t dpre[t,s] q[t] / sqrt(D)
   // (the G query heads of a KV head are summed in increasing h.)
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout,
-                                  const float* att, const float* q, const float* k,
+                                  const float* out, const float* att, const float* q, const float* k,
                                   const float* v, const AttnShape& s) = 0;
 
   // ---- attention over a KV cache (inference) ------------------------------------------------
@@ -220,6 +261,9 @@ class Ops {
   virtual double sum_squares(const float* x, int64_t n) = 0;
   // sum_i x[i], same rules (mean loss of a batch).
   virtual double sum(const float* x, int64_t n) = 0;
+  // acc[0] += scale * sum_i x[i], on the backend (the loss of a micro-step, read once per step);
+  // summed in a fixed order.
+  virtual void accumulate_sum(float* acc, const float* x, int64_t n, float scale) = 0;
   // x *= s
   virtual void scale(float* x, float s, int64_t n) = 0;
   // AdamW with decoupled weight decay (PyTorch's AdamW), step t >= 1, on one tensor:

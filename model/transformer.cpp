@@ -394,6 +394,12 @@ std::vector<float> Transformer::logits_to_host() const {
   return h;
 }
 
+size_t Transformer::layer_begin(int l) const {
+  if (l < 0 || l > cfg_.n_layers) throw std::out_of_range("layer_begin(" + std::to_string(l) + ")");
+  if (l == cfg_.n_layers) return table_.find("model.norm.weight").offset;
+  return table_.find("model.layers." + std::to_string(l) + ".input_layernorm.weight").offset;
+}
+
 void Transformer::backward(float loss_scale) {
   if (!with_grads_) throw std::logic_error("backward() on a model built without gradients");
   if (!have_targets_) throw std::logic_error("backward() needs a forward with targets");
@@ -416,6 +422,7 @@ void Transformer::backward(float loss_scale) {
   ops_.matmul_backward(a.dln, G + a.head, a.logits, a.lnf, P + a.head, N, C, V, false);
   ops_.zero(a.dres, N * C * sizeof(float));
   ops_.rmsnorm_backward(a.dres, G + a.normf, a.dln, a.res[L], P + a.normf, a.rstdf, N, C);
+  if (grad_ready_) grad_ready_(layer_begin(L), table_.total());
 
   for (int l = L - 1; l >= 0; l--) {
     const LayerPlan& lp = a.layers[l];
@@ -433,7 +440,7 @@ void Transformer::backward(float loss_scale) {
     if (!la.dproj_dedicated) ops_.zero(dqkv, N * PROJ * sizeof(float));  // dK, dV accumulate
     if (a.kv[l]) ops_.zero(a.dkv, N * 2 * Hkv * D * sizeof(float));
     const AttnShape shape{B, T, H, Hkv, D, PROJ, la.ldk, la.ldv};
-    ops_.attention_backward(dqkv, la.dk, la.dv, a.datty, a.att[l], qkv, la.k, la.v, shape);
+    ops_.attention_backward(dqkv, la.dk, la.dv, a.datty, a.atty[l], a.att[l], qkv, la.k, la.v, shape);
     ops_.rope_backward(dqkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
     if (cfg_.lrkv()) {
       // dK (after RoPE backward) and dV flow into ks, zk, B^K and vs, zv, B^V.
@@ -465,8 +472,10 @@ void Transformer::backward(float loss_scale) {
     }
     ops_.matmul_backward(a.dln, G + lp.q, dqkv, a.ln1[l], P + lp.q, N, C, PROJ, false);
     ops_.rmsnorm_backward(a.dres, G + lp.ln1, a.dln, a.res[l], P + lp.ln1, a.rstd1[l], N, C);
+    if (grad_ready_) grad_ready_(layer_begin(l), layer_begin(l + 1));
   }
   ops_.embedding_backward(G + a.wte, a.dres, a.inputs, N, C, V);
+  if (grad_ready_) grad_ready_(0, layer_begin(0));
   have_targets_ = false;  // the logits now hold their gradient
 }
 

@@ -5,7 +5,9 @@
 // second buffer with the same table, activations in one buffer sized from (B, T, config).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -63,6 +65,14 @@ class Transformer {
   std::vector<float> logits_to_host() const;
   // Backward of the last forward (which had targets): grads += d(mean loss * loss_scale)/dparams.
   void backward(float loss_scale);
+  // Called by backward() each time a range [begin, end) of grad_data() (floats) is final, in
+  // decreasing order of begin: [final norm, end) (untied lm_head too) after the head, each
+  // layer's own range after its backward (L-1 first), and [0, layer 0) — the embedding, tied or
+  // not — last. The ranges tile the buffer. Null (the default) calls nothing.
+  using GradReady = std::function<void(size_t begin, size_t end)>;
+  void set_grad_ready(GradReady cb) { grad_ready_ = std::move(cb); }
+  // Start of layer l's parameters in the buffer (floats); layer_begin(L) is the final norm's.
+  size_t layer_begin(int l) const;
 
   size_t activation_bytes() const;
 
@@ -85,6 +95,7 @@ class Transformer {
   std::unique_ptr<Acts> acts_;
   int cur_B_ = 0, cur_T_ = 0;  // shape of the last forward
   bool have_targets_ = false;
+  GradReady grad_ready_;
 };
 
 }  // namespace kvt

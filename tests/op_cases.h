@@ -704,7 +704,8 @@ struct AttentionCase : OpCase {
   }
   void backward(Ops& ops, Buffers& b) const override {
     ops.attention_backward(b.grad[q_in].data() + q_off, b.grad[kv_in].data() + k_off,
-                           b.grad[kv_in].data() + v_off, b.dout[0].data(), b.out[1].data(),
+                           b.grad[kv_in].data() + v_off, b.dout[0].data(), b.out[0].data(),
+                           b.out[1].data(),
                            b.in[q_in].data() + q_off, b.in[kv_in].data() + k_off,
                            b.in[kv_in].data() + v_off, s);
   }

@@ -55,6 +55,11 @@ constexpr Field kFields[] = {
     KVT_FIELD(train, threads),
     KVT_FIELD(train, resume),
     KVT_FIELD(train, init_from),
+    KVT_FIELD(train, precision),
+    KVT_FIELD(train, zero),
+    KVT_FIELD(train, recompute),
+    KVT_FIELD(train, bucket_mb),
+    KVT_FIELD(train, comm_timeout_s),
 
     KVT_FIELD(data, train),
     KVT_FIELD(data, val),
@@ -108,6 +113,14 @@ void validate(RunConfig& cfg, const std::string& source) {
   check(t.backend == "cpu" || t.backend == "cuda", "train.backend", "cpu or cuda", t.backend);
   check(t.threads >= 0, "train.threads", ">= 0 (0 = automatic)", t.threads);
   check(t.resume == "never" || t.resume == "auto", "train.resume", "never or auto", t.resume);
+  check(t.precision == "fp32" || t.precision == "fp32_tf32" || t.precision == "bf16",
+        "train.precision", "fp32, fp32_tf32 or bf16", t.precision);
+  check(t.zero == 0 || t.zero == 1, "train.zero", "0 or 1", t.zero);
+  check(t.recompute == "none" || t.recompute == "attention" || t.recompute == "block",
+        "train.recompute", "none, attention or block", t.recompute);
+  check(t.bucket_mb >= 0, "train.bucket_mb", ">= 0 (0 = one reduction after the backward)",
+        t.bucket_mb);
+  check(t.comm_timeout_s > 0, "train.comm_timeout_s", "> 0 seconds", t.comm_timeout_s);
 
   check(!cfg.data.train.empty(), "data.train", "a non-empty glob of training shards",
         cfg.data.train);

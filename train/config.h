@@ -32,6 +32,12 @@ struct TrainConfig {
   int threads = 0;              // OpenMP threads per rank; 0 = max(1, cores / local ranks)
   std::string resume = "never"; // never | auto (newest valid checkpoint of output.dir)
   std::string init_from;        // checkpoint .h5 whose weights start a new run (fresh optimizer)
+  // GPU hot path (docs/gpu.md)
+  std::string precision = "fp32";   // fp32 | fp32_tf32 | bf16 (kernels/ops.h, Precision)
+  int zero = 0;                     // 0: plain data parallelism; 1: ZeRO-1 (AdamW state sharded)
+  std::string recompute = "none";   // none | attention | block: activations recomputed in backward
+  float bucket_mb = 25.0f;          // gradient buckets (MB, reverse layer order); 0 = one reduction
+  float comm_timeout_s = 600.0f;    // a collective still running after this long aborts the job
 };
 
 struct DataConfig {

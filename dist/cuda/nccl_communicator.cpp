@@ -70,4 +70,20 @@ void NcclCommunicator::broadcast(void* buf, size_t bytes, int root) {
   cuda_check(cudaStreamSynchronize(stream_), "ncclBroadcast (stream)");
 }
 
+// Blocking for now: the non-blocking, polled version replaces these.
+void NcclCommunicator::start_allreduce_mean(float* buf, size_t n) { allreduce_mean(buf, n); }
+
+void NcclCommunicator::start_reduce_scatter_mean(float* recv, const float* send, size_t shard) {
+  nccl_check(ncclReduceScatter(send, recv, shard, ncclFloat32, ncclAvg, comm_.get(), stream_),
+             "ncclReduceScatter");
+  cuda_check(cudaStreamSynchronize(stream_), "ncclReduceScatter (stream)");
+}
+
+void NcclCommunicator::start_all_gather(float* recv, const float* send, size_t shard) {
+  nccl_check(ncclAllGather(send, recv, shard, ncclFloat32, comm_.get(), stream_), "ncclAllGather");
+  cuda_check(cudaStreamSynchronize(stream_), "ncclAllGather (stream)");
+}
+
+void NcclCommunicator::wait_all() {}
+
 }  // namespace kvt

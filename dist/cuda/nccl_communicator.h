@@ -34,6 +34,11 @@ class NcclCommunicator final : public Communicator {
   void broadcast(void* buf, size_t bytes, int root) override;
   void barrier() override { host_->barrier(); }
   int max_flag(int flag) override { return host_->max_flag(flag); }
+  void start_allreduce_mean(float* buf, size_t n) override;
+  void start_reduce_scatter_mean(float* recv, const float* send, size_t shard) override;
+  void start_all_gather(float* recv, const float* send, size_t shard) override;
+  void wait_all() override;
+  double sum_double(double x) override { return host_->sum_double(x); }
 
   cudaStream_t stream() const { return stream_; }
 

@@ -100,19 +100,35 @@ KVT_HD void sgd_element(float* p, float g, float* buf, float lr, float momentum,
 }
 
 // bfloat16: the upper 16 bits of a float. float -> bf16 rounds to nearest, ties to even (NaN
-// stays a quiet NaN); bf16 -> float is exact. Host only for now (the gate trainer's context cache).
-inline uint16_t to_bf16(float x) {
+// stays a quiet NaN); bf16 -> float is exact. The same bits as CUDA's __float2bfloat16_rn, so the
+// CPU's bf16 emulation and the GPU round identically (the gate trainer's context cache uses it too).
+KVT_HD uint32_t float_bits(float x) {
   uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
+  memcpy(&u, &x, sizeof u);
+  return u;
+}
+KVT_HD float bits_float(uint32_t u) {
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+KVT_HD uint16_t to_bf16(float x) {
+  uint32_t u = float_bits(x);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
-inline float from_bf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
+KVT_HD float from_bf16(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+// x rounded to the nearest bf16 value, kept as a float
+KVT_HD float round_bf16(float x) { return from_bf16(to_bf16(x)); }
+// x rounded to TF32 (10 explicit mantissa bits, nearest, ties to even), kept as a float: what
+// tensor cores read in TF32 mode (cuBLAS's rounding of the inputs is not documented bit for bit,
+// so the CPU emulation of fp32_tf32 is a tolerance reference, not a bitwise one).
+KVT_HD float round_tf32(float x) {
+  uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) >= 0x7f800000u) return x;  // inf, NaN
+  u += 0xfffu + ((u >> 13) & 1u);
+  return bits_float(u & 0xffffe000u);
 }
 
 }  // namespace kvt::math

@@ -92,7 +92,7 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
 //   dP[r0:r1, 0:r1] = dO[r0:r1] V[0:r1]^T;  dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
 //   dS = P ⊙ (dP - rowsum(P ⊙ dP))
 //   dQ[r0:r1] = dS[r0:r1, 0:r1] K[0:r1] / sqrt(D);  dK[0:r1] += dS[r0:r1, 0:r1]^T Q[r0:r1] / sqrt(D)
-void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout,
+void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* /*out*/,
                                 const float* att, const float* q, const float* k, const float* v,
                                 const AttnShape& s) {
   const Heads hd{s};

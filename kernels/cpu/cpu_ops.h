@@ -39,7 +39,8 @@ class CpuOps final : public Ops {
                      const float* sin) override;
   void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
                          const AttnShape& s) override;
-  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                          const float* att,
                           const float* q, const float* k, const float* v,
                           const AttnShape& s) override;
   void attention_cache_forward(float* out, const float* q, const float* k, const float* v,
@@ -80,6 +81,7 @@ class CpuOps final : public Ops {
                               int64_t N, int V, float dloss) override;
   double sum_squares(const float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
+  void accumulate_sum(float* acc, const float* x, int64_t n, float scale) override;
   void scale(float* x, float s, int64_t n) override;
   void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, int64_t t,

@@ -89,6 +89,10 @@ double CpuOps::sum(const float* x, int64_t n) {
   return total(part);
 }
 
+void CpuOps::accumulate_sum(float* acc, const float* x, int64_t n, float scale) {
+  acc[0] += static_cast<float>(static_cast<double>(scale) * sum(x, n));
+}
+
 void CpuOps::scale(float* x, float s, int64_t n) { KVT_ISA_CALL(scale_k, x, s, n); }
 
 void CpuOps::adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,

@@ -172,7 +172,8 @@ class CudaOps final : public Ops {
                          const AttnShape& s) override {
     cuda::attention_forward(stream_, out, att, q, k, v, s);
   }
-  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* /*out*/,
+                          const float* att,
                           const float* q, const float* k, const float* v,
                           const AttnShape& s) override {
     cuda::attention_backward(stream_, scratch_, dq, dk, dv, dout, att, q, k, v, s);
@@ -254,6 +255,9 @@ class CudaOps final : public Ops {
   }
   double sum(const float* x, int64_t n) override {
     return cuda::reduce_sum(stream_, scratch_, x, n, false);
+  }
+  void accumulate_sum(float* acc, const float* x, int64_t n, float scale) override {
+    cuda::accumulate_sum(stream_, scratch_, acc, x, n, scale);
   }
   void scale(float* x, float s, int64_t n) override { cuda::scale(stream_, x, s, n); }
   void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,

@@ -83,6 +83,9 @@ void cross_entropy_backward(cudaStream_t stream, float* dlogits, const float* lo
 
 // reduce.cu: sum_i x[i] (or x[i]^2 when `square`) in double, fixed order; waits for the stream.
 double reduce_sum(cudaStream_t stream, Scratch& scratch, const float* x, int64_t n, bool square);
+// acc[0] += scale * sum x, on the device (no host wait)
+void accumulate_sum(cudaStream_t stream, Scratch& scratch, float* acc, const float* x, int64_t n,
+                    float scale);
 
 // optimizer.cu: bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (computed on the host in double).
 void adamw_update(cudaStream_t stream, float* p, const float* grad, float* m, float* v, int64_t n,

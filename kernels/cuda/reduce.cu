@@ -30,6 +30,11 @@ __global__ void final_sum_kernel(double* out, const double* part, int parts) {
   if (threadIdx.x == 0) *out = acc;
 }
 
+// acc[0] += (float)(scale * total): stays on the device (the step's loss, read once per step).
+__global__ void accumulate_kernel(float* acc, const double* total, float scale) {
+  acc[0] += static_cast<float>(static_cast<double>(scale) * *total);
+}
+
 }  // namespace
 
 double reduce_sum(cudaStream_t stream, Scratch& scratch, const float* x, int64_t n, bool square) {
@@ -44,6 +49,18 @@ double reduce_sum(cudaStream_t stream, Scratch& scratch, const float* x, int64_t
                              stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return result;
+}
+
+void accumulate_sum(cudaStream_t stream, Scratch& scratch, float* acc, const float* x, int64_t n,
+                    float scale) {
+  if (n <= 0) return;
+  auto* part = static_cast<double*>(scratch.get(sizeof(double) * (kParts + 1), stream));
+  partial_sum_kernel<<<kParts, kBlock, 0, stream>>>(part, x, n, false);
+  CUDA_CHECK_LAUNCH();
+  final_sum_kernel<<<1, kBlock, 0, stream>>>(part + kParts, part, kParts);
+  CUDA_CHECK_LAUNCH();
+  accumulate_kernel<<<1, 1, 0, stream>>>(acc, part + kParts, scale);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kvt::cuda
