@@ -13,6 +13,7 @@
 #include <string>
 
 #include "data/file_commit.h"
+#include "model/gpu_memory.h"
 #include "model/kv_sharing.h"
 #include "model/memory_estimate.h"
 #include "model/transformer.h"
@@ -133,7 +134,7 @@ constexpr int kListTensorsUpToLayers = 64;
 
 // The memory a config needs, counted without allocating (model/memory_estimate.h), against the
 // memory available here.
-void print_memory(const RunConfig& cfg) {
+void print_memory(const RunConfig& cfg, int world) {
   const TrainConfig& t = cfg.train;
   const MemoryAvailable avail = memory_available();
   auto line = [&](const char* what, const MemoryEstimate& e) {
@@ -141,6 +142,13 @@ void print_memory(const RunConfig& cfg) {
   };
   line("train, one rank", estimate_train_memory(cfg.model, per_rank_batch_size(t, 1), t.seq_len));
   line("generate", estimate_generate_memory(cfg.model));
+  // On a GPU, per rank, with the config's precision, ZeRO stage and recomputation.
+  const GpuTrainSetting g{parse_precision(t.precision), t.zero, world, parse_recompute(t.recompute), t.bucket_mb};
+  const int64_t B = per_rank_batch_size(t, world);
+  const GpuMemoryEstimate ge = estimate_gpu_train_memory(cfg.model, B, t.seq_len, g);
+  std::printf("GPU memory (train, per rank of %d; %s, zero %d, recompute %s, batch %lld x seq %d): %s = %s; not counted: %s\n",
+              world, t.precision.c_str(), t.zero, t.recompute.c_str(), static_cast<long long>(B), t.seq_len,
+              format_bytes(ge.total()).c_str(), gpu_memory_breakdown(ge).c_str(), ge.not_counted.c_str());
   if (avail.known)
     std::printf("memory available: %s (%s)\n", format_bytes(avail.bytes).c_str(), avail.source.c_str());
   else
@@ -149,12 +157,12 @@ void print_memory(const RunConfig& cfg) {
 
 // `inspect --config X [--set k=v]`: what a config would build, without training — its model
 // section, KV cache per token, memory estimate and parameter table.
-void inspect_config(const std::string& path, const std::vector<std::string>& overrides) {
+void inspect_config(const std::string& path, const std::vector<std::string>& overrides, int world) {
   const RunConfig cfg = load_run_config(path, overrides);
   std::printf("config:      %s\n", path.c_str());
   print_model_section(cfg);
   std::printf("%s\n", kv_cache_summary(cfg.model).c_str());
-  print_memory(cfg);
+  print_memory(cfg, world);
   if (cfg.model.n_layers > kListTensorsUpToLayers) {
     std::printf("parameters: %llu (tensors listed for at most %d layers)\n",
                 static_cast<unsigned long long>(parameter_count(cfg.model)), kListTensorsUpToLayers);
@@ -173,6 +181,7 @@ void add_inspect(CLI::App& app) {
   struct Args {
     std::string checkpoint, config;
     std::vector<std::string> overrides;
+    int world = 1;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -182,9 +191,11 @@ void add_inspect(CLI::App& app) {
   auto* ck = cmd->add_option("checkpoint", a->checkpoint, "Checkpoint file (ckpt_<step>.h5)");
   auto* cf = cmd->add_option("--config", a->config, "a YAML config instead of a checkpoint");
   cmd->add_option("--set", a->overrides, "with --config: override a key (section.key=value)");
+  cmd->add_option("--world", a->world, "with --config: ranks for the per-rank GPU memory estimate (default 1)")
+      ->check(CLI::PositiveNumber);
   ck->excludes(cf);
   cmd->callback([a] {
-    if (!a->config.empty()) inspect_config(a->config, a->overrides);
+    if (!a->config.empty()) inspect_config(a->config, a->overrides, a->world);
     else if (!a->checkpoint.empty()) inspect(a->checkpoint);
     else throw std::runtime_error("inspect: give a checkpoint file or --config FILE");
   });
