@@ -4,16 +4,18 @@
 
 #include "dist/mpi_check.h"
 
+#include "dist/device_choice.h"
+
 #ifdef KVT_WITH_CUDA
 #include "dist/cuda/nccl_communicator.h"
 #endif
 
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 namespace kvt {
-
 
 bool DistContext::launched_by_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"})
@@ -44,16 +46,27 @@ void DistContext::abort(int code) const {
   std::exit(code);
 }
 
-std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend) {
+std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend,
+                                                const CommOptions& options) {
   if (backend == "cpu") return make_host_communicator(ctx);
   if (backend == "cuda") {
 #ifdef KVT_WITH_CUDA
-    if (ctx.world() == 1) {
-      select_gpu_of_local_rank(ctx);
+    if (!use_nccl(ctx.world(), force_nccl(std::getenv("KVT_FORCE_NCCL")))) {
+      select_gpu(ctx);
       return make_host_communicator(ctx);
     }
-    return std::make_unique<NcclCommunicator>(ctx, make_host_communicator(ctx));
+    CommOptions o = options;
+    // An NCCL error or timeout: one line naming the rank (as tools/main.cpp prints), then the job ends.
+    if (!o.abort)
+      o.abort = [&ctx](const std::string& message) {
+        std::fprintf(stderr, "kvtrain: error%s: %s\n",
+                     ctx.world() > 1 ? (" on rank " + std::to_string(ctx.rank())).c_str() : "", message.c_str());
+        std::fflush(stderr);
+        ctx.abort(1);
+      };
+    return std::make_unique<NcclCommunicator>(ctx, make_host_communicator(ctx), o);
 #else
+    (void)options;
     throw std::runtime_error("backend 'cuda': kvtrain was built without the CUDA backend (no NCCL)");
 #endif
   }

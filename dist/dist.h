@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -79,9 +80,20 @@ class Communicator {
 // MPI_COMM_WORLD on host buffers; with world 1 (no MPI) every collective is the identity.
 std::unique_ptr<Communicator> make_host_communicator(const DistContext& ctx);
 
+// Options of the device communicator (NCCL); host communicators ignore them.
+struct CommOptions {
+  // A collective (or NCCL init) still running after this long aborts the job (train.comm_timeout_s).
+  double timeout_s = 600.0;
+  // Ends the job with a one-line message after an NCCL error or timeout. Empty: print it as
+  // "kvtrain: error[ on rank R]: ..." and DistContext::abort(1).
+  std::function<void(const std::string&)> abort;
+};
+
 // The communicator for a compute backend: "cpu" -> make_host_communicator; "cuda" -> NCCL over
-// all ranks, one GPU per rank (cudaSetDevice(local_rank), so call this before creating the CUDA
-// Ops), or the host communicator when world is 1. Throws for "cuda" in a build without CUDA.
-std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend);
+// all ranks, one GPU per rank (dist/device_choice.h; it calls cudaSetDevice, so call this before
+// creating the CUDA Ops), or the host communicator when world is 1 unless KVT_FORCE_NCCL=1.
+// Throws for "cuda" in a build without CUDA.
+std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, const std::string& backend,
+                                                const CommOptions& options = {});
 
 }  // namespace kvt

@@ -76,7 +76,8 @@ void run_bench(const BenchArgs& a) {
   const TrainConfig& t = cfg.train;
   const DistContext& ctx = dist_context();
   const int threads = configure_threads(t.threads, ctx.local_size());
-  auto comm = make_communicator(ctx, t.backend);  // picks the GPU before the CUDA Ops exist
+  // picks the GPU before the CUDA Ops exist
+  auto comm = make_communicator(ctx, t.backend, CommOptions{.timeout_s = t.comm_timeout_s, .abort = {}});
   const int world = comm->world();
   cfg.train.batch_size = per_rank_batch_size(t, world);
   const auto memory = check_bench_memory(a.config, cfg, a.ignore_memory);

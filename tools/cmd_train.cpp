@@ -58,7 +58,8 @@ void add_train(CLI::App& app) {
     RunConfig cfg = load_run_config(args->config, args->overrides);
     const auto memory = check_train_memory(args->config, cfg, args->ignore_memory);
     const int threads = configure_threads(cfg.train.threads, ctx.local_size());
-    auto comm = make_communicator(ctx, cfg.train.backend);
+    auto comm = make_communicator(ctx, cfg.train.backend,
+                                  CommOptions{.timeout_s = cfg.train.comm_timeout_s, .abort = {}});
     Trainer trainer(cfg, *comm);
     if (ctx.rank() == 0) print_banner(cfg, trainer, threads, ctx.world());
     trainer.run(std::cout, args->resume, args->stop_after);
