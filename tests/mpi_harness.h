@@ -65,6 +65,7 @@ struct Proc {
 inline Proc start(const std::vector<std::string>& argv, const fs::path& log,
            const std::vector<std::pair<std::string, std::string>>& env = {}) {
   Proc p;
+  std::fflush(nullptr);  // or the child's freopen writes the parent's pending output a second time
   p.pid = fork();
   if (p.pid == 0) {
     setpgid(0, 0);

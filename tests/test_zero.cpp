@@ -299,6 +299,10 @@ void expect_same_run(const fs::path& got, const fs::path& want, int64_t from, in
     ASSERT_FALSE(pb.empty());
     EXPECT_LT(rel_l2(pa, pb), 1e-6);
     EXPECT_LT(max_abs_diff(pa, pb), 5e-6);
+    std::printf("%s vs %s, step %lld: loss rel %.2e | gnorm rel %.2e | params rel-L2 %.2e, max abs %.2e\n",
+                got.filename().c_str(), want.filename().c_str(), static_cast<long long>(s),
+                rel_diff(a.at(s).loss, b.at(s).loss), rel_diff(a.at(s).gnorm, b.at(s).gnorm), rel_l2(pa, pb),
+                max_abs_diff(pa, pb));
   }
 }
 

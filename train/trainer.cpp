@@ -129,10 +129,14 @@ StepResult Trainer::step() {
     // Only the last micro-step's backward reduces: its ranges are final for the whole step.
     const bool last = m == A - 1;
     if (last) sync_->begin(model_->grad_data());
+    // The callback is removed again however the backward ends (RAII).
+    struct Hook {
+      Transformer& model;
+      ~Hook() { model.set_grad_ready(nullptr); }
+    } hook{*model_};
     if (last && sync_->overlapped())
       model_->set_grad_ready([this](size_t b, size_t e) { sync_->ready(b, e); });
     model_->backward(1.0f / static_cast<float>(A));
-    model_->set_grad_ready(nullptr);
   }
   sync_->finish();  // the mean gradient is in sync_->reduced() (this rank's slices with ZeRO-1)
   float loss = static_cast<float>(loss_sum / A);

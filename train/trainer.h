@@ -53,7 +53,8 @@ class Trainer {
   // checkpoint may come from any world size; its global batch (its batch_size x grad_accum x
   // world_size) must equal this run's, else it throws saying which train.global_batch resumes.
   void restore(const CheckpointState& s);
-  // Writes ckpt_<step>.h5 (rank 0; all ranks call it).
+  // Writes ckpt_<step>.h5 (rank 0; all ranks call it: under ZeRO-1 they all-gather the AdamW
+  // moments into the table's layout first, so the file is the same for any world size).
   void save_checkpoint();
 
   // One optimizer step on the next global batch. Throws std::runtime_error naming the step if
