@@ -49,7 +49,8 @@ class MpiCommunicator final : public Communicator {
   }
 
   // Non-blocking MPI collectives, sliced (MPI counts are int); the mean's 1/world is applied in
-  // wait_all(), after the sums arrive.
+  // wait_all(), after the sums arrive, as allreduce_mean applies it (the same rounding). A
+  // completed request becomes MPI_REQUEST_NULL, whose MPI_Wait returns at once.
   void start_allreduce_mean(float* buf, size_t n) override {
     if (world_ == 1) return;
     for (size_t off = 0; off < n; off += kSlice) {
@@ -59,6 +60,7 @@ class MpiCommunicator final : public Communicator {
                                &pending_.back().req),
                 "MPI_Iallreduce");
     }
+    progress();
   }
   void start_reduce_scatter_mean(float* recv, const float* send, size_t shard) override {
     if (world_ == 1) {
@@ -70,6 +72,7 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Ireduce_scatter_block(send, recv, static_cast<int>(shard), MPI_FLOAT, MPI_SUM,
                                         MPI_COMM_WORLD, &pending_.back().req),
               "MPI_Ireduce_scatter_block");
+    progress();
   }
   void start_all_gather(float* recv, const float* send, size_t shard) override {
     const float* mine = recv + static_cast<size_t>(rank_) * shard;
@@ -83,14 +86,17 @@ class MpiCommunicator final : public Communicator {
                              recv, static_cast<int>(shard), MPI_FLOAT, MPI_COMM_WORLD,
                              &pending_.back().req),
               "MPI_Iallgather");
+    progress();
   }
   void wait_all() override {
+    // Taken out first: a failed wait leaves nothing behind to be waited on (or scaled) twice.
+    std::vector<Pending> done;
+    done.swap(pending_);
     const float inv = 1.0f / static_cast<float>(world_);
-    for (Pending& p : pending_) {
+    for (Pending& p : done) {
       mpi_check(MPI_Wait(&p.req, MPI_STATUS_IGNORE), "MPI_Wait");
       for (size_t i = 0; i < p.n; i++) p.mean[i] *= inv;
     }
-    pending_.clear();
   }
   double sum_double(double x) override {
     if (world_ == 1) return x;
@@ -100,6 +106,15 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // OpenMPI advances non-blocking collectives only inside MPI calls: testing the oldest pending
+  // ones at every start lets earlier buckets move while the backward computes the next.
+  void progress() {
+    for (Pending& p : pending_) {
+      int flag = 0;
+      mpi_check(MPI_Test(&p.req, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+      if (!flag) return;
+    }
+  }
   static constexpr size_t kSlice = size_t{1} << 30;
   static int slice(size_t n, size_t off) { return static_cast<int>(n - off < kSlice ? n - off : kSlice); }
   // A started collective; wait_all() scales mean[0, n) by 1/world once it is complete.

@@ -72,6 +72,9 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   cfg_.train.batch_size = per_rank_batch_size(cfg_.train, comm_.world());
   const TrainConfig& t = cfg_.train;
   ops_ = make_ops(t.backend);
+  ops_->set_precision(parse_precision(t.precision));
+  // NCCL orders its collectives after the work submitted to the compute stream.
+  comm_.attach_compute(ops_->native_stream());
   global_batch_ = static_cast<int64_t>(t.batch_size) * t.grad_accum * comm_.world();
   model_ = std::make_unique<Transformer>(cfg_.model, *ops_, t.batch_size, t.seq_len,
                                          /*with_grads*/ true, t.decay_embeddings);
@@ -85,7 +88,8 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   }
   comm_.broadcast(p.data(), p.size() * sizeof(float), 0);
   model_->params_from_host(p);
-  opt_ = std::make_unique<AdamW>(*ops_, model_->params(), t);
+  sync_ = std::make_unique<GradSync>(*ops_, comm_, model_->params().total(), t.zero, t.bucket_mb);
+  opt_ = std::make_unique<AdamW>(*ops_, model_->params(), t, sync_->owned(), sync_->state_size());
 
   // Data errors name the config key they came from.
   auto files_of = [](const std::string& key, const std::string& pattern) {
@@ -122,18 +126,25 @@ StepResult Trainer::step() {
     train_data_->read_samples(g0, B, windows_.data());
     split_inputs_targets(windows_.data(), B, T, inputs_.data(), targets_.data());
     loss_sum += model_->forward(inputs_.data(), targets_.data(), B, T);
+    // Only the last micro-step's backward reduces: its ranges are final for the whole step.
+    const bool last = m == A - 1;
+    if (last) sync_->begin(model_->grad_data());
+    // The callback is removed again however the backward ends (RAII).
+    struct Hook {
+      Transformer& model;
+      ~Hook() { model.set_grad_ready(nullptr); }
+    } hook{*model_};
+    if (last && sync_->overlapped())
+      model_->set_grad_ready([this](size_t b, size_t e) { sync_->ready(b, e); });
     model_->backward(1.0f / static_cast<float>(A));
   }
-  float* grads = model_->grad_data();
-  const size_t np = model_->params().total();
-  ops_->synchronize();  // the gradients are complete before another stream reduces them
-  comm_.allreduce_mean(grads, np);
+  sync_->finish();  // the mean gradient is in sync_->reduced() (this rank's slices with ZeRO-1)
   float loss = static_cast<float>(loss_sum / A);
   comm_.allreduce_mean(&loss, 1);
 
   StepResult r;
   r.loss = loss;
-  r.grad_norm = std::sqrt(ops_->sum_squares(grads, static_cast<int64_t>(np)));
+  r.grad_norm = std::sqrt(sync_->global_sum_squares());
   r.lr = lr_at(step_, t);
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm))
     throw std::runtime_error("non-finite " + std::string(std::isfinite(r.loss) ? "gradient norm" : "loss") +
@@ -143,7 +154,9 @@ StepResult Trainer::step() {
   const float clip = (t.grad_clip > 0 && r.grad_norm > t.grad_clip)
                          ? static_cast<float>(t.grad_clip / r.grad_norm)
                          : 1.0f;
-  opt_->step(model_->param_data(), grads, static_cast<float>(r.lr), clip);
+  opt_->step(model_->param_data(), sync_->reduced(), static_cast<float>(r.lr), clip);
+  sync_->gather_params(model_->param_data());  // ZeRO-1: every rank's slices to every rank
+  // MERGE: model_->weights_updated();  (refresh the bf16 weight copy after the optimizer update)
   step_++;
   return r;
 }
@@ -170,6 +183,13 @@ double Trainer::evaluate() {
 }
 
 void Trainer::save_checkpoint() {
+  // ZeRO-1: the moments are gathered (collective, every rank) into the table's layout, so the
+  // checkpoint is the same for every world size and zero setting.
+  std::vector<float> m, v;
+  if (sync_->sharded() || comm_.rank() == 0) {
+    m = sync_->gather_state(opt_->m_data());
+    v = sync_->gather_state(opt_->v_data());
+  }
   if (comm_.rank() == 0) {
     CheckpointState s;
     s.step = step_;
@@ -177,8 +197,8 @@ void Trainer::save_checkpoint() {
     s.world_size = comm_.world();
     s.config_yaml = to_yaml(cfg_);
     s.params = model_->params_to_host();
-    s.adam_m = opt_->m_to_host();
-    s.adam_v = opt_->v_to_host();
+    s.adam_m = std::move(m);
+    s.adam_v = std::move(v);
     s.adam_step = opt_->t();
     s.global_batch = global_batch_;
     // Training draws no random numbers after init (no dropout); the data order is a function of
@@ -206,7 +226,7 @@ void Trainer::restore(const CheckpointState& s) {
         std::to_string(comm_.world()) + " rank(s): set train.global_batch: " +
         std::to_string(s.global_batch) + " to resume with the same data order and schedule");
   model_->params_from_host(s.params);
-  opt_->load(s.adam_m, s.adam_v, s.adam_step);
+  opt_->load(s.adam_m, s.adam_v, s.adam_step);  // each rank keeps its slices under ZeRO-1
   step_ = step_base_ = s.step;
   sample_base_ = s.loader_next_sample;
 }

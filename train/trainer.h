@@ -1,7 +1,9 @@
 // train/trainer.h — the training loop, composed from the model, the data loader, the optimizer,
 // the communicator and the metrics log (torchtitan style: each a component, the loop on one
-// screen). One step: for each micro-batch, forward + backward (grads accumulate) -> all-reduce
-// mean over ranks -> global-norm clip -> AdamW -> metrics -> maybe eval.
+// screen). One step: for each micro-batch, forward + backward (grads accumulate; the last
+// micro-step's backward starts the bucketed reduction, train/grad_sync.h) -> mean over ranks
+// (all-reduce, or reduce-scatter with train.zero 1) -> global-norm clip -> AdamW (on this
+// rank's slices with ZeRO-1, then all-gather) -> metrics -> maybe eval.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/grad_sync.h"
 #include "train/metrics.h"
 #include "train/run_loop.h"
 
@@ -50,7 +53,8 @@ class Trainer {
   // checkpoint may come from any world size; its global batch (its batch_size x grad_accum x
   // world_size) must equal this run's, else it throws saying which train.global_batch resumes.
   void restore(const CheckpointState& s);
-  // Writes ckpt_<step>.h5 (rank 0; all ranks call it).
+  // Writes ckpt_<step>.h5 (rank 0; all ranks call it: under ZeRO-1 they all-gather the AdamW
+  // moments into the table's layout first, so the file is the same for any world size).
   void save_checkpoint();
 
   // One optimizer step on the next global batch. Throws std::runtime_error naming the step if
@@ -72,6 +76,7 @@ class Trainer {
   const std::vector<uint64_t>& last_step_samples() const { return last_samples_; }
   Transformer& model() { return *model_; }
   AdamW& optimizer() { return *opt_; }
+  GradSync& grad_sync() { return *sync_; }
   const RunConfig& config() const { return cfg_; }
   Ops& ops() { return *ops_; }
 
@@ -80,6 +85,7 @@ class Trainer {
   Communicator& comm_;
   std::unique_ptr<Ops> ops_;
   std::unique_ptr<Transformer> model_;
+  std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<WindowLoader> train_data_, val_data_;
   int64_t global_batch_ = 0;  // sequences per optimizer step, all ranks and micro-steps
