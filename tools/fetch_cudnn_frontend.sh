@@ -16,12 +16,12 @@ PY=${PYTHON:-python3}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 # Headers are the same in every wheel of a version: ask for one fixed platform and Python.
-ARGS=(download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64
+ARGS=(download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64
       "nvidia-cudnn-frontend==$VERSION" -d "$TMP")
 if [[ -n "${CUDNN_FRONTEND_WHEEL_DIR:-}" ]]; then
   ARGS+=(--no-index --find-links "$CUDNN_FRONTEND_WHEEL_DIR")
 fi
-if ! "$PY" -m pip "${ARGS[@]}" > "$TMP/pip.log" 2>&1; then
+if ! PIP_ROOT_USER_ACTION=ignore "$PY" -m pip "${ARGS[@]}" > "$TMP/pip.log" 2>&1; then
   echo "fetch_cudnn_frontend: pip download nvidia-cudnn-frontend==$VERSION failed: $(tail -n 1 "$TMP/pip.log")" >&2
   exit 1
 fi
