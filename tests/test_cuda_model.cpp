@@ -7,6 +7,11 @@
 //  * inference: prefill of 12 tokens (all logits, in chunks of 5) then 4 decode steps with
 //    InferenceModel on each backend from the same host parameters; logits (|logits| ~ 1) agree
 //    to 1e-4 absolute, and a keep-mask set on both gives the same logits too.
+//  * bf16 training: the same three steps with both backends in Precision::bf16 (the CUDA side on
+//    cuBLASLt bf16 GEMMs and cuDNN flash attention, the CPU side emulating the roundings); the
+//    bf16 weight copy is refreshed after every update. cuDNN also rounds the attention
+//    probabilities to bf16, which the emulation does not, so losses agree to 1e-2 relative and
+//    parameters to 5e-3 absolute.
 // Without a usable GPU every test is skipped, saying why (as tests/test_ops_cuda.cpp).
 #include <gtest/gtest.h>
 
@@ -67,6 +72,8 @@ Trajectory train(Ops& ops, const ModelConfig& cfg, int steps) {
   Transformer m(cfg, ops, B, T, /*with_grads=*/true);
   m.init_parameters(42);
   const size_t n = m.params().total();
+  ops.set_weights(m.param_data(), n);  // the bf16 copy (a no-op in fp32)
+  ops.refresh_weights();
   Buffer<float> momentum(ops, n);
   Trajectory r;
   for (int s = 0; s < steps; s++) {
@@ -77,6 +84,7 @@ Trajectory train(Ops& ops, const ModelConfig& cfg, int steps) {
     m.backward(1.0f);
     ops.sgd_update(m.param_data(), m.grad_data(), momentum.data(), static_cast<int64_t>(n), 0.1f,
                    0.9f, 0.01f, 1.0f);
+    ops.refresh_weights();
   }
   r.params = m.params_to_host();
   return r;
@@ -89,6 +97,18 @@ TEST_P(CudaModel, TrainingStepsMatchCpu) {
   for (size_t s = 0; s < want.losses.size(); s++)
     EXPECT_NEAR(got.losses[s], want.losses[s], 1e-5 * std::fabs(want.losses[s])) << "step " << s;
   EXPECT_LE(max_abs_diff(got.params, want.params), 1e-5);
+}
+
+TEST_P(CudaModel, Bf16TrainingStepsMatchCpuEmulation) {
+  const ModelConfig cfg = config_of(GetParam());
+  auto cpu = make_ops("cpu"), gpu = make_ops("cuda");
+  cpu->set_precision(Precision::bf16);
+  gpu->set_precision(Precision::bf16);
+  const Trajectory want = train(*cpu, cfg, 3), got = train(*gpu, cfg, 3);
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (size_t s = 0; s < want.losses.size(); s++)
+    EXPECT_NEAR(got.losses[s], want.losses[s], 1e-2 * std::fabs(want.losses[s])) << "step " << s;
+  EXPECT_LE(max_abs_diff(got.params, want.params), 5e-3);
 }
 
 // Logits of prefill (all positions, chunks of 5) then 4 decode steps; with `mask`, some

@@ -22,16 +22,22 @@ namespace {
 constexpr int kAttnBlock = 128;                       // 4 warps
 constexpr size_t kDpreBudget = size_t(256) << 20;     // bytes of dpre scratch per chunk
 
-// Lets `kernel` use `bytes` of dynamic shared memory (opting in above the 48 KiB default).
+// Lets `kernel` use `bytes` of dynamic shared memory next to its static shared memory
+// (attributes.sharedSizeBytes): a block may hold static + dynamic <= 48 KiB by default, and up to
+// the device's opt-in limit once the dynamic size is raised.
 template <typename K>
 void allow_shared(K kernel, size_t bytes, const char* what) {
-  if (bytes <= 48 * 1024) return;
+  cudaFuncAttributes attr{};
+  CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const size_t total = bytes + attr.sharedSizeBytes;
+  if (total <= 48 * 1024) return;
   int dev = 0, max_optin = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (bytes > static_cast<size_t>(max_optin))
+  if (total > static_cast<size_t>(max_optin))
     throw std::runtime_error(std::string(what) + ": sequence too long for this kernel (needs " +
-                             std::to_string(bytes) + " bytes of shared memory, device allows " +
+                             std::to_string(bytes) + " + " + std::to_string(attr.sharedSizeBytes) +
+                             " static bytes of shared memory, device allows " +
                              std::to_string(max_optin) + ")");
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(bytes)));

@@ -3,7 +3,7 @@
 // buffer is safely reused by consecutive ops.
 #pragma once
 
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -46,6 +46,27 @@ inline unsigned grid_for(int64_t n, int block = kBlock) {
 
 // Checked narrowing for sizes handed to cuBLAS or used as grid dimensions.
 int to_int(int64_t v, const char* what);
+
+// One cudaMalloc'ed block, freed on destruction (move-only).
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes);
+  ~DeviceMemory();
+  DeviceMemory(DeviceMemory&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceMemory& operator=(DeviceMemory&& o) noexcept;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
 
 // Device scratch memory that grows on demand and is never shrunk.
 class Scratch {

@@ -1,12 +1,15 @@
 // kernels/cuda/embedding.cu — token embedding.
 //   forward:  out[n, :] = wte[tokens[n], :]
 //   backward: dwte[tokens[n], :] += dout[n, :], rows of one token summed in increasing n.
-// The backward groups the positions of each token on the host (a stable counting sort of the N
-// tokens), then one thread per (token, channel) adds that token's rows in order: every dwte
-// element has exactly one writer and a fixed summation order, so the result is deterministic.
-#include <algorithm>
-#include <string>
-#include <vector>
+// The backward runs on the device, without a host round trip:
+//   1. pairs (tokens[n], n) sorted by token with cub::DeviceRadixSort (a stable LSD radix sort over
+//      the full 32-bit key, so positions of one token stay in increasing n);
+//   2. one thread per (sorted position i, channel c) where a run of equal tokens starts adds the
+//      run's dout rows in order: acc = dwte[u, c]; acc += dout[n_j, c] for j = i, i+1, ... .
+// Every dwte element has exactly one writer and the CPU's summation order (d += g row by row),
+// so the result is deterministic and bitwise the CPU's. Tokens outside [0, V) are skipped (the
+// forward does not check them either; the data loader does).
+#include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/launch.cuh"
 
@@ -24,17 +27,25 @@ __global__ void embedding_forward_kernel(float* out, const int32_t* tokens, cons
   }
 }
 
-// blockIdx.x: one distinct token u; positions order[start[u] .. start[u+1]) in increasing n.
-__global__ void embedding_backward_kernel(float* dwte, const float* dout, const int32_t* order,
-                                          const int32_t* uniq, const int32_t* start, int C) {
-  const int u = blockIdx.x;
+__global__ void iota_kernel(int32_t* v, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) v[i] = i;
+}
+
+// blockIdx.x: sorted position i (only the first of a run of equal tokens works); channel
+// c = blockIdx.y * blockDim.x + threadIdx.x. key[] sorted tokens, pos[] their positions n.
+__global__ void embedding_backward_kernel(float* dwte, const float* dout, const int32_t* key,
+                                          const int32_t* pos, int n, int C, int V) {
+  const int i = blockIdx.x;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float* row = dwte + int64_t(uniq[u]) * C + c;
+  const int32_t u = key[i];
+  if (c >= C || (i > 0 && key[i - 1] == u) || u < 0 || u >= V) return;
+  float* row = dwte + int64_t(u) * C + c;
   float acc = *row;
-  for (int i = start[u]; i < start[u + 1]; ++i) acc += dout[int64_t(order[i]) * C + c];
+  for (int j = i; j < n && key[j] == u; ++j) acc += dout[int64_t(pos[j]) * C + c];
   *row = acc;
 }
+
+size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
 
 }  // namespace
 
@@ -48,45 +59,26 @@ void embedding_forward(cudaStream_t stream, float* out, const int32_t* tokens, c
 void embedding_backward(cudaStream_t stream, Scratch& scratch, float* dwte, const float* dout,
                         const int32_t* tokens, int64_t N, int C, int V) {
   if (N <= 0 || C <= 0) return;
-  const int n_tok = to_int(N, "embedding_backward N");
-  std::vector<int32_t> tok(n_tok);
-  CUDA_CHECK(cudaMemcpyAsync(tok.data(), tokens, sizeof(int32_t) * tok.size(),
-                             cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  const int n = to_int(N, "embedding_backward N");
+  size_t sort_bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, sort_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), n, 0, 32, stream));
+  // scratch: sorted keys | positions in | positions out | cub's temporary storage
+  const size_t arr = align256(sizeof(int32_t) * size_t(n));
+  char* base = static_cast<char*>(scratch.get(3 * arr + sort_bytes, stream));
+  auto* key_out = reinterpret_cast<int32_t*>(base);
+  auto* pos_in = reinterpret_cast<int32_t*>(base + arr);
+  auto* pos_out = reinterpret_cast<int32_t*>(base + 2 * arr);
+  void* temp = base + 3 * arr;
 
-  // Stable counting sort: host layout [order (N) | uniq (U) | start (U+1)].
-  std::vector<int32_t> count(static_cast<size_t>(V) + 1, 0);
-  for (int n = 0; n < n_tok; ++n) {
-    if (tok[n] < 0 || tok[n] >= V)
-      throw std::runtime_error("embedding_backward: token " + std::to_string(tok[n]) +
-                               " at position " + std::to_string(n) + " outside [0, " +
-                               std::to_string(V) + ")");
-    ++count[tok[n]];
-  }
-  std::vector<int32_t> uniq, start, next(V, 0);
-  int32_t offset = 0;
-  for (int t = 0; t < V; ++t) {
-    if (count[t] == 0) continue;
-    uniq.push_back(t);
-    start.push_back(offset);
-    next[t] = offset;
-    offset += count[t];
-  }
-  start.push_back(offset);
-  const size_t U = uniq.size();
-  std::vector<int32_t> host(static_cast<size_t>(n_tok) + 2 * U + 1);
-  for (int n = 0; n < n_tok; ++n) host[next[tok[n]]++] = n;
-  std::copy(uniq.begin(), uniq.end(), host.begin() + n_tok);
-  std::copy(start.begin(), start.end(), host.begin() + n_tok + U);
-
-  auto* dev = static_cast<int32_t*>(scratch.get(host.size() * sizeof(int32_t), stream));
-  CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(int32_t),
-                             cudaMemcpyHostToDevice, stream));
-  const dim3 grid(static_cast<unsigned>(U), static_cast<unsigned>((C + kBlock - 1) / kBlock));
-  embedding_backward_kernel<<<grid, kBlock, 0, stream>>>(dwte, dout, dev, dev + n_tok,
-                                                          dev + n_tok + U, C);
+  iota_kernel<<<grid_for(n), kBlock, 0, stream>>>(pos_in, n);
   CUDA_CHECK_LAUNCH();
-  CUDA_CHECK(cudaStreamSynchronize(stream));  // `host` is pageable and freed on return
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, tokens, key_out, pos_in, pos_out, n,
+                                             0, 32, stream));
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((C + kBlock - 1) / kBlock));
+  embedding_backward_kernel<<<grid, kBlock, 0, stream>>>(dwte, dout, key_out, pos_out, n, C, V);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kvt::cuda

@@ -11,8 +11,8 @@ namespace kvt::cuda {
 // embedding.cu
 void embedding_forward(cudaStream_t stream, float* out, const int32_t* tokens, const float* wte,
                        int64_t N, int C);
-// Copies the tokens to the host (waits for the stream), groups positions by token in increasing n,
-// then one thread per (token, channel) adds its rows in that order: deterministic, no atomics.
+// Sorts (token, n) pairs on the device (cub radix sort, stable), then one thread per (run of equal
+// tokens, channel) adds the run's rows in increasing n: deterministic, no atomics, no host wait.
 void embedding_backward(cudaStream_t stream, Scratch& scratch, float* dwte, const float* dout,
                         const int32_t* tokens, int64_t N, int C, int V);
 
@@ -23,11 +23,17 @@ void rmsnorm_backward(cudaStream_t stream, Scratch& scratch, float* dx, float* d
                       const float* dout, const float* x, const float* w, const float* rstd,
                       int64_t N, int C);
 
-// matmul.cu (cuBLAS, fp32 without TF32)
-void matmul_forward(cublasHandle_t h, float* out, const float* x, const float* w, int64_t N,
-                    int IC, int OC);
-void matmul_backward(cublasHandle_t h, float* dx, float* dw, const float* dout, const float* x,
-                     const float* w, int64_t N, int IC, int OC, bool accumulate_dx);
+// matmul: the Matmul class (matmul.h, cuBLASLt); flash attention: FlashAttention (sdpa.h).
+
+// convert.cu: bf16 bits (uint16_t) rounded with math::to_bf16.
+//   to_bf16:        dst[i] = bf16(src[i])
+//   rows_to_bf16:   dst[r*cols + c] = bf16(src[r*lds + c])            (strided -> packed)
+//   rows_from_bf16: dst[r*ldd + c] (= or += when accumulate) float(src[r*cols + c])
+void to_bf16(cudaStream_t stream, uint16_t* dst, const float* src, int64_t n);
+void rows_to_bf16(cudaStream_t stream, uint16_t* dst, const float* src, int64_t lds, int64_t rows,
+                  int cols);
+void rows_from_bf16(cudaStream_t stream, float* dst, int64_t ldd, const uint16_t* src,
+                    int64_t rows, int cols, bool accumulate);
 
 // rope.cu: rotates by +angle (sin_sign = 1, forward) or -angle (sin_sign = -1, backward).
 void rope_rotate(cudaStream_t stream, float* x, int ld, int B, int T, int nh, int D, int pos0,
