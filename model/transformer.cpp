@@ -521,7 +521,9 @@ void Transformer::backward(float loss_scale) {
     const int PROJ = la.proj;
     const float* qkv = a.qkv[l];
     float* dqkv = la.dproj;
-    if (recompute_ == Recompute::block) block_forward(l, B, T, false);  // refill the shared set
+    // The shared buffers still hold the last layer's forward; earlier layers re-run theirs.
+    const bool rerun = l < L - 1;
+    if (recompute_ == Recompute::block && rerun) block_forward(l, B, T, false);  // refill the set
     // MLP: x' = m + down(swiglu(gate_up(RMSNorm(m)))); dres holds dx' and becomes dm.
     ops_.matmul_backward(a.dswi, G + lp.down, a.dres, a.swi[l], P + lp.down, N, F, C, false);
     ops_.swiglu_backward(a.dgate_up, a.dswi, a.gate_up[l], N, F);
@@ -532,7 +534,7 @@ void Transformer::backward(float loss_scale) {
     if (!la.dproj_dedicated) ops_.zero(dqkv, N * PROJ * sizeof(float));  // dK, dV accumulate
     if (a.kv[l]) ops_.zero(a.dkv, N * 2 * Hkv * D * sizeof(float));
     const AttnShape shape{B, T, H, Hkv, D, PROJ, la.ldk, la.ldv};
-    if (recompute_ == Recompute::attention)  // refill the shared att (and atty, bitwise as kept)
+    if (recompute_ == Recompute::attention && rerun)  // refill the shared att (atty: same bits)
       ops_.attention_forward(a.atty[l], a.att[l], qkv, la.k, la.v, shape);
     ops_.attention_backward(dqkv, la.dk, la.dv, a.datty, a.atty[l], a.att[l], qkv, la.k, la.v, shape);
     ops_.rope_backward(dqkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
