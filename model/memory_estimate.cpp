@@ -117,32 +117,42 @@ uint64_t gate_parameter_count(const ModelConfig& cfg) {
   return mul(static_cast<uint64_t>(storage_layer_count(c)), per);
 }
 
-uint64_t transformer_activation_bytes(const ModelConfig& cfg, int64_t B, int64_t T, bool with_grads) {
+uint64_t transformer_activation_bytes(const ModelConfig& cfg, int64_t B, int64_t T, bool with_grads,
+                                      Recompute recompute, bool attention_probs) {
   const ModelConfig c = resolved(cfg);
   const uint64_t N = mul(static_cast<uint64_t>(B), static_cast<uint64_t>(T)), C = c.d_model,
                  H = c.n_heads, Hkv = c.kv_heads(), D = c.head_dim(), F = c.ffn_dim(),
                  V = c.vocab_size, L = c.n_layers;
   const uint64_t nc = slot(mul(N, C)), kv = slot(mul(N, 2 * Hkv * D));
+  // att: [B, H, T, T] probabilities or [B, H, T] statistics (Ops::attention_saved_floats)
+  const uint64_t att = slot(attention_probs ? mul(static_cast<uint64_t>(B), H, static_cast<uint64_t>(T),
+                                                  static_cast<uint64_t>(T))
+                                            : mul(static_cast<uint64_t>(B), H, static_cast<uint64_t>(T)));
+  const bool share_att = recompute != Recompute::none, block = recompute == Recompute::block;
+  // What a block's forward writes besides qkv and att: res_mid, ln1, ln2 [N, C]; rstd1, rstd2
+  // [N]; atty [N, HD]; gate_up [N, 2F]; swi [N, F] (kept per layer, or one set with block)
+  const uint64_t block_rest = add(add(mul(3, nc), mul(2, slot(N))),
+                                  add(slot(mul(N, H * D)), add(slot(mul(N, 2 * F)), slot(mul(N, F)))));
   // res[0..L] [N, C]
   uint64_t floats = mul(L + 1, nc);
   uint64_t max_proj = 0;
   bool any_own_kv = false;
   for (int l = 0; l < c.n_layers; l++) {
     const LayerShape s = layer_shape(c, l);
-    // res_mid, ln1, ln2 [N, C]; rstd1, rstd2 [N]; qkv [N, proj]; att [B, H, T, T];
-    // atty [N, HD]; gate_up [N, 2F]; swi [N, F]; kv [N, 2 Hkv D] (fused, LRKV)
-    uint64_t layer = add(mul(3, nc), mul(2, slot(N)));
-    layer = add(layer, slot(mul(N, s.proj)));
-    layer = add(layer, slot(mul(static_cast<uint64_t>(B), H, static_cast<uint64_t>(T), static_cast<uint64_t>(T))));
-    layer = add(layer, add(slot(mul(N, H * D)), add(slot(mul(N, 2 * F)), slot(mul(N, F)))));
-    if (s.own_kv_buffer) layer = add(layer, kv);
+    uint64_t layer = 0;
+    if (!block) layer = add(block_rest, s.own_kv_buffer ? kv : 0);  // + kv [N, 2 Hkv D] (fused, LRKV)
+    if (!block || s.dedicated_grad) layer = add(layer, slot(mul(N, s.proj)));  // qkv [N, proj]
+    if (!share_att) layer = add(layer, att);
     if (with_grads && s.dedicated_grad) layer = add(layer, slot(mul(N, s.proj)));  // dqkv_storage
     floats = add(floats, layer);
     max_proj = std::max(max_proj, s.proj);
     any_own_kv = any_own_kv || s.own_kv_buffer;
   }
-  // lnf, tmp [N, C]; rstdf, losses [N]; logits [N, V]; RoPE cos, sin [max_seq_len, D/2]
-  floats = add(floats, add(mul(2, nc), mul(2, slot(N))));
+  // the shared set: att (attention, block); the block's buffers, qkv [N, max proj], kv (block)
+  if (share_att) floats = add(floats, att);
+  if (block) floats = add(floats, add(add(block_rest, slot(mul(N, max_proj))), any_own_kv ? kv : 0));
+  // lnf, tmp [N, C]; rstdf, losses [N]; loss [1]; logits [N, V]; RoPE cos, sin [max_seq_len, D/2]
+  floats = add(floats, add(add(mul(2, nc), mul(2, slot(N))), slot(1)));
   floats = add(floats, add(slot(mul(N, V)), mul(2, slot(mul(static_cast<uint64_t>(c.max_seq_len), D / 2)))));
   if (with_grads) {
     // dres, dln [N, C]; dqkv [N, max proj]; dkv; datty [N, HD]; dgate_up [N, 2F]; dswi [N, F]

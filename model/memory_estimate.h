@@ -16,6 +16,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "model/recompute.h"
 
 namespace kvt {
 
@@ -24,9 +25,12 @@ uint64_t parameter_count(const ModelConfig& cfg);
 // Floats of the Fast KVzip gate table (model/gates.h).
 uint64_t gate_parameter_count(const ModelConfig& cfg);
 
-// Transformer(cfg, ops, B, T, with_grads): its activation arena (every slot rounded up to 16
-// floats) and its 2 B T token ids.
-uint64_t transformer_activation_bytes(const ModelConfig& cfg, int64_t B, int64_t T, bool with_grads);
+// Transformer(cfg, ops, B, T, with_grads, _, recompute): its activation arena (every slot rounded
+// up to 16 floats) and its 2 B T token ids. attention_probs: the backend's attention saves
+// B H T T probabilities per layer (ops.attention_saves_probs), else B H T flash statistics.
+uint64_t transformer_activation_bytes(const ModelConfig& cfg, int64_t B, int64_t T, bool with_grads,
+                                      Recompute recompute = Recompute::none,
+                                      bool attention_probs = true);
 
 // InferenceModel on cfg (chunk = InferenceOptions::max_chunk, 0 = its default):
 // the KV cache (max_seq_len positions of every storage layer's block) ...

@@ -18,6 +18,12 @@
 // adds its dK/dV into that layer's own gradient buffer (dedicated per storage layer with
 // consumers, zeroed at the start of backward); the storage layer's attention backward adds onto
 // the sum and RoPE backward runs once, on the total.
+//
+// Recomputation (model/recompute.h): the per-layer activation pointers below may alias one shared
+// buffer. attention: every layer's `att` is one buffer, refilled in backward by re-running that
+// layer's attention_forward. block: only res[0..L] and the qkv of storage layers other layers
+// read are per layer; everything else is one set of buffers, refilled in backward by re-running
+// the block's forward from res[l]. The re-runs compute bitwise what the forward computed.
 #include "model/transformer.h"
 
 #include <algorithm>
@@ -114,11 +120,12 @@ struct Transformer::Acts {
   std::vector<float*> rstd1, rstd2;   // [N]
   std::vector<float*> qkv;            // [N, proj] input projection, q and own k after RoPE
   std::vector<float*> kv;             // [N, 2 Hkv D] K|V of fused and LRKV layers (else null)
-  std::vector<float*> att;            // [B, H, T, T]
+  std::vector<float*> att;            // attention_saved_floats(B, H, T): [B, H, T, T] or [B, H, T]
   std::vector<float*> atty;           // [N, H D]
   std::vector<float*> gate_up;        // [N, 2F]
   std::vector<float*> swi;            // [N, F]
   float *lnf, *rstdf, *logits, *losses, *tmp;
+  float* loss;                        // [1] sum of weight * mean loss (forward_train)
   // backward scratch, shared by all layers (dkv: fused and LRKV layers' dK|dV)
   float *dres, *dln, *dqkv, *dkv, *datty, *dgate_up, *dswi;
   std::vector<float*> dqkv_storage;   // per layer: dedicated dqkv of storage layers with consumers
@@ -133,8 +140,8 @@ struct Transformer::Acts {
 };
 
 Transformer::Transformer(const ModelConfig& cfg, Ops& ops, int B, int T, bool with_grads,
-                         bool decay_embeddings)
-    : cfg_(cfg), ops_(ops), B_(B), T_(T), with_grads_(with_grads) {
+                         bool decay_embeddings, Recompute recompute)
+    : cfg_(cfg), ops_(ops), B_(B), T_(T), with_grads_(with_grads), recompute_(recompute) {
   cfg_.resolve();
   if (B < 1 || T < 1) throw std::invalid_argument("batch and sequence length must be >= 1");
   if (T > cfg_.max_seq_len)
@@ -145,18 +152,22 @@ Transformer::Transformer(const ModelConfig& cfg, Ops& ops, int B, int T, bool wi
   if (with_grads_) grads_ = Buffer<float>(ops_, table_.total());
   alloc_activations();
   upload_rope_tables(ops_, cfg_, acts_->rope_cos, acts_->rope_sin);
+  ops_.set_weights(params_.data(), table_.total());  // bf16: GEMMs read its copy
 }
 
-Transformer::~Transformer() = default;
+// The registration must not outlive the buffer (a later allocation at the same address would
+// read a stale copy); another model on the same ops registers itself again when it is built.
+Transformer::~Transformer() { ops_.set_weights(nullptr, 0); }
 
 void Transformer::alloc_activations() {
   acts_ = std::make_unique<Acts>();
   Acts& a = *acts_;
   const int64_t N = static_cast<int64_t>(B_) * T_, C = cfg_.d_model, L = cfg_.n_layers,
                 H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),
-                F = cfg_.ffn_dim(),
-                V = cfg_.vocab_size, att = static_cast<int64_t>(B_) * H * T_ * T_;
+                F = cfg_.ffn_dim(), V = cfg_.vocab_size;
+  const int64_t att = static_cast<int64_t>(ops_.attention_saved_floats(B_, static_cast<int>(H), T_));
   const int64_t half = D / 2;
+  const bool share_att = recompute_ != Recompute::none, block = recompute_ == Recompute::block;
 
   // Columns of each layer's input projection, and which layers need K|V buffers of their own.
   a.layers = build_layer_plan(table_, cfg_);
@@ -175,31 +186,53 @@ void Transformer::alloc_activations() {
     max_proj = std::max(max_proj, proj[l]);
   }
 
-  // Lay out every activation in one arena: first count, then carve.
+  // Lay out every activation in one arena: first count, then carve. Per-layer slots, then the
+  // shared ones of the recompute mode (assigned to every layer after carving).
   Arena arena;
   auto take = [&](float*& dst, int64_t n) { arena.take(dst, n); };
   a.res.resize(L + 1);
   for (auto& p : a.res) take(p, N * C);
   a.res_mid.resize(L); a.ln1.resize(L); a.ln2.resize(L); a.rstd1.resize(L); a.rstd2.resize(L);
-  a.qkv.resize(L); a.kv.assign(L, nullptr); a.att.resize(L); a.atty.resize(L);
+  a.qkv.assign(L, nullptr); a.kv.assign(L, nullptr); a.att.resize(L); a.atty.resize(L);
   a.gate_up.resize(L); a.swi.resize(L); a.dqkv_storage.assign(L, nullptr);
   for (int64_t l = 0; l < L; l++) {
-    take(a.res_mid[l], N * C);
-    take(a.ln1[l], N * C);
-    take(a.ln2[l], N * C);
-    take(a.rstd1[l], N);
-    take(a.rstd2[l], N);
-    take(a.qkv[l], N * proj[l]);
-    if (own_kv[l]) take(a.kv[l], N * 2 * Hkv * D);
-    take(a.att[l], att);
-    take(a.atty[l], N * H * D);
-    take(a.gate_up[l], N * 2 * F);
-    take(a.swi[l], N * F);
+    if (!block) {
+      take(a.res_mid[l], N * C);
+      take(a.ln1[l], N * C);
+      take(a.ln2[l], N * C);
+      take(a.rstd1[l], N);
+      take(a.rstd2[l], N);
+    }
+    if (!block || dedicated[l]) take(a.qkv[l], N * proj[l]);  // block: the K/V others read
+    if (!block && own_kv[l]) take(a.kv[l], N * 2 * Hkv * D);
+    if (!share_att) take(a.att[l], att);
+    if (!block) {
+      take(a.atty[l], N * H * D);
+      take(a.gate_up[l], N * 2 * F);
+      take(a.swi[l], N * F);
+    }
+  }
+  struct {
+    float *res_mid, *ln1, *ln2, *rstd1, *rstd2, *qkv, *kv, *att, *atty, *gate_up, *swi;
+  } sh{};
+  if (share_att) take(sh.att, att);
+  if (block) {
+    take(sh.res_mid, N * C);
+    take(sh.ln1, N * C);
+    take(sh.ln2, N * C);
+    take(sh.rstd1, N);
+    take(sh.rstd2, N);
+    take(sh.qkv, N * max_proj);
+    if (any_own_kv) take(sh.kv, N * 2 * Hkv * D);
+    take(sh.atty, N * H * D);
+    take(sh.gate_up, N * 2 * F);
+    take(sh.swi, N * F);
   }
   take(a.lnf, N * C);
   take(a.rstdf, N);
   take(a.logits, N * V);
   take(a.losses, N);
+  take(a.loss, 1);
   take(a.tmp, N * C);
   take(a.rope_cos, static_cast<int64_t>(cfg_.max_seq_len) * half);
   take(a.rope_sin, static_cast<int64_t>(cfg_.max_seq_len) * half);
@@ -216,6 +249,15 @@ void Transformer::alloc_activations() {
       if (dedicated[l]) take(a.dqkv_storage[l], N * proj[l]);
   }
   a.arena = arena.carve(ops_);
+  for (int64_t l = 0; l < L; l++) {
+    if (share_att) a.att[l] = sh.att;
+    if (!block) continue;
+    a.res_mid[l] = sh.res_mid; a.ln1[l] = sh.ln1; a.ln2[l] = sh.ln2;
+    a.rstd1[l] = sh.rstd1; a.rstd2[l] = sh.rstd2;
+    if (!dedicated[l]) a.qkv[l] = sh.qkv;
+    if (own_kv[l]) a.kv[l] = sh.kv;
+    a.atty[l] = sh.atty; a.gate_up[l] = sh.gate_up; a.swi[l] = sh.swi;
+  }
   a.tokens = Buffer<int32_t>(ops_, static_cast<size_t>(2 * N));
   a.inputs = a.tokens.data();
   a.targets = a.tokens.data() + N;
@@ -296,7 +338,10 @@ void Transformer::params_from_host(const std::vector<float>& host) {
     throw std::invalid_argument("parameter vector has " + std::to_string(host.size()) +
                                 " values, the model needs " + std::to_string(table_.total()));
   ops_.to_device(params_.data(), host.data(), params_.bytes());
+  ops_.refresh_weights();
 }
+
+void Transformer::weights_updated() { ops_.refresh_weights(); }
 
 std::vector<float> Transformer::grads_to_host() const {
   if (!with_grads_) throw std::logic_error("model was built without gradients");
@@ -309,81 +354,127 @@ void Transformer::zero_grads() {
   if (with_grads_) ops_.zero(grads_.data(), grads_.bytes());
 }
 
-float Transformer::forward(const int32_t* inputs, const int32_t* targets, int B, int T) {
+void Transformer::check_shape(const int32_t* inputs, const int32_t* targets, int B, int T) const {
   if (B < 1 || B > B_ || T < 1 || T > T_)
     throw std::invalid_argument("forward shape [" + std::to_string(B) + ", " + std::to_string(T) +
                                 "] exceeds the model's buffers [" + std::to_string(B_) + ", " +
                                 std::to_string(T_) + "]");
+  const int V = cfg_.vocab_size;
+  const int64_t N = static_cast<int64_t>(B) * T;
+  for (int64_t i = 0; i < N; i++)
+    if (inputs[i] < 0 || inputs[i] >= V || (targets && (targets[i] < 0 || targets[i] >= V)))
+      throw std::out_of_range("token id out of range [0, " + std::to_string(V) + ") at position " +
+                              std::to_string(i));
+}
+
+// Layer l: res[l] -> res[l + 1] (full), or up to swi[l] (the re-run of recompute block).
+void Transformer::block_forward(int l, int B, int T, bool full) {
+  Acts& a = *acts_;
+  const int64_t N = static_cast<int64_t>(B) * T;
+  const int C = cfg_.d_model, H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),
+            R = cfg_.lrkv_rank, F = cfg_.ffn_dim();
+  const float* P = params_.data();
+  const LayerPlan& lp = a.layers[l];
+  const LayerAttn& la = a.attn[l];
+  const int PROJ = la.proj;
+  float* qkv = a.qkv[l];
+  ops_.rmsnorm_forward(a.ln1[l], a.rstd1[l], a.res[l], P + lp.ln1, N, C, cfg_.norm_eps);
+  ops_.matmul_forward(qkv, a.ln1[l], P + lp.q, N, C, PROJ);
+  ops_.rope_forward(qkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
+  if (cfg_.lrkv()) {
+    // qkv = [q | ks | vs | zk | zv]; K|V = shared + per-head low rank, then RoPE on K.
+    const float* ks = qkv + H * D;
+    const float* zk = ks + 2 * D;
+    ops_.lrkv_expand_forward(a.kv[l], 2 * H * D, ks, PROJ, zk, PROJ, P + lp.k_up, N, H, D, R);
+    ops_.lrkv_expand_forward(a.kv[l] + H * D, 2 * H * D, ks + D, PROJ, zk + H * R, PROJ,
+                             P + lp.v_up, N, H, D, R);
+    ops_.rope_forward(a.kv[l], 2 * H * D, B, T, H, D, 0, a.rope_cos, a.rope_sin);
+  } else if (la.src.kind == KvSource::Kind::own) {
+    ops_.rope_forward(qkv + H * D, PROJ, B, T, Hkv, D, 0, a.rope_cos, a.rope_sin);
+  } else if (la.src.kind == KvSource::Kind::fused) {
+    // Post-RoPE K (pair-tied weights) and V of the first and last storage layers.
+    const LayerAttn& f = a.attn[la.src.first()];
+    const LayerAttn& g = a.attn[la.src.last()];
+    const float* kf = a.qkv[la.src.first()] + H * D;
+    const float* kl = a.qkv[la.src.last()] + H * D;
+    ops_.kv_fuse_forward(a.kv[l], 2 * Hkv * D, kf, f.proj, kl, g.proj, P + lp.fuse_k_first,
+                         P + lp.fuse_k_last, N, Hkv, D, true);
+    ops_.kv_fuse_forward(a.kv[l] + Hkv * D, 2 * Hkv * D, kf + Hkv * D, f.proj, kl + Hkv * D,
+                         g.proj, P + lp.fuse_v_first, P + lp.fuse_v_last, N, Hkv, D, false);
+  }
+  const AttnShape shape{B, T, H, Hkv, D, PROJ, la.ldk, la.ldv};
+  ops_.attention_forward(a.atty[l], a.att[l], qkv, la.k, la.v, shape);
+  ops_.matmul_forward(a.tmp, a.atty[l], P + lp.o, N, H * D, C);
+  ops_.residual_forward(a.res_mid[l], a.res[l], a.tmp, N * C);
+  ops_.rmsnorm_forward(a.ln2[l], a.rstd2[l], a.res_mid[l], P + lp.ln2, N, C, cfg_.norm_eps);
+  ops_.matmul_forward(a.gate_up[l], a.ln2[l], P + lp.gate_up, N, C, 2 * F);
+  ops_.swiglu_forward(a.swi[l], a.gate_up[l], N, F);
+  if (!full) return;
+  ops_.matmul_forward(a.tmp, a.swi[l], P + lp.down, N, F, C);
+  ops_.residual_forward(a.res[l + 1], a.res_mid[l], a.tmp, N * C);
+}
+
+// Embedding, every block, final norm, LM head and (with targets) the per-token losses.
+void Transformer::run_forward(const int32_t* inputs, const int32_t* targets, int B, int T) {
+  check_shape(inputs, targets, B, T);
   Acts& a = *acts_;
   cur_B_ = B;
   cur_T_ = T;
   have_targets_ = targets != nullptr;
   const int64_t N = static_cast<int64_t>(B) * T;
-  const int C = cfg_.d_model, H = cfg_.n_heads, Hkv = cfg_.kv_heads(), D = cfg_.head_dim(),
-            R = cfg_.lrkv_rank, F = cfg_.ffn_dim(), V = cfg_.vocab_size;
-  for (int64_t i = 0; i < N; i++)
-    if (inputs[i] < 0 || inputs[i] >= V || (targets && (targets[i] < 0 || targets[i] >= V)))
-      throw std::out_of_range("token id out of range [0, " + std::to_string(V) + ") at position " +
-                              std::to_string(i));
-  ops_.to_device(a.inputs, inputs, N * sizeof(int32_t));
-  if (targets) ops_.to_device(a.targets, targets, N * sizeof(int32_t));
+  const int C = cfg_.d_model, V = cfg_.vocab_size, L = cfg_.n_layers;
+  ops_.to_device_async(a.inputs, inputs, N * sizeof(int32_t));
+  if (targets) ops_.to_device_async(a.targets, targets, N * sizeof(int32_t));
   const float* P = params_.data();
-
   ops_.embedding_forward(a.res[0], a.inputs, P + a.wte, N, C);
-  for (int l = 0; l < cfg_.n_layers; l++) {
-    const LayerPlan& lp = a.layers[l];
-    const LayerAttn& la = a.attn[l];
-    const int PROJ = la.proj;
-    float* qkv = a.qkv[l];
-    ops_.rmsnorm_forward(a.ln1[l], a.rstd1[l], a.res[l], P + lp.ln1, N, C, cfg_.norm_eps);
-    ops_.matmul_forward(qkv, a.ln1[l], P + lp.q, N, C, PROJ);
-    ops_.rope_forward(qkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
-    if (cfg_.lrkv()) {
-      // qkv = [q | ks | vs | zk | zv]; K|V = shared + per-head low rank, then RoPE on K.
-      const float* ks = qkv + H * D;
-      const float* zk = ks + 2 * D;
-      ops_.lrkv_expand_forward(a.kv[l], 2 * H * D, ks, PROJ, zk, PROJ, P + lp.k_up, N, H, D, R);
-      ops_.lrkv_expand_forward(a.kv[l] + H * D, 2 * H * D, ks + D, PROJ, zk + H * R, PROJ,
-                               P + lp.v_up, N, H, D, R);
-      ops_.rope_forward(a.kv[l], 2 * H * D, B, T, H, D, 0, a.rope_cos, a.rope_sin);
-    } else if (la.src.kind == KvSource::Kind::own) {
-      ops_.rope_forward(qkv + H * D, PROJ, B, T, Hkv, D, 0, a.rope_cos, a.rope_sin);
-    } else if (la.src.kind == KvSource::Kind::fused) {
-      // Post-RoPE K (pair-tied weights) and V of the first and last storage layers.
-      const LayerAttn& f = a.attn[la.src.first()];
-      const LayerAttn& g = a.attn[la.src.last()];
-      const float* kf = a.qkv[la.src.first()] + H * D;
-      const float* kl = a.qkv[la.src.last()] + H * D;
-      ops_.kv_fuse_forward(a.kv[l], 2 * Hkv * D, kf, f.proj, kl, g.proj, P + lp.fuse_k_first,
-                           P + lp.fuse_k_last, N, Hkv, D, true);
-      ops_.kv_fuse_forward(a.kv[l] + Hkv * D, 2 * Hkv * D, kf + Hkv * D, f.proj, kl + Hkv * D,
-                           g.proj, P + lp.fuse_v_first, P + lp.fuse_v_last, N, Hkv, D, false);
-    }
-    const AttnShape shape{B, T, H, Hkv, D, PROJ, la.ldk, la.ldv};
-    ops_.attention_forward(a.atty[l], a.att[l], qkv, la.k, la.v, shape);
-    ops_.matmul_forward(a.tmp, a.atty[l], P + lp.o, N, H * D, C);
-    ops_.residual_forward(a.res_mid[l], a.res[l], a.tmp, N * C);
-    ops_.rmsnorm_forward(a.ln2[l], a.rstd2[l], a.res_mid[l], P + lp.ln2, N, C, cfg_.norm_eps);
-    ops_.matmul_forward(a.gate_up[l], a.ln2[l], P + lp.gate_up, N, C, 2 * F);
-    ops_.swiglu_forward(a.swi[l], a.gate_up[l], N, F);
-    ops_.matmul_forward(a.tmp, a.swi[l], P + lp.down, N, F, C);
-    ops_.residual_forward(a.res[l + 1], a.res_mid[l], a.tmp, N * C);
-  }
-  const int L = cfg_.n_layers;
+  for (int l = 0; l < L; l++) block_forward(l, B, T, true);
   ops_.rmsnorm_forward(a.lnf, a.rstdf, a.res[L], P + a.normf, N, C, cfg_.norm_eps);
   ops_.matmul_forward(a.logits, a.lnf, P + a.head, N, C, V);
+  if (targets) ops_.cross_entropy_forward(a.losses, a.logits, a.targets, N, V);
+}
+
+float Transformer::forward(const int32_t* inputs, const int32_t* targets, int B, int T) {
+  run_forward(inputs, targets, B, T);
   if (!targets) return 0.0f;
-  ops_.cross_entropy_forward(a.losses, a.logits, a.targets, N, V);
-  return static_cast<float>(ops_.sum(a.losses, N) / static_cast<double>(N));
+  const int64_t N = static_cast<int64_t>(B) * T;
+  return static_cast<float>(ops_.sum(acts_->losses, N) / static_cast<double>(N));
+}
+
+// loss += weight * (1/N) sum_n losses[n], on the backend
+void Transformer::forward_train(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                float weight) {
+  if (!targets) throw std::invalid_argument("forward_train needs targets");
+  run_forward(inputs, targets, B, T);
+  const int64_t N = static_cast<int64_t>(B) * T;
+  ops_.accumulate_sum(acts_->loss, acts_->losses, N,
+                      static_cast<float>(static_cast<double>(weight) / static_cast<double>(N)));
+}
+
+float Transformer::take_loss() {
+  float v = 0.0f;
+  ops_.to_host(&v, acts_->loss, sizeof v);
+  ops_.zero(acts_->loss, sizeof(float));
+  return v;
 }
 
 const float* Transformer::attention_input(int layer) const {
   if (layer < 0 || layer >= cfg_.n_layers) throw std::out_of_range("layer " + std::to_string(layer) + " out of range");
+  if (recompute_ == Recompute::block)
+    throw std::logic_error("attention_input: recompute block keeps no per-layer activations "
+                           "(build the model with recompute none or attention)");
   return acts_->ln1[layer];
 }
 
 const float* Transformer::attention_probs(int layer) const {
   if (layer < 0 || layer >= cfg_.n_layers) throw std::out_of_range("layer " + std::to_string(layer) + " out of range");
+  if (recompute_ != Recompute::none)
+    throw std::logic_error(std::string("attention_probs: recompute ") + recompute_name(recompute_) +
+                           " keeps no per-layer attention probabilities (build the model with "
+                           "recompute none)");
+  if (!ops_.attention_saves_probs())
+    throw std::logic_error("attention_probs: backend '" + ops_.name() + "' in precision " +
+                           precision_name(ops_.precision()) +
+                           " saves softmax statistics, not probabilities (use precision fp32)");
   return acts_->att[layer];
 }
 
@@ -430,6 +521,9 @@ void Transformer::backward(float loss_scale) {
     const int PROJ = la.proj;
     const float* qkv = a.qkv[l];
     float* dqkv = la.dproj;
+    // The shared buffers still hold the last layer's forward; earlier layers re-run theirs.
+    const bool rerun = l < L - 1;
+    if (recompute_ == Recompute::block && rerun) block_forward(l, B, T, false);  // refill the set
     // MLP: x' = m + down(swiglu(gate_up(RMSNorm(m)))); dres holds dx' and becomes dm.
     ops_.matmul_backward(a.dswi, G + lp.down, a.dres, a.swi[l], P + lp.down, N, F, C, false);
     ops_.swiglu_backward(a.dgate_up, a.dswi, a.gate_up[l], N, F);
@@ -440,6 +534,8 @@ void Transformer::backward(float loss_scale) {
     if (!la.dproj_dedicated) ops_.zero(dqkv, N * PROJ * sizeof(float));  // dK, dV accumulate
     if (a.kv[l]) ops_.zero(a.dkv, N * 2 * Hkv * D * sizeof(float));
     const AttnShape shape{B, T, H, Hkv, D, PROJ, la.ldk, la.ldv};
+    if (recompute_ == Recompute::attention && rerun)  // refill the shared att (atty: same bits)
+      ops_.attention_forward(a.atty[l], a.att[l], qkv, la.k, la.v, shape);
     ops_.attention_backward(dqkv, la.dk, la.dv, a.datty, a.atty[l], a.att[l], qkv, la.k, la.v, shape);
     ops_.rope_backward(dqkv, PROJ, B, T, H, D, 0, a.rope_cos, a.rope_sin);
     if (cfg_.lrkv()) {

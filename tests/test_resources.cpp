@@ -144,6 +144,41 @@ TEST(memoryEstimate, TrainingBuffersEqualTheAllocations) {
   }
 }
 
+// Every recompute mode (model/recompute.h), with and without gradients, and the flash-statistics
+// sizing: B H T floats per kept `att` instead of B H T T (one kept att with attention or block,
+// L with none).
+TEST(memoryEstimate, RecomputeModesEqualTheAllocations) {
+  auto ops = make_ops("cpu");
+  auto slot_bytes = [](uint64_t n) { return (n + 15) / 16 * 16 * sizeof(float); };
+  for (const auto& [name, cfg] : variant_configs()) {
+    const ModelConfig c = resolved_copy(cfg);
+    for (const auto& [B, T] : {std::pair{3, 13}, std::pair{2, 32}}) {
+      if (T > cfg.max_seq_len) continue;
+      const uint64_t P = 4 * build_param_table(cfg).total();
+      for (Recompute r : {Recompute::none, Recompute::attention, Recompute::block}) {
+        for (bool grads : {true, false}) {
+          SCOPED_TRACE(name + " B " + std::to_string(B) + " T " + std::to_string(T) + " " +
+                       recompute_name(r) + (grads ? " with grads" : ""));
+          const uint64_t est = transformer_activation_bytes(cfg, B, T, grads, r);
+          std::unique_ptr<Transformer> model;
+          const uint64_t bytes = backend_bytes_of(
+              [&] { model = std::make_unique<Transformer>(cfg, *ops, B, T, grads, false, r); });
+          EXPECT_EQ(model->activation_bytes(), est);
+          EXPECT_EQ(bytes, P * (grads ? 2 : 1) + est);
+          const uint64_t kept = r == Recompute::none ? c.n_layers : 1;
+          const uint64_t probs = static_cast<uint64_t>(B) * c.n_heads * T * T, stats = static_cast<uint64_t>(B) * c.n_heads * T;
+          EXPECT_EQ(transformer_activation_bytes(cfg, B, T, grads, r, false),
+                    est - kept * (slot_bytes(probs) - slot_bytes(stats)));
+        }
+      }
+      EXPECT_LT(transformer_activation_bytes(cfg, B, T, true, Recompute::block),
+                transformer_activation_bytes(cfg, B, T, true, Recompute::attention));
+      EXPECT_LT(transformer_activation_bytes(cfg, B, T, true, Recompute::attention),
+                transformer_activation_bytes(cfg, B, T, true, Recompute::none));
+    }
+  }
+}
+
 TEST(memoryEstimate, Bench25mEqualsTheAllocation) {
   const ModelConfig cfg = config_file("bench_25m.yaml");
   auto ops = make_ops("cpu");

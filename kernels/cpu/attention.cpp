@@ -57,11 +57,10 @@ KVT_ISA_VARIANTS(softmax_backward_tile, (const float* P, float* d, int T, int r0
     for (int j = t + 1; j < r1; j++) dr[j] = 0.0f;
   }
 })
-}  // namespace
 
 // att[b,h,t,:] = softmax_{s<=t}(q_t · k_s / sqrt(D)), zero for s > t;  out[b,t,h] = att · v
-void CpuOps::attention_forward(float* out, float* att, const float* q, const float* k,
-                               const float* v, const AttnShape& s) {
+void attention_forward_fp32(float* out, float* att, const float* q, const float* k,
+                            const float* v, const AttnShape& s) {
   const Heads hd{s};
   const int G = s.H / s.Hkv, T = s.T, D = s.D, ldo = s.H * s.D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -92,9 +91,9 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
 //   dP[r0:r1, 0:r1] = dO[r0:r1] V[0:r1]^T;  dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
 //   dS = P ⊙ (dP - rowsum(P ⊙ dP))
 //   dQ[r0:r1] = dS[r0:r1, 0:r1] K[0:r1] / sqrt(D);  dK[0:r1] += dS[r0:r1, 0:r1]^T Q[r0:r1] / sqrt(D)
-void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* /*out*/,
-                                const float* att, const float* q, const float* k, const float* v,
-                                const AttnShape& s) {
+void attention_backward_fp32(float* dq, float* dk, float* dv, const float* dout,
+                             const float* att, const float* q, const float* k, const float* v,
+                             const AttnShape& s) {
   const Heads hd{s};
   const int G = s.H / s.Hkv, T = s.T, D = s.D, ldo = s.H * s.D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -127,6 +126,50 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
           }
         }
       }
+  }
+}
+
+}  // namespace
+
+// bf16 (kernels/cpu/precision.h): flash attention's arithmetic on the GPU reads bf16 q, k, v and
+// writes bf16 out; its backward reads bf16 dout and writes bf16 dq, dk, dv to scratch, which are
+// then added. Here: the fp32 kernels on rounded copies, outputs rounded. fp32_tf32: fp32.
+void CpuOps::attention_forward(float* out, float* att, const float* q, const float* k,
+                               const float* v, const AttnShape& s) {
+  if (prec_ != Precision::bf16) return attention_forward_fp32(out, att, q, k, v, s);
+  const int64_t N = static_cast<int64_t>(s.B) * s.T;
+  const int HD = s.H * s.D, KD = s.Hkv * s.D;
+  const AttnShape r{s.B, s.T, s.H, s.Hkv, s.D, HD, KD, KD};  // contiguous rounded copies
+  attention_forward_fp32(out, att, cpu::round_rows(scratch_.q, q, N, HD, s.ldq, prec_),
+                         cpu::round_rows(scratch_.k, k, N, KD, s.ldk, prec_),
+                         cpu::round_rows(scratch_.v, v, N, KD, s.ldv, prec_), r);
+  for (int64_t i = 0; i < N * HD; i++) out[i] = math::round_bf16(out[i]);  // out = bf16(O)
+}
+
+// bf16: dq = bf16(dQ) (=), dk += bf16(dK), dv += bf16(dV), with dQ, dK, dV the fp32 kernel's on
+// bf16 q, k, v, dout.
+void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout,
+                                const float* /*out*/, const float* att, const float* q,
+                                const float* k, const float* v, const AttnShape& s) {
+  if (prec_ != Precision::bf16) return attention_backward_fp32(dq, dk, dv, dout, att, q, k, v, s);
+  const int64_t N = static_cast<int64_t>(s.B) * s.T;
+  const int HD = s.H * s.D, KD = s.Hkv * s.D;
+  const AttnShape r{s.B, s.T, s.H, s.Hkv, s.D, HD, KD, KD};
+  scratch_.dq.resize(static_cast<size_t>(N) * HD);
+  scratch_.dk.assign(static_cast<size_t>(N) * KD, 0.0f);
+  scratch_.dv.assign(static_cast<size_t>(N) * KD, 0.0f);
+  attention_backward_fp32(scratch_.dq.data(), scratch_.dk.data(), scratch_.dv.data(),
+                          cpu::round_rows(scratch_.o, dout, N, HD, HD, prec_), att,
+                          cpu::round_rows(scratch_.q, q, N, HD, s.ldq, prec_),
+                          cpu::round_rows(scratch_.k, k, N, KD, s.ldk, prec_),
+                          cpu::round_rows(scratch_.v, v, N, KD, s.ldv, prec_), r);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    for (int c = 0; c < HD; c++) dq[n * s.ldq + c] = math::round_bf16(scratch_.dq[n * HD + c]);
+    for (int c = 0; c < KD; c++) {
+      dk[n * s.ldk + c] += math::round_bf16(scratch_.dk[n * KD + c]);
+      dv[n * s.ldv + c] += math::round_bf16(scratch_.dv[n * KD + c]);
+    }
   }
 }
 

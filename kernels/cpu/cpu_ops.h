@@ -1,8 +1,11 @@
 // kernels/cpu/cpu_ops.h — the CPU backend: the fp32 reference. OpenMP across rows/heads, BLAS
 // sgemm for matmuls. Every reduction runs in a fixed order over fixed-size chunks, so results
 // do not depend on the OpenMP thread count (only BLAS's own threading can change them).
+// set_precision(bf16 | fp32_tf32) emulates the GPU's GEMM and attention input rounding
+// (kernels/cpu/precision.h); the default fp32 is the reference and runs none of it.
 #pragma once
 
+#include "kernels/cpu/precision.h"
 #include "kernels/ops.h"
 
 namespace kvt {
@@ -20,6 +23,11 @@ class CpuOps final : public Ops {
   void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
                  int cols) override;
   void synchronize() override {}
+
+  void set_precision(Precision p) override;
+  Precision precision() const override { return prec_; }
+  void set_weights(const float* base, size_t n) override;
+  void refresh_weights() override;
 
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
                          int C) override;
@@ -86,6 +94,13 @@ class CpuOps final : public Ops {
   void adamw_update(float* p, const float* grad, float* m, float* v, int64_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, int64_t t,
                     float grad_scale) override;
+
+ private:
+  Precision prec_ = Precision::fp32;
+  const float* wbase_ = nullptr;  // the registered fp32 master (set_weights)
+  size_t wn_ = 0;
+  cpu::WeightCopy weights_;
+  cpu::PrecisionScratch scratch_;
 };
 
 }  // namespace kvt

@@ -1,4 +1,7 @@
 // Matmul (no bias) through BLAS sgemm; weights stored [out, in].
+// In bf16 / fp32_tf32 (kernels/cpu/precision.h) the sgemm reads rounded inputs: x and dout
+// rounded into scratch, the weight from the bf16 copy (or rounded on the fly); fp32 accumulation
+// and fp32 outputs, as cuBLAS with bf16 / TF32 inputs and an fp32 compute type.
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/gemm.h"
@@ -8,6 +11,10 @@ namespace kvt {
 // out[N, OC] = x[N, IC] · W[OC, IC]^T
 void CpuOps::matmul_forward(float* out, const float* x, const float* w, int64_t N, int IC,
                             int OC) {
+  if (prec_ != Precision::fp32) {
+    x = cpu::round_flat(scratch_.x, x, N * IC, prec_);
+    w = weights_.view(w, static_cast<size_t>(OC) * IC, scratch_.w);
+  }
   cpu::sgemm(false, true, static_cast<int>(N), OC, IC, 1.0f, x, IC,
               w, IC, 0.0f, out, OC);
 }
@@ -15,6 +22,11 @@ void CpuOps::matmul_forward(float* out, const float* x, const float* w, int64_t 
 // dx[N, IC] (= or +=) dout[N, OC] · W[OC, IC];  dW[OC, IC] += dout^T · x
 void CpuOps::matmul_backward(float* dx, float* dw, const float* dout, const float* x,
                              const float* w, int64_t N, int IC, int OC, bool accumulate_dx) {
+  if (prec_ != Precision::fp32) {
+    dout = cpu::round_flat(scratch_.d, dout, N * OC, prec_);
+    if (dx) w = weights_.view(w, static_cast<size_t>(OC) * IC, scratch_.w);
+    if (dw) x = cpu::round_flat(scratch_.x, x, N * IC, prec_);
+  }
   if (dx)
     cpu::sgemm(false, false, static_cast<int>(N), IC, OC, 1.0f,
                 dout, OC, w, IC, accumulate_dx ? 1.0f : 0.0f, dx, IC);
