@@ -57,18 +57,20 @@ GpuMemoryEstimate estimate_gpu_train_memory(const ModelConfig& cfg_in, int64_t B
     // gate/up projection (C -> 2F).
     const uint64_t widest = std::max({C + V, C + 2 * F, F + C});
     e.gemm_scratch = 2 * N * widest;
-    // q, o, dq, do [N, H D] and k, v, dk, dv [N, Hkv D] in bf16
-    e.attention_scratch = 2 * N * (4 * H * D + 4 * Hkv * D);
+    // q, o, dq, do [N, H D] and k, v, dk, dv [N, Hkv D] in bf16, and the deterministic
+    // backward's workspace, about B H T T bf16 values (docs/gpu_kernels.md)
+    e.attention_scratch = 2 * N * (4 * H * D + 4 * Hkv * D) +
+                          2 * static_cast<uint64_t>(B) * H * static_cast<uint64_t>(T) * static_cast<uint64_t>(T);
   }
   e.gemm_workspace = kGemmWorkspaceBytes;
-  e.not_counted = "the CUDA context (~0.5 GiB), cuDNN's plan workspaces, NCCL's buffers, allocator slack";
+  e.not_counted = "the CUDA context (~0.5 GiB), NCCL's buffers, allocator slack";
   return e;
 }
 
 std::string gpu_memory_breakdown(const GpuMemoryEstimate& e) {
-  std::string out;
+  std::string out = mib(e.total()) + " =";
   auto part = [&](const char* name, uint64_t bytes) {
-    if (bytes > 0) out += (out.empty() ? "" : ", ") + std::string(name) + " " + mib(bytes);
+    if (bytes > 0) out += (out.back() == '=' ? " " : ", ") + std::string(name) + " " + mib(bytes);
   };
   part("params", e.params);
   part("bf16 weights", e.weight_copy);

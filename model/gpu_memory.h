@@ -29,7 +29,8 @@ struct GpuMemoryEstimate {
   uint64_t zero_buffers = 0; // ZeRO-1: the reduced gradient slices and the padded bucket staging
   uint64_t activations = 0;  // the Transformer's activation arena (transformer_activation_bytes)
   uint64_t gemm_scratch = 0; // bf16 copies of the largest GEMM's x and dout (bf16 only)
-  uint64_t attention_scratch = 0;  // flash attention's packed bf16 q, k, v, o and dq, dk, dv
+  uint64_t attention_scratch = 0;  // flash attention's packed bf16 q, k, v, o, dq, dk, dv and
+                                   // its deterministic backward's workspace
   uint64_t gemm_workspace = 0;     // cuBLASLt's workspace
   std::string not_counted;
 
@@ -40,7 +41,7 @@ struct GpuMemoryEstimate {
 GpuMemoryEstimate estimate_gpu_train_memory(const ModelConfig& cfg, int64_t B, int64_t T,
                                             const GpuTrainSetting& s);
 
-// "params 475 MiB, bf16 weights 237 MiB, ..." (the non-zero parts).
+// "17.2 GiB = params 471 MiB, bf16 weights 236 MiB, ..." (the total, then the non-zero parts).
 std::string gpu_memory_breakdown(const GpuMemoryEstimate& e);
 
 }  // namespace kvt

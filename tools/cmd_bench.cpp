@@ -82,7 +82,9 @@ void run_bench(const BenchArgs& a) {
   cfg.train.batch_size = per_rank_batch_size(t, world);
   const auto memory = check_bench_memory(a.config, cfg, a.ignore_memory);
   auto ops = make_ops(t.backend);
-  Transformer model(cfg.model, *ops, t.batch_size, t.seq_len, true, t.decay_embeddings);
+  ops->set_precision(parse_precision(t.precision));
+  Transformer model(cfg.model, *ops, t.batch_size, t.seq_len, true, t.decay_embeddings,
+                    parse_recompute(t.recompute));
   model.init_parameters(t.seed);
   AdamW opt(*ops, model.params(), t);
   const int B = t.batch_size, T = t.seq_len;
@@ -120,6 +122,7 @@ void run_bench(const BenchArgs& a) {
     const auto t2 = std::chrono::steady_clock::now();
     ops->sum_squares(model.grad_data(), static_cast<int64_t>(model.params().total()));
     opt.step(model.param_data(), model.grad_data(), t.lr, 1.0f);
+    model.weights_updated();
     ops->synchronize();
     const double tu = seconds_since(t2), tt = seconds_since(t0);
     if (s >= a.warmup) {
@@ -139,9 +142,9 @@ void run_bench(const BenchArgs& a) {
   const double peak_mb = ru.ru_maxrss / 1024.0;
   if (comm->rank() != 0) return;
   const MachineInfo mi = machine_info();
-  std::printf("bench %s | %s | params %.2fM | batch %d x %d (accum %d) | %d rank(s) x %d thread(s)\n",
-              a.config.c_str(), t.backend.c_str(), model.params().total() * 1e-6, B, T,
-              t.grad_accum, world, threads);
+  std::printf("bench %s | %s %s, recompute %s | params %.2fM | batch %d x %d (accum %d) | %d rank(s) x %d thread(s)\n",
+              a.config.c_str(), t.backend.c_str(), t.precision.c_str(), t.recompute.c_str(),
+              model.params().total() * 1e-6, B, T, t.grad_accum, world, threads);
   std::printf("step %.1f ms (forward %.1f, backward %.1f, optimizer %.1f; median of %d) | "
               "%.0f tokens/s | %.2f GFLOP/s | peak RSS %.0f MiB (activations %.0f MiB)\n",
               step_s * 1e3, median(fwd) * 1e3, median(bwd) * 1e3, median(upd) * 1e3, a.steps,
@@ -158,6 +161,7 @@ void run_bench(const BenchArgs& a) {
                 median(wait) * 1e3);
   if (!a.json_out.empty()) {
     nlohmann::json j = {{"config", a.config}, {"params", model.params().total()},
+                        {"backend", t.backend}, {"precision", t.precision}, {"recompute", t.recompute},
                         {"batch", B}, {"seq_len", T}, {"threads", threads}, {"ranks", world},
                         {"allreduce_ms", median(reduce) * 1e3}, {"rank_wait_ms", median(wait) * 1e3},
                         {"step_ms", step_s * 1e3}, {"tokens_per_s", tokens / step_s},

@@ -146,9 +146,9 @@ void print_memory(const RunConfig& cfg, int world) {
   const GpuTrainSetting g{parse_precision(t.precision), t.zero, world, parse_recompute(t.recompute), t.bucket_mb};
   const int64_t B = per_rank_batch_size(t, world);
   const GpuMemoryEstimate ge = estimate_gpu_train_memory(cfg.model, B, t.seq_len, g);
-  std::printf("GPU memory (train, per rank of %d; %s, zero %d, recompute %s, batch %lld x seq %d): %s = %s; not counted: %s\n",
+  std::printf("GPU memory (train, per rank of %d; %s, zero %d, recompute %s, batch %lld x seq %d): %s; not counted: %s\n",
               world, t.precision.c_str(), t.zero, t.recompute.c_str(), static_cast<long long>(B), t.seq_len,
-              format_bytes(ge.total()).c_str(), gpu_memory_breakdown(ge).c_str(), ge.not_counted.c_str());
+              gpu_memory_breakdown(ge).c_str(), ge.not_counted.c_str());
   if (avail.known)
     std::printf("memory available: %s (%s)\n", format_bytes(avail.bytes).c_str(), avail.source.c_str());
   else

@@ -77,7 +77,8 @@ Trainer::Trainer(const RunConfig& cfg, Communicator& comm) : cfg_(cfg), comm_(co
   comm_.attach_compute(ops_->native_stream());
   global_batch_ = static_cast<int64_t>(t.batch_size) * t.grad_accum * comm_.world();
   model_ = std::make_unique<Transformer>(cfg_.model, *ops_, t.batch_size, t.seq_len,
-                                         /*with_grads*/ true, t.decay_embeddings);
+                                         /*with_grads*/ true, t.decay_embeddings,
+                                         parse_recompute(t.recompute));
   model_->init_parameters(t.seed);
   // Every rank initialises from the same seed; broadcasting rank 0's values makes equality a
   // guarantee rather than an assumption.
@@ -117,7 +118,6 @@ StepResult Trainer::step() {
   const TrainConfig& t = cfg_.train;
   const int B = t.batch_size, T = seq_len(), A = t.grad_accum, W = comm_.world();
   model_->zero_grads();
-  double loss_sum = 0.0;
   last_samples_.clear();
   for (int m = 0; m < A; m++) {
     // Global sample index of this rank's micro-batch (docs/design.md, "Data").
@@ -125,7 +125,7 @@ StepResult Trainer::step() {
     for (int i = 0; i < B; i++) last_samples_.push_back(g0 + static_cast<uint64_t>(i));
     train_data_->read_samples(g0, B, windows_.data());
     split_inputs_targets(windows_.data(), B, T, inputs_.data(), targets_.data());
-    loss_sum += model_->forward(inputs_.data(), targets_.data(), B, T);
+    model_->forward_train(inputs_.data(), targets_.data(), B, T, 1.0f / static_cast<float>(A));
     // Only the last micro-step's backward reduces: its ranges are final for the whole step.
     const bool last = m == A - 1;
     if (last) sync_->begin(model_->grad_data());
@@ -139,7 +139,7 @@ StepResult Trainer::step() {
     model_->backward(1.0f / static_cast<float>(A));
   }
   sync_->finish();  // the mean gradient is in sync_->reduced() (this rank's slices with ZeRO-1)
-  float loss = static_cast<float>(loss_sum / A);
+  float loss = model_->take_loss();  // the one read of the step's loss
   comm_.allreduce_mean(&loss, 1);
 
   StepResult r;
@@ -156,7 +156,7 @@ StepResult Trainer::step() {
                          : 1.0f;
   opt_->step(model_->param_data(), sync_->reduced(), static_cast<float>(r.lr), clip);
   sync_->gather_params(model_->param_data());  // ZeRO-1: every rank's slices to every rank
-  // MERGE: model_->weights_updated();  (refresh the bf16 weight copy after the optimizer update)
+  model_->weights_updated();                   // the bf16 copy of the new weights
   step_++;
   return r;
 }
