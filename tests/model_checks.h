@@ -26,6 +26,18 @@ struct KvVariant {
   friend void PrintTo(const KvVariant& v, std::ostream* os) { *os << v.name; }
 };
 
+// The eight variants the CUDA and recomputation tests run: MHA, GQA, MQA, CLA (odd L), YOCO,
+// FusedKV-Lite, FusedKV (GQA), LRKV (4 query heads each).
+inline const std::vector<KvVariant>& eight_variants() {
+  static const std::vector<KvVariant> v = {
+      {"mha", "none", 2, 4, 0, 0},          {"gqa", "none", 2, 2, 0, 0},
+      {"mqa", "none", 2, 1, 0, 0},          {"cla", "cla", 3, 4, 0, 0},
+      {"yoco", "yoco", 4, 4, 2, 0},         {"fusedkv_lite", "fusedkv_lite", 4, 4, 3, 0},
+      {"fusedkv", "fusedkv", 4, 2, 2, 0},   {"lrkv", "none", 2, 4, 0, 2},
+  };
+  return v;
+}
+
 // A small model of variant v with 4 query heads; init_std 0.2 puts the attention far from
 // uniform and the logits at magnitude ~1.
 inline ModelConfig small_variant_config(const KvVariant& v, int vocab, int d_model, int d_ff,

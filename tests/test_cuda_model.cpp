@@ -32,15 +32,7 @@ namespace {
 using Variant = testutil::KvVariant;
 using testutil::random_tokens;
 
-const std::vector<Variant>& variants() {
-  static const std::vector<Variant> v = {
-      {"mha", "none", 2, 4, 0, 0},          {"gqa", "none", 2, 2, 0, 0},
-      {"mqa", "none", 2, 1, 0, 0},          {"cla", "cla", 3, 4, 0, 0},
-      {"yoco", "yoco", 4, 4, 2, 0},         {"fusedkv_lite", "fusedkv_lite", 4, 4, 3, 0},
-      {"fusedkv", "fusedkv", 4, 2, 2, 0},   {"lrkv", "none", 2, 4, 0, 2},
-  };
-  return v;
-}
+const std::vector<Variant>& variants() { return testutil::eight_variants(); }
 
 ModelConfig config_of(const Variant& v) { return testutil::small_variant_config(v, 61, 32, 48, 80); }
 

@@ -22,17 +22,7 @@ namespace {
 using Variant = testutil::KvVariant;
 using testutil::random_tokens;
 
-// The eight variants of tests/test_cuda_model.cpp: MHA, GQA, MQA, CLA (odd L), YOCO,
-// FusedKV-Lite, FusedKV (GQA), LRKV.
-const std::vector<Variant>& variants() {
-  static const std::vector<Variant> v = {
-      {"mha", "none", 2, 4, 0, 0},          {"gqa", "none", 2, 2, 0, 0},
-      {"mqa", "none", 2, 1, 0, 0},          {"cla", "cla", 3, 4, 0, 0},
-      {"yoco", "yoco", 4, 4, 2, 0},         {"fusedkv_lite", "fusedkv_lite", 4, 4, 3, 0},
-      {"fusedkv", "fusedkv", 4, 2, 2, 0},   {"lrkv", "none", 2, 4, 0, 2},
-  };
-  return v;
-}
+const std::vector<Variant>& variants() { return testutil::eight_variants(); }
 
 // V 61, d 32, 4 heads of 8, F 48, max_seq_len 80.
 ModelConfig config_of(const Variant& v) { return testutil::small_variant_config(v, 61, 32, 48, 80); }

@@ -73,7 +73,7 @@ mv "$OUT/bundle.tar.xz.tmp" "$OUT/bundle.tar.xz"
 size=$(stat -c %s "$OUT/bundle.tar.xz")
 {
   echo "git: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
-  echo "cuda architectures: $(grep -m1 '^CMAKE_CUDA_ARCHITECTURES' "$BUILD_DIR/CMakeCache.txt" | cut -d= -f2)"
+  echo "cuda architectures: $(grep -o 'generate-code=arch=compute_[0-9]*' "$BUILD_DIR/CMakeFiles/kvt_kernels.dir/flags.make" | sort -u | sed 's/.*compute_/sm_/' | tr '\n' ' ')"
   echo "nvcc: $(nvcc --version | tail -1)"
   echo "bundle.tar.xz: $size bytes ($((size / 1048576)) MiB, limit $LIMIT_MIB MiB)"
   echo "binaries:"; (cd "$STAGE/bin" && du -b -- * | sed 's/^/  /')

@@ -6,7 +6,7 @@
 # first, then runs, each step under its own time limit:
 #   1. every CUDA test (the bundle's test binaries)
 #   2. 20 steps of configs/tiny.yaml on the GPU against the CPU figures carried in the bundle:
-#      fp32 losses to 1e-4 relative, bf16 to 1e-2 relative (docs/gpu.md, "The one-shot GPU check")
+#      fp32 losses to 1e-4 relative, bf16 to 2e-3 relative (docs/gpu.md, "The one-shot GPU check")
 #   3. 10 steps of configs/gpt124m.yaml at batch 2 in bf16: tokens/s and MFU against the H200's
 #      dense bf16 peak (989 TFLOP/s, NVIDIA's datasheet)
 #   4. a 1-rank NCCL run (KVT_FORCE_NCCL=1), whose losses must equal step 2's fp32 run
@@ -58,7 +58,8 @@ say "|---|---|---|---|---|"
 for t in "$BIN"/test_*; do
   name=$(basename "$t")
   t0=$(date +%s)
-  timeout 100 "$t" --gtest_brief=1 > "$WORK/$name.log" 2>&1
+  # the CUDA cases only (the suites are named Cuda*, *_cuda*): CPU cases ran in CI
+  timeout 100 "$t" --gtest_brief=1 --gtest_filter='*cuda*:*Cuda*:*CUDA*' > "$WORK/$name.log" 2>&1
   rc=$?
   p=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$WORK/$name.log" | tail -1)
   f=$(grep -oP '\[  FAILED  \] \K[0-9]+(?= test)' "$WORK/$name.log" | tail -1)
@@ -97,7 +98,7 @@ EOF
 say ""
 say "## 2. Tiny config, 20 steps, GPU vs CPU"
 say ""
-for spec in fp32:1e-4 bf16:1e-2; do
+for spec in fp32:1e-4 bf16:2e-3; do
   prec=${spec%%:*}; tol=${spec##*:}
   t0=$(date +%s)
   if train_tiny "$prec" "$WORK/tiny_$prec" ""; then

@@ -113,15 +113,31 @@ struct FlashAttention::Impl {
     return h;
   }
 
-  const Built& forward_graph(const AttnShape& s) {
-    const Key key{false, s.B, s.T, s.H, s.Hkv, s.D};
+  // The cached graph of (backward, shape), or a new one: define(g) adds the SDPA node and its
+  // outputs to a fresh bf16 graph, which is then built and cached with its workspace size.
+  template <typename Define>
+  const Built& graph_for(bool backward, const AttnShape& s, Define&& define) {
+    const Key key{backward, s.B, s.T, s.H, s.Hkv, s.D};
     if (auto it = graphs.find(key); it != graphs.end()) return it->second;
-    const char* op = "attention_forward";
+    const char* op = backward ? "attention_backward" : "attention_forward";
     cudnnHandle_t h = cudnn(op, s);
     Built b;
     try {
       b.graph = new_graph();
       fe::graph::Graph& g = *b.graph;
+      define(g);
+      build(g, h, op, s);
+      check(g.get_workspace_size(b.workspace), op, "workspace query failed", s);
+    } catch (const std::runtime_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail(op, "graph construction failed", s, e.what());
+    }
+    return graphs.emplace(key, std::move(b)).first->second;
+  }
+
+  const Built& forward_graph(const AttnShape& s) {
+    return graph_for(false, s, [&](fe::graph::Graph& g) {
       auto Q = tensor(g, "Q", kQ, s.B, s.H, s.T, s.D);
       auto K = tensor(g, "K", kK, s.B, s.Hkv, s.T, s.D);
       auto V = tensor(g, "V", kV, s.B, s.Hkv, s.T, s.D);
@@ -140,25 +156,11 @@ struct FlashAttention::Impl {
           .set_data_type(fe::DataType_t::FLOAT)
           .set_dim({s.B, s.H, s.T, 1})
           .set_stride({int64_t(s.H) * s.T, s.T, 1, 1});
-      build(g, h, op, s);
-      check(g.get_workspace_size(b.workspace), op, "workspace query failed", s);
-    } catch (const std::runtime_error&) {
-      throw;
-    } catch (const std::exception& e) {
-      fail(op, "graph construction failed", s, e.what());
-    }
-    return graphs.emplace(key, std::move(b)).first->second;
+    });
   }
 
   const Built& backward_graph(const AttnShape& s) {
-    const Key key{true, s.B, s.T, s.H, s.Hkv, s.D};
-    if (auto it = graphs.find(key); it != graphs.end()) return it->second;
-    const char* op = "attention_backward";
-    cudnnHandle_t h = cudnn(op, s);
-    Built b;
-    try {
-      b.graph = new_graph();
-      fe::graph::Graph& g = *b.graph;
+    return graph_for(true, s, [&](fe::graph::Graph& g) {
       auto Q = tensor(g, "Q", kQ, s.B, s.H, s.T, s.D);
       auto K = tensor(g, "K", kK, s.B, s.Hkv, s.T, s.D);
       auto V = tensor(g, "V", kV, s.B, s.Hkv, s.T, s.D);
@@ -188,14 +190,7 @@ struct FlashAttention::Impl {
           .set_uid(kdV)
           .set_dim(bhtd(s.B, s.Hkv, s.T, s.D))
           .set_stride(packed_strides(s.Hkv, s.T, s.D));
-      build(g, h, op, s);
-      check(g.get_workspace_size(b.workspace), op, "workspace query failed", s);
-    } catch (const std::runtime_error&) {
-      throw;
-    } catch (const std::exception& e) {
-      fail(op, "graph construction failed", s, e.what());
-    }
-    return graphs.emplace(key, std::move(b)).first->second;
+    });
   }
 
   // Carves `count` packed bf16 regions of the given element counts out of the bf16 scratch.
