@@ -73,6 +73,9 @@ class Communicator {
   virtual void wait_all() = 0;
   // The compute backend's native stream (Ops::native_stream()); a no-op for host communicators.
   virtual void attach_compute(void* stream) { (void)stream; }
+  // Whether the collectives work on backend (device) buffers: NCCL's do, even on one rank; the
+  // host communicator's are the identity on one rank.
+  virtual bool device_collectives() const { return false; }
   // Sum over ranks of a host double (the ZeRO-1 gradient norm: the shards' squared norms).
   virtual double sum_double(double x) = 0;
 };

@@ -50,10 +50,13 @@ GradSync::GradSync(Ops& ops, Communicator& comm, size_t total, int zero, float b
     : ops_(ops), comm_(comm), total_(total) {
   if (zero != 0 && zero != 1) throw std::invalid_argument("train.zero: " + std::to_string(zero) + " (expected 0 or 1)");
   const int W = comm.world();
-  sharded_ = zero == 1 && W > 1;
+  // One host rank has nothing to reduce; a device communicator (NCCL, also on one rank for the
+  // GPU check) runs its collectives whatever the world.
+  active_ = W > 1 || comm.device_collectives();
+  sharded_ = zero == 1 && active_;
   const size_t cap = bucket_floats(bucket_mb, W);
-  overlap_ = W > 1 && cap > 0;
-  plan_ = plan_buckets(total, W > 1 ? cap : 0, W);
+  overlap_ = active_ && cap > 0;
+  plan_ = plan_buckets(total, active_ ? cap : 0, W);
   if (!sharded_) return;
   shard_ = Buffer<float>(ops, state_size());
   for (const GradBucket& b : plan_)
@@ -106,7 +109,7 @@ void GradSync::launch(size_t i) {
 }
 
 void GradSync::finish() {
-  if (comm_.world() == 1) return;
+  if (!active_) return;
   if (!grads_) throw std::logic_error("GradSync::finish without begin()");
   if (!overlap_ && !sharded_) {
     // One reduction of the whole buffer after the backward (bucket_mb 0).

@@ -39,8 +39,8 @@ std::vector<OwnedRange> owned_ranges(const std::vector<GradBucket>& plan, int ra
 
 class GradSync {
  public:
-  // total: floats in the gradient buffer. zero: train.zero; with world 1 nothing is reduced
-  // and nothing is sharded. bucket_mb: train.bucket_mb.
+  // total: floats in the gradient buffer. zero: train.zero; with world 1 on a host communicator
+  // nothing is reduced and nothing is sharded. bucket_mb: train.bucket_mb.
   GradSync(Ops& ops, Communicator& comm, size_t total, int zero, float bucket_mb);
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -78,7 +78,7 @@ class GradSync {
   Ops& ops_;
   Communicator& comm_;
   size_t total_;
-  bool sharded_, overlap_;
+  bool active_, sharded_, overlap_;
   std::vector<GradBucket> plan_;
   Buffer<float> shard_, staging_;
   float* grads_ = nullptr;

@@ -44,6 +44,7 @@ class NcclCommunicator final : public Communicator, private GuardedComm {
   // stream wait for the communication stream.
   void wait_all() override;
   void attach_compute(void* stream) override { compute_ = static_cast<cudaStream_t>(stream); }
+  bool device_collectives() const override { return true; }
   double sum_double(double x) override { return host_->sum_double(x); }
 
   cudaStream_t stream() const { return stream_.get(); }
