@@ -123,7 +123,9 @@ struct RecordingComm final : Communicator {
                ? static_cast<size_t>(p - base) : kOutside;
   }
   int waits = 0;
+  bool device = false;  // answers device_collectives() (NCCL says yes)
   RecordingComm(int rank, int world) : r(rank), w(world) {}
+  bool device_collectives() const override { return device; }
   int rank() const override { return r; }
   int world() const override { return w; }
   void allreduce_mean(float*, size_t) override {}
@@ -138,6 +140,34 @@ struct RecordingComm final : Communicator {
   void wait_all() override { waits++; }
   double sum_double(double x) override { return x; }
 };
+
+// One rank: the host communicator's collectives are the identity, so nothing is planned or
+// started; a device communicator (NCCL on one rank, the GPU check) runs every bucket.
+TEST(ZeroSync, OneRankReducesOnlyOnADeviceCommunicator) {
+  auto ops = make_ops("cpu");
+  const size_t total = 1000;
+  const float mb = 300 * 4 / 1048576.0f;  // 300 floats
+  RecordingComm host(0, 1);
+  GradSync plain(*ops, host, total, /*zero*/ 1, mb);
+  EXPECT_FALSE(plain.sharded());
+  EXPECT_FALSE(plain.overlapped());
+  RecordingComm device(0, 1);
+  device.device = true;
+  GradSync sync(*ops, device, total, /*zero*/ 1, mb);
+  EXPECT_TRUE(sync.sharded());
+  ASSERT_TRUE(sync.overlapped());
+  ASSERT_EQ(sync.buckets().size(), 4u);
+  Buffer<float> g(*ops, total);
+  device.base = g.data();
+  device.total = total;
+  sync.begin(g.data());
+  sync.ready(0, total);
+  sync.finish();
+  ASSERT_EQ(device.started.size(), 4u);
+  EXPECT_EQ(device.started.front(), std::make_pair(size_t{700}, size_t{300}));
+  EXPECT_EQ(device.started.back(), std::make_pair(size_t{0}, size_t{100}));
+  EXPECT_EQ(device.waits, 1);
+}
 
 TEST(ZeroSync, ABucketStartsAsSoonAsTheBackwardHasFinishedIt) {
   auto ops = make_ops("cpu");

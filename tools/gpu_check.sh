@@ -9,7 +9,8 @@
 #      fp32 losses to 1e-4 relative, bf16 to 2e-3 relative (docs/gpu.md, "The one-shot GPU check")
 #   3. 10 steps of configs/gpt124m.yaml at batch 2 in bf16: tokens/s and MFU against the H200's
 #      dense bf16 peak (989 TFLOP/s, NVIDIA's datasheet)
-#   4. a 1-rank NCCL run (KVT_FORCE_NCCL=1), whose losses must equal step 2's fp32 run
+#   4. a 1-rank NCCL run (KVT_FORCE_NCCL=1, ZeRO-1, small buckets), whose losses must equal
+#      step 2's fp32 run (1e-6 relative)
 #   5. prefill and decode on the device for every variant config
 # and writes one summary, ${OUT:-.}/gpu_summary.md (Markdown, for docs/results.md), as it goes.
 #   bash tools/gpu_check.sh
@@ -72,18 +73,22 @@ say "tests done at $(elapsed) s"
 
 # ---- 2. tiny config: GPU against the carried CPU figures ---------------------------------
 data="$WORK/data/kjv"
-train_tiny() {  # precision, run dir, extra env
-  timeout 60 env $3 "$BIN/kvtrain" train --config configs/tiny.yaml --set train.steps=${4:-20} \
+train_tiny() {  # precision, run dir, env (VAR=value or ""), steps [, more --set overrides]
+  local prec=$1 dir=$2 envs=$3 steps=$4
+  shift 4
+  timeout 60 env $envs "$BIN/kvtrain" train --config configs/tiny.yaml --set train.steps="$steps" "$@" \
     --set train.eval_every=0 --set output.checkpoint_every=1000 --set train.backend=cuda \
-    --set train.precision="$1" --set output.dir="$2" --set data.train="$data/*train*.bin" \
-    --set data.val="$data/*val*.bin" --set data.tokenizer="$data/tokenizer.model" > "$2.log" 2>&1
+    --set train.precision="$prec" --set output.dir="$dir" --set data.train="$data/*train*.bin" \
+    --set data.val="$data/*val*.bin" --set data.tokenizer="$data/tokenizer.model" > "$dir.log" 2>&1
 }
-compare() {  # gpu metrics, cpu metrics, relative tolerance -> one line
-  python3 - "$1" "$2" "$3" <<'EOF'
+compare() {  # gpu metrics, reference metrics, relative tolerance [, "prefix": the reference may be longer]
+  python3 - "$1" "$2" "$3" "${4:-}" <<'EOF'
 import json, sys
 def losses(p):
     return [r["loss"] for r in map(json.loads, open(p)) if r.get("kind") == "train"]
 g, c, tol = losses(sys.argv[1]), losses(sys.argv[2]), float(sys.argv[3])
+if sys.argv[4] == "prefix":
+    c = c[:len(g)]
 n = min(len(g), len(c))
 if n == 0:
     print("no losses to compare"); sys.exit(1)
@@ -101,7 +106,7 @@ say ""
 for spec in fp32:1e-4 bf16:2e-3; do
   prec=${spec%%:*}; tol=${spec##*:}
   t0=$(date +%s)
-  if train_tiny "$prec" "$WORK/tiny_$prec" ""; then
+  if train_tiny "$prec" "$WORK/tiny_$prec" "" 20; then
     say "- $prec: $(compare "$WORK/tiny_$prec/metrics.jsonl" "$WORK/ref/cpu_tiny_$prec.jsonl" "$tol") ($(( $(date +%s) - t0 )) s; $(grep -o '[0-9]* tok/s' "$WORK/tiny_$prec.log" | tail -1))"
   else
     say "- $prec: FAIL: kvtrain train exited non-zero: $(tail -1 "$WORK/tiny_$prec.log")"
@@ -133,8 +138,9 @@ say "124M bench done at $(elapsed) s"
 say ""
 say "## 4. One-rank NCCL"
 say ""
-if train_tiny fp32 "$WORK/tiny_nccl" KVT_FORCE_NCCL=1 5; then
-  say "- $(grep -m1 -i 'nccl' "$WORK/tiny_nccl.log" || echo 'ran'); $(compare "$WORK/tiny_nccl/metrics.jsonl" "$WORK/tiny_fp32/metrics.jsonl" 0 2>&1 | sed 's/20 steps/5 steps/')"
+# ZeRO-1 with small buckets, so the run goes through bucketed reduce-scatters and all-gathers
+if train_tiny fp32 "$WORK/tiny_nccl" KVT_FORCE_NCCL=1 5 --set train.zero=1 --set train.bucket_mb=0.25; then
+  say "- KVT_FORCE_NCCL=1, ZeRO-1, 0.25 MiB buckets, 5 steps against the first 5 of step 2's fp32 run (the gradient norm sums in another order: 1e-6): $(compare "$WORK/tiny_nccl/metrics.jsonl" "$WORK/tiny_fp32/metrics.jsonl" 1e-6 prefix 2>&1)"
 else
   say "- FAIL: $(tail -1 "$WORK/tiny_nccl.log")"
 fi
