@@ -485,10 +485,10 @@ std::vector<float> Transformer::logits_to_host() const {
   return h;
 }
 
+// input_layernorm is each layer's first tensor (build_param_table), the final norm follows them.
 size_t Transformer::layer_begin(int l) const {
   if (l < 0 || l > cfg_.n_layers) throw std::out_of_range("layer_begin(" + std::to_string(l) + ")");
-  if (l == cfg_.n_layers) return table_.find("model.norm.weight").offset;
-  return table_.find("model.layers." + std::to_string(l) + ".input_layernorm.weight").offset;
+  return l == cfg_.n_layers ? acts_->normf : acts_->layers[static_cast<size_t>(l)].ln1;
 }
 
 void Transformer::backward(float loss_scale) {

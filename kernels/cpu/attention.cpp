@@ -136,13 +136,13 @@ void attention_backward_fp32(float* dq, float* dk, float* dv, const float* dout,
 // then added. Here: the fp32 kernels on rounded copies, outputs rounded. fp32_tf32: fp32.
 void CpuOps::attention_forward(float* out, float* att, const float* q, const float* k,
                                const float* v, const AttnShape& s) {
-  if (prec_ != Precision::bf16) return attention_forward_fp32(out, att, q, k, v, s);
+  if (precision() != Precision::bf16) return attention_forward_fp32(out, att, q, k, v, s);
   const int64_t N = static_cast<int64_t>(s.B) * s.T;
   const int HD = s.H * s.D, KD = s.Hkv * s.D;
   const AttnShape r{s.B, s.T, s.H, s.Hkv, s.D, HD, KD, KD};  // contiguous rounded copies
-  attention_forward_fp32(out, att, cpu::round_rows(scratch_.q, q, N, HD, s.ldq, prec_),
-                         cpu::round_rows(scratch_.k, k, N, KD, s.ldk, prec_),
-                         cpu::round_rows(scratch_.v, v, N, KD, s.ldv, prec_), r);
+  attention_forward_fp32(out, att, cpu::round_rows(scratch_.q, q, N, HD, s.ldq, precision()),
+                         cpu::round_rows(scratch_.k, k, N, KD, s.ldk, precision()),
+                         cpu::round_rows(scratch_.v, v, N, KD, s.ldv, precision()), r);
   for (int64_t i = 0; i < N * HD; i++) out[i] = math::round_bf16(out[i]);  // out = bf16(O)
 }
 
@@ -151,7 +151,7 @@ void CpuOps::attention_forward(float* out, float* att, const float* q, const flo
 void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* dout,
                                 const float* /*out*/, const float* att, const float* q,
                                 const float* k, const float* v, const AttnShape& s) {
-  if (prec_ != Precision::bf16) return attention_backward_fp32(dq, dk, dv, dout, att, q, k, v, s);
+  if (precision() != Precision::bf16) return attention_backward_fp32(dq, dk, dv, dout, att, q, k, v, s);
   const int64_t N = static_cast<int64_t>(s.B) * s.T;
   const int HD = s.H * s.D, KD = s.Hkv * s.D;
   const AttnShape r{s.B, s.T, s.H, s.Hkv, s.D, HD, KD, KD};
@@ -159,10 +159,10 @@ void CpuOps::attention_backward(float* dq, float* dk, float* dv, const float* do
   scratch_.dk.assign(static_cast<size_t>(N) * KD, 0.0f);
   scratch_.dv.assign(static_cast<size_t>(N) * KD, 0.0f);
   attention_backward_fp32(scratch_.dq.data(), scratch_.dk.data(), scratch_.dv.data(),
-                          cpu::round_rows(scratch_.o, dout, N, HD, HD, prec_), att,
-                          cpu::round_rows(scratch_.q, q, N, HD, s.ldq, prec_),
-                          cpu::round_rows(scratch_.k, k, N, KD, s.ldk, prec_),
-                          cpu::round_rows(scratch_.v, v, N, KD, s.ldv, prec_), r);
+                          cpu::round_rows(scratch_.o, dout, N, HD, HD, precision()), att,
+                          cpu::round_rows(scratch_.q, q, N, HD, s.ldq, precision()),
+                          cpu::round_rows(scratch_.k, k, N, KD, s.ldk, precision()),
+                          cpu::round_rows(scratch_.v, v, N, KD, s.ldv, precision()), r);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++) {
     for (int c = 0; c < HD; c++) dq[n * s.ldq + c] = math::round_bf16(scratch_.dq[n * HD + c]);

@@ -25,7 +25,7 @@ class CpuOps final : public Ops {
   void synchronize() override {}
 
   void set_precision(Precision p) override;
-  Precision precision() const override { return prec_; }
+  Precision precision() const override { return weights_.precision(); }
   void set_weights(const float* base, size_t n) override;
   void refresh_weights() override;
 
@@ -96,10 +96,7 @@ class CpuOps final : public Ops {
                     float grad_scale) override;
 
  private:
-  Precision prec_ = Precision::fp32;
-  const float* wbase_ = nullptr;  // the registered fp32 master (set_weights)
-  size_t wn_ = 0;
-  cpu::WeightCopy weights_;
+  cpu::WeightCopy weights_;  // the precision and the bf16 copy of the registered master
   cpu::PrecisionScratch scratch_;
 };
 

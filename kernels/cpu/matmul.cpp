@@ -11,8 +11,8 @@ namespace kvt {
 // out[N, OC] = x[N, IC] · W[OC, IC]^T
 void CpuOps::matmul_forward(float* out, const float* x, const float* w, int64_t N, int IC,
                             int OC) {
-  if (prec_ != Precision::fp32) {
-    x = cpu::round_flat(scratch_.x, x, N * IC, prec_);
+  if (precision() != Precision::fp32) {
+    x = cpu::round_flat(scratch_.x, x, N * IC, precision());
     w = weights_.view(w, static_cast<size_t>(OC) * IC, scratch_.w);
   }
   cpu::sgemm(false, true, static_cast<int>(N), OC, IC, 1.0f, x, IC,
@@ -22,10 +22,10 @@ void CpuOps::matmul_forward(float* out, const float* x, const float* w, int64_t 
 // dx[N, IC] (= or +=) dout[N, OC] · W[OC, IC];  dW[OC, IC] += dout^T · x
 void CpuOps::matmul_backward(float* dx, float* dw, const float* dout, const float* x,
                              const float* w, int64_t N, int IC, int OC, bool accumulate_dx) {
-  if (prec_ != Precision::fp32) {
-    dout = cpu::round_flat(scratch_.d, dout, N * OC, prec_);
+  if (precision() != Precision::fp32) {
+    dout = cpu::round_flat(scratch_.d, dout, N * OC, precision());
     if (dx) w = weights_.view(w, static_cast<size_t>(OC) * IC, scratch_.w);
-    if (dw) x = cpu::round_flat(scratch_.x, x, N * IC, prec_);
+    if (dw) x = cpu::round_flat(scratch_.x, x, N * IC, precision());
   }
   if (dx)
     cpu::sgemm(false, false, static_cast<int>(N), IC, OC, 1.0f,

@@ -36,9 +36,13 @@ const float* round_flat(std::vector<float>& dst, const float* src, int64_t n, Pr
   return out;
 }
 
-void WeightCopy::set(const float* base, size_t n, Precision p) {
+void WeightCopy::set(const float* base, size_t n) {
   base_ = n ? base : nullptr;
   n_ = base ? n : 0;
+  refresh();
+}
+
+void WeightCopy::set_precision(Precision p) {
   p_ = p;
   refresh();
 }
@@ -62,16 +66,9 @@ const float* WeightCopy::view(const float* w, size_t n, std::vector<float>& scra
 
 }  // namespace cpu
 
-void CpuOps::set_precision(Precision p) {
-  prec_ = p;
-  weights_.set(wbase_, wn_, p);
-}
+void CpuOps::set_precision(Precision p) { weights_.set_precision(p); }
 
-void CpuOps::set_weights(const float* base, size_t n) {
-  wbase_ = base;
-  wn_ = n;
-  weights_.set(base, n, prec_);
-}
+void CpuOps::set_weights(const float* base, size_t n) { weights_.set(base, n); }
 
 void CpuOps::refresh_weights() { weights_.refresh(); }
 

@@ -28,7 +28,9 @@ const float* round_flat(std::vector<float>& dst, const float* src, int64_t n, Pr
 // bf16 only, rebuilt by refresh(); between refreshes it keeps the values of the last one.
 class WeightCopy {
  public:
-  void set(const float* base, size_t n, Precision p);  // base null or n 0: nothing registered
+  void set(const float* base, size_t n);  // base null or n 0: nothing registered; refreshes
+  void set_precision(Precision p);        // refreshes
+  Precision precision() const { return p_; }
   void refresh();
   // w[0, n) as the GEMM reads it: the copy when the range lies inside the registered master
   // (bf16), else w rounded into scratch (a weight outside the range, or fp32_tf32), or w (fp32).

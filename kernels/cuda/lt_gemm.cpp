@@ -12,18 +12,6 @@
 
 namespace kvt::cuda {
 
-const char* gemm_type_name(GemmType t) {
-  switch (t) {
-    case GemmType::fp32:
-      return "fp32";
-    case GemmType::tf32:
-      return "fp32_tf32";
-    case GemmType::bf16:
-      return "bf16";
-  }
-  return "?";
-}
-
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // cuBLAS's recommendation for Hopper
@@ -72,7 +60,7 @@ struct LtGemm::Impl {
   DeviceMemory workspace;
   std::map<Key, Plan> plans;
 
-  const Plan& plan(GemmType type, const GemmArgs& g);
+  const Plan& plan(Precision type, const GemmArgs& g);
 };
 
 LtGemm::LtGemm(cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
@@ -91,7 +79,7 @@ LtGemm::~LtGemm() {
   cublasLtDestroy(impl_->handle);
 }
 
-const LtGemm::Impl::Plan& LtGemm::Impl::plan(GemmType type, const GemmArgs& g) {
+const LtGemm::Impl::Plan& LtGemm::Impl::plan(Precision type, const GemmArgs& g) {
   const Key key{
       static_cast<int>(type), g.trans_a,      g.trans_b,     g.m, g.n, g.k, g.lda, g.ldb, g.ldd,
       alignment(g.a),         alignment(g.b), alignment(g.d)};
@@ -99,8 +87,8 @@ const LtGemm::Impl::Plan& LtGemm::Impl::plan(GemmType type, const GemmArgs& g) {
   if (it != plans.end()) return it->second;
 
   const cublasComputeType_t compute =
-      type == GemmType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const cudaDataType_t in = type == GemmType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+      type == Precision::fp32_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType_t in = type == Precision::bf16 ? CUDA_R_16BF : CUDA_R_32F;
   Plan p;
   cublasLtMatmulDesc_t desc = nullptr;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F));
@@ -135,7 +123,7 @@ const LtGemm::Impl::Plan& LtGemm::Impl::plan(GemmType type, const GemmArgs& g) {
       handle, desc, p.a.get(), p.b.get(), p.d.get(), p.d.get(), pref_raw, 1, &result, &found);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error(
-        std::string("matmul (cuBLASLt, ") + gemm_type_name(type) + "): no algorithm for m=" +
+        std::string("matmul (cuBLASLt, ") + precision_name(type) + "): no algorithm for m=" +
         std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " (op " +
         (g.trans_a ? "T" : "N") + (g.trans_b ? "T" : "N") + ", ld " + std::to_string(g.lda) + "/" +
         std::to_string(g.ldb) + "/" + std::to_string(g.ldd) + ", alignment " +
@@ -146,7 +134,7 @@ const LtGemm::Impl::Plan& LtGemm::Impl::plan(GemmType type, const GemmArgs& g) {
   return plans.emplace(key, std::move(p)).first->second;
 }
 
-void LtGemm::run(GemmType type, const GemmArgs& g) {
+void LtGemm::run(Precision type, const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {  // empty product: D = beta D
     if (g.beta == 0.0f)

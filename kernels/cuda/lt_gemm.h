@@ -1,10 +1,10 @@
 // kernels/cuda/lt_gemm.h — one column-major matmul through cuBLASLt, with the matmul
 // descriptor, the matrix layouts and the heuristic's algorithm cached per shape:
 //   D[m, n] = op(A)[m, k] op(B)[k, n] + beta D      (beta 0: overwrite, 1: accumulate; D fp32)
-// Types (see Precision in kernels/ops.h):
-//   fp32  A, B fp32, CUBLAS_COMPUTE_32F            (plain fp32 FMA: the reference, no TF32)
-//   tf32  A, B fp32, CUBLAS_COMPUTE_32F_FAST_TF32  (inputs rounded to TF32 by the tensor cores)
-//   bf16  A, B bf16 (uint16_t bits), CUBLAS_COMPUTE_32F (fp32 accumulation)
+// By Precision (kernels/ops.h):
+//   fp32       A, B fp32, CUBLAS_COMPUTE_32F            (plain fp32 FMA: the reference, no TF32)
+//   fp32_tf32  A, B fp32, CUBLAS_COMPUTE_32F_FAST_TF32  (inputs rounded to TF32 by the tensor cores)
+//   bf16       A, B bf16 (uint16_t bits), CUBLAS_COMPUTE_32F (fp32 accumulation)
 // The algorithm of a shape is chosen once (the heuristic's first result for the fixed workspace
 // and the pointers' alignments) and reused, so a shape always runs the same kernel: cuBLAS is
 // bitwise repeatable for a fixed algorithm on one GPU model.
@@ -14,9 +14,9 @@
 
 #include <memory>
 
-namespace kvt::cuda {
+#include "kernels/ops.h"
 
-enum class GemmType { fp32, tf32, bf16 };
+namespace kvt::cuda {
 
 struct GemmArgs {
   bool trans_a = false, trans_b = false;  // op(X) = X^T when set
@@ -38,13 +38,11 @@ class LtGemm {
   LtGemm& operator=(const LtGemm&) = delete;
   // Enqueues D = op(A) op(B) + beta D on the stream; throws one line naming the shape when
   // cuBLASLt has no algorithm for it or the call fails.
-  void run(GemmType type, const GemmArgs& g);
+  void run(Precision type, const GemmArgs& g);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-const char* gemm_type_name(GemmType t);
 
 }  // namespace kvt::cuda

@@ -17,15 +17,6 @@
 
 namespace kvt::cuda {
 
-GemmType Matmul::type() const {
-  switch (precision_) {
-    case Precision::fp32: return GemmType::fp32;
-    case Precision::fp32_tf32: return GemmType::tf32;
-    case Precision::bf16: return GemmType::bf16;
-  }
-  return GemmType::fp32;
-}
-
 void Matmul::set_precision(Precision p) {
   precision_ = p;
   if (p == Precision::bf16 && base_ && !copy_.get()) set_weights(base_, n_);
@@ -65,7 +56,7 @@ void Matmul::forward(float* out, const float* x, const float* w, int64_t N, int 
   g.a = operand(w, size_t(OC) * IC, w_bf16_, true), g.lda = IC;
   g.b = operand(x, size_t(n) * IC, x_bf16_, false), g.ldb = IC;
   g.d = out, g.ldd = OC;
-  lt_.run(type(), g);
+  lt_.run(precision_, g);
 }
 
 void Matmul::backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
@@ -80,7 +71,7 @@ void Matmul::backward(float* dx, float* dw, const float* dout, const float* x, c
     g.b = d, g.ldb = OC;
     g.d = dx, g.ldd = IC;
     g.beta = accumulate_dx ? 1.0f : 0.0f;
-    lt_.run(type(), g);
+    lt_.run(precision_, g);
   }
   if (dw) {
     GemmArgs g;
@@ -90,7 +81,7 @@ void Matmul::backward(float* dx, float* dw, const float* dout, const float* x, c
     g.b = d, g.ldb = OC;
     g.d = dw, g.ldd = IC;
     g.beta = 1.0f;
-    lt_.run(type(), g);
+    lt_.run(precision_, g);
   }
 }
 

@@ -25,7 +25,6 @@ class Matmul {
                 int IC, int OC, bool accumulate_dx);
 
  private:
-  GemmType type() const;
   // The GEMM operand for `count` floats at p: p itself (fp32, tf32), else bf16 bits: the weight
   // copy when [p, p + count) lies in the registered range, else p converted into `scratch`.
   const void* operand(const float* p, size_t count, Scratch& scratch, bool is_weight);
