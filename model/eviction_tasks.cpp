@@ -76,41 +76,53 @@ std::vector<int32_t> greedy_answer(InferenceModel& m, std::span<const int32_t> q
   return out;
 }
 
-FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span<const int32_t> context,
-                   int generate, DecodeEvictor* dec) {
-  const int V = m.config().vocab_size, P = static_cast<int>(context.size());
-  if (m.length() + static_cast<int64_t>(prompt.size()) + generate > m.capacity())
-    throw std::length_error("free copy: prompt + " + std::to_string(generate) +
-                            " generated tokens exceed model.max_seq_len " + std::to_string(m.capacity()));
-  FreeCopy r;
-  const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> lg = m.prefill(prompt);
-  if (dec) dec->step();
-  bool copying = true;
+CopyScores copy_scores(std::span<const int32_t> gen, std::span<const int32_t> target) {
+  const int G = static_cast<int>(gen.size()), T = static_cast<int>(target.size());
+  CopyScores r;
   int matches = 0;
-  std::vector<int32_t> gen;
-  for (int i = 0; i < generate; i++) {
-    const int32_t t = argmax_token(lg.data(), V);
-    gen.push_back(t);
-    const bool same = i < P && t == context[i];
+  bool copying = true;
+  for (int i = 0; i < G; i++) {
+    const bool same = i < T && gen[i] == target[i];
     copying = copying && same;
     r.copy_prefix += copying;
     matches += same;
-    r.generated++;
+  }
+  r.match_rate = static_cast<double>(matches) / std::max(1, std::min(G, T));
+  // LCS(gen, target[0 : G + 64]) by dynamic programming over two rows
+  const int B = std::min(T, G + 64);
+  std::vector<int> prev(B + 1, 0), cur(B + 1, 0);
+  for (int32_t g : gen) {
+    for (int j = 1; j <= B; j++) cur[j] = g == target[j - 1] ? prev[j - 1] + 1 : std::max(prev[j], cur[j - 1]);
+    std::swap(prev, cur);
+  }
+  r.lcs_rate = static_cast<double>(prev[B]) / std::max(1, G);
+  return r;
+}
+
+FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span<const int32_t> context,
+                   int generate, DecodeEvictor* dec, int primer) {
+  const int V = m.config().vocab_size;
+  if (primer < 0 || primer >= static_cast<int>(context.size()))
+    throw std::invalid_argument("free copy: primer " + std::to_string(primer) + " must be in [0, " +
+                                std::to_string(context.size()) + ")");
+  std::vector<int32_t> lead(prompt.begin(), prompt.end());
+  lead.insert(lead.end(), context.begin(), context.begin() + primer);
+  if (m.length() + static_cast<int64_t>(lead.size()) + generate > m.capacity())
+    throw std::length_error("free copy: prompt + primer + " + std::to_string(generate) +
+                            " generated tokens exceed model.max_seq_len " + std::to_string(m.capacity()));
+  FreeCopy r;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> lg = m.prefill(lead);
+  if (dec) dec->step();
+  for (int i = 0; i < generate; i++) {
+    r.tokens.push_back(argmax_token(lg.data(), V));
     if (i + 1 == generate) break;
-    lg = m.decode(t);
+    lg = m.decode(r.tokens.back());
     if (dec) dec->step();
   }
   r.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.match_rate = static_cast<double>(matches) / std::max(1, std::min(r.generated, P));
-  // LCS(gen, context[0 : generated + 64]) by dynamic programming over two rows
-  const int B = std::min(P, r.generated + 64);
-  std::vector<int> prev(B + 1, 0), cur(B + 1, 0);
-  for (int32_t g : gen) {
-    for (int j = 1; j <= B; j++) cur[j] = g == context[j - 1] ? prev[j - 1] + 1 : std::max(prev[j], cur[j - 1]);
-    std::swap(prev, cur);
-  }
-  r.lcs_rate = static_cast<double>(prev[B]) / std::max(1, r.generated);
+  r.generated = generate;
+  static_cast<CopyScores&>(r) = copy_scores(r.tokens, context.subspan(static_cast<size_t>(primer)));
   if (dec) {
     r.gate_seconds = dec->gate_seconds();
     r.evictions = dec->evictions();

@@ -34,18 +34,25 @@ double continuation_nll(InferenceModel& m, std::span<const float> last_logits,
 std::vector<int32_t> greedy_answer(InferenceModel& m, std::span<const int32_t> question, int max_new,
                                    std::span<const int32_t> stop);
 
-struct FreeCopy {
-  int generated = 0;
-  int copy_prefix = 0;      // generated tokens equal to the context's before the first difference
-  double match_rate = 0;    // share of i < min(generated, P) with generated[i] == context[i]
-  double lcs_rate = 0;      // longest common subsequence of the generated tokens and the context's
+// Scores of a generated copy against the text it should reproduce.
+struct CopyScores {
+  int copy_prefix = 0;      // generated tokens equal to the target's before the first difference
+  double match_rate = 0;    // share of i < min(generated, target) with generated[i] == target[i]
+  double lcs_rate = 0;      // longest common subsequence of the generated tokens and the target's
                             // first generated + 64 tokens, over the generated count (shift-tolerant)
+};
+CopyScores copy_scores(std::span<const int32_t> generated, std::span<const int32_t> target);
+
+struct FreeCopy : CopyScores {
+  int generated = 0;
+  std::vector<int32_t> tokens;  // the generated tokens
   double decode_seconds = 0, gate_seconds = 0;
   int evictions = 0;        // decode-time eviction rounds
 };
-// The repeat prompt, then `generate` greedy tokens (no stop), with decode-time eviction when
-// dec is given (built on this model and called after every forward).
+// The repeat prompt and the context's first `primer` tokens (teacher-forced: the copy is started
+// for the model), then `generate` greedy tokens (no stop), scored against context[primer:], with
+// decode-time eviction when dec is given (built on this model and called after every forward).
 FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span<const int32_t> context,
-                   int generate, DecodeEvictor* dec);
+                   int generate, DecodeEvictor* dec, int primer = 0);
 
 }  // namespace kvt

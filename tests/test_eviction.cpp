@@ -10,6 +10,8 @@
 //  * evaluate_eviction: keep 1.0 equals the full cache to 1e-6 for every policy; the full-cache
 //    losses equal cross-entropies of Transformer::forward; the gates policy scores exactly what
 //    the gates say of the hidden states the model computes;
+//  * the free-copy task: greedy tokens after the primer equal an independent greedy, and its
+//    scores (copy prefix, match rate, LCS rate) counted by hand;
 //  * bad input: keep ratios outside (0, 1], contexts longer than max_seq_len, missing scores.
 #include <gtest/gtest.h>
 
@@ -23,6 +25,7 @@
 #include "kernels/common/rng.h"
 #include "model/decode_eviction.h"
 #include "model/eviction.h"
+#include "model/eviction_tasks.h"
 #include "model/gates.h"
 #include "model/inference.h"
 #include "model/kv_sharing.h"
@@ -408,6 +411,56 @@ TEST(Eviction, SnapKvScoresEqualTheForwardsWindowAttention) {
       }
     EXPECT_LE(worst, 1e-5);
   }
+}
+
+TEST(Eviction, CopyScoresCountedByHand) {
+  const std::vector<int32_t> target = {5, 6, 7, 8, 9, 10, 11, 12};
+  CopyScores same = copy_scores(std::vector<int32_t>{5, 6, 7, 8}, target);
+  EXPECT_EQ(same.copy_prefix, 4);
+  EXPECT_DOUBLE_EQ(same.match_rate, 1.0);
+  EXPECT_DOUBLE_EQ(same.lcs_rate, 1.0);
+  // one substitution at position 2: the prefix stops there, 3 of 4 match, LCS 3
+  CopyScores sub = copy_scores(std::vector<int32_t>{5, 6, 0, 8}, target);
+  EXPECT_EQ(sub.copy_prefix, 2);
+  EXPECT_DOUBLE_EQ(sub.match_rate, 0.75);
+  EXPECT_DOUBLE_EQ(sub.lcs_rate, 0.75);
+  // started one token late: nothing matches in place, the LCS still sees the whole copy
+  CopyScores late = copy_scores(std::vector<int32_t>{6, 7, 8, 9}, target);
+  EXPECT_EQ(late.copy_prefix, 0);
+  EXPECT_DOUBLE_EQ(late.match_rate, 0.0);
+  EXPECT_DOUBLE_EQ(late.lcs_rate, 1.0);
+  // longer than the target: matches counted over the target's length
+  CopyScores over = copy_scores(std::vector<int32_t>{5, 6, 1, 2}, std::vector<int32_t>{5, 6});
+  EXPECT_EQ(over.copy_prefix, 2);
+  EXPECT_DOUBLE_EQ(over.match_rate, 1.0);
+  EXPECT_DOUBLE_EQ(over.lcs_rate, 0.5);
+}
+
+TEST(Eviction, FreeCopyGeneratesGreedilyAfterThePrimerAndScoresTheRest) {
+  Model m(variants()[1]);
+  const int P = 20, G = 8, primer = 5;
+  const std::vector<int32_t> ctx = testutil::random_tokens(P, m.cfg.vocab_size, 31),
+                             prompt = testutil::random_tokens(3, m.cfg.vocab_size, 32);
+  InferenceModel inf(*m.net, InferenceOptions{8});
+  inf.prefill(ctx);
+  const FreeCopy fc = free_copy(inf, prompt, ctx, G, nullptr, primer);
+  // independent greedy: every token from a full prefill of [ctx ; prompt ; ctx[:primer] ; generated]
+  std::vector<int32_t> seq = ctx, want;
+  seq.insert(seq.end(), prompt.begin(), prompt.end());
+  seq.insert(seq.end(), ctx.begin(), ctx.begin() + primer);
+  for (int i = 0; i < G; i++) {
+    InferenceModel fresh(*m.net);
+    const std::vector<float> lg = fresh.prefill(seq);
+    want.push_back(argmax_token(lg.data(), m.cfg.vocab_size));
+    seq.push_back(want.back());
+  }
+  EXPECT_EQ(fc.tokens, want);
+  EXPECT_EQ(fc.generated, G);
+  const CopyScores s = copy_scores(want, std::span<const int32_t>(ctx).subspan(primer));
+  EXPECT_EQ(fc.copy_prefix, s.copy_prefix);
+  EXPECT_DOUBLE_EQ(fc.match_rate, s.match_rate);
+  EXPECT_DOUBLE_EQ(fc.lcs_rate, s.lcs_rate);
+  EXPECT_THROW(free_copy(inf, prompt, ctx, G, nullptr, P), std::invalid_argument);
 }
 
 TEST(Eviction, BadInputIsRejectedWithClearErrors) {

@@ -578,6 +578,7 @@ TEST_F(Gates, EvalStudyWritesResumableRecordsAndTheMemoryProbeItsLine) {
       if (!x["freecopy"].is_null()) {
         EXPECT_EQ(x["freecopy"]["generated"], 12);
         EXPECT_EQ(x["freecopy"]["evictions"], 3);  // after the prompt, then after 4 and 8 decodes
+        EXPECT_FALSE(x["freecopy"]["text"].get<std::string>().empty());  // the 12 tokens, decoded
       }
       if (x["policy"] == "gates") {
         EXPECT_GT(x["gate_seconds"].get<double>(), 0.0);
@@ -592,6 +593,29 @@ TEST_F(Gates, EvalStudyWritesResumableRecordsAndTheMemoryProbeItsLine) {
   const CmdResult other = run_kvtrain(args + " --depths 0.2");
   EXPECT_NE(other.rc, 0);
   EXPECT_NE(other.out.find("meta.json: the study there was made with other options"), std::string::npos) << other.out;
+  // --first-context 1: a study of context 1 alone, whose record is the whole study's.
+  const fs::path second = dir_ / "study_from_1";
+  std::string from1 = args;
+  from1.replace(from1.find(quote(study.string())), quote(study.string()).size(), quote(second.string()));
+  const CmdResult part = run_kvtrain(from1 + " --first-context 1");
+  ASSERT_EQ(part.rc, 0) << part.out;
+  EXPECT_FALSE(fs::exists(second / "ctx_00000.json"));
+  ASSERT_TRUE(fs::exists(second / "ctx_00001.json"));
+  {
+    std::ifstream a(study / "ctx_00001.json"), b(second / "ctx_00001.json");
+    nlohmann::json ja = nlohmann::json::parse(a), jb = nlohmann::json::parse(b);
+    ASSERT_EQ(ja["results"].size(), jb["results"].size());
+    EXPECT_EQ(ja["answer"], jb["answer"]);
+    EXPECT_EQ(ja["needle_position"], jb["needle_position"]);
+    for (size_t i = 0; i < ja["results"].size(); i++) {
+      SCOPED_TRACE(ja["results"][i]["policy"].get<std::string>());
+      for (const char* k : {"policy", "entries_kept", "reconstruction_nll", "continuation_nll", "copy_prefix"})
+        EXPECT_EQ(ja["results"][i][k], jb["results"][i][k]) << k;
+    }
+  }
+  const CmdResult past = run_kvtrain(from1 + " --first-context 2");
+  EXPECT_NE(past.rc, 0);
+  EXPECT_NE(past.out.find("--first-context must be in [0, --contexts)"), std::string::npos) << past.out;
   // The memory probe: allocation and peak RSS fall with the keep ratio's cache.
   std::vector<nlohmann::json> probes;
   for (const char* keep : {"1.0", "0.25"}) {

@@ -248,8 +248,12 @@ void add_eval(CLI::App& app) {
                   "(default reconstruction,continuation,needle)");
   sub->add_option("--depths", a->depths, "needle depths in the context, cycled over contexts (default 0.1,0.5,0.9)");
   sub->add_option("--answer-tokens", a->answer_tokens, "greedy tokens of a needle answer (default 8)");
+  sub->add_option("--first-context", a->first_context,
+                  "study: start at this context; the earlier ones are another study's (default 0)");
   sub->add_option("--freecopy-contexts", a->freecopy_contexts, "contexts that also run the free copy (default 0)");
   sub->add_option("--freecopy-keep", a->freecopy_keeps, "keep ratios of the free copy (default 0.3)");
+  sub->add_option("--freecopy-primer", a->freecopy_primer,
+                  "free copy: context tokens given after the prompt before the model copies on (default 16)");
   sub->add_option("--generate", a->generate, "free copy: greedy tokens generated (default 512)");
   sub->add_option("--decode-every", a->decode_every, "free copy: tokens between decode-time evictions (default 128)");
   sub->add_option("--decode-recent", a->decode_recent, "free copy: newest positions never evicted (default 128)");

@@ -8,9 +8,13 @@
 //     reconstruction  [prompt ; context] teacher-forced: NLL and exact-copy prefix
 //     continuation    NLL of the next --continuation tokens
 //     needle          greedy answer to the question, exact match of the 5-digit code
-//     freecopy        (first --freecopy-contexts contexts) the prompt, then --generate greedy
-//                     tokens with decode-time eviction
+//     freecopy        (first --freecopy-contexts contexts) the prompt and the context's first
+//                     --freecopy-primer tokens, then --generate greedy tokens with decode-time
+//                     eviction, scored against the rest of the context
 //   and DIR/ctx_<c>.json, written atomically when the context is done; a rerun skips those.
+// --first-context K starts at context K (numbering, needle depths and seeds unchanged), so that
+// one set of contexts can be split over studies of different policies or tasks (the report pools
+// the records of every study by context).
 // Memory probe: one context, one policy and keep ratio, in a process that loads no oracle; the
 // peak RSS is reset (/proc/self/clear_refs) once the weights are in place, so VmHWM is the peak of
 // the compression itself.
@@ -180,6 +184,10 @@ void run_eval_study(const EvalArgs& a) {
   for (auto [ok, what] : {std::pair{a.context >= 16, "--context must be >= 16"},
                           std::pair{a.continuation >= 1, "--continuation must be >= 1 in study mode"},
                           std::pair{a.contexts >= 1, "--contexts must be >= 1"},
+                          std::pair{a.first_context >= 0 && a.first_context < a.contexts,
+                                    "--first-context must be in [0, --contexts)"},
+                          std::pair{a.freecopy_primer >= 0 && a.freecopy_primer < a.context,
+                                    "--freecopy-primer must be in [0, --context)"},
                           std::pair{a.generate >= 1 && a.decode_every >= 1, "--generate and --decode-every must be >= 1"}})
     if (!ok) throw std::invalid_argument(what);
   bool need_oracle = false, need_gates = false;
@@ -215,8 +223,10 @@ void run_eval_study(const EvalArgs& a) {
                {"continuation", N}, {"policies", split_list(a.policies)}, {"keeps", keeps},
                {"tasks", split_list(a.tasks)}, {"depths", depths}, {"generate", a.generate},
                {"freecopy_contexts", a.freecopy_contexts}, {"freecopy_keeps", fkeeps},
+               {"freecopy_primer", a.freecopy_primer},
                {"prompt_tokens", Q}, {"chunk", inf.max_chunk()}, {"sinks", a.sinks}, {"recent", a.recent},
                {"decode_every", a.decode_every}, {"decode_recent", a.decode_recent}, {"seed", a.seed},
+               {"first_context", a.first_context},
                {"kvtrain", KVT_VERSION}};
   fs::create_directories(a.study);
   const std::string meta_path = a.study + "/meta.json";
@@ -237,7 +247,7 @@ void run_eval_study(const EvalArgs& a) {
   std::vector<int32_t> window(static_cast<size_t>(P + N));
   const auto t_all = Clock::now();
   int done_now = 0;
-  for (int c = 0; c < n_ctx; c++) {
+  for (int c = a.first_context; c < n_ctx; c++) {
     char name[32];
     std::snprintf(name, sizeof name, "/ctx_%05d.json", c);
     const std::string path = a.study + name;
@@ -297,8 +307,9 @@ void run_eval_study(const EvalArgs& a) {
             ev.set_window(4, a.decode_recent);
             dec = std::make_unique<DecodeEvictor>(inf, ev, s.gates.get(), a.decode_every);
           }
-          const FreeCopy fc = free_copy(inf, s.prompt, nd.context, a.generate, dec.get());
-          r["freecopy"] = {{"generated", fc.generated}, {"copy_prefix", fc.copy_prefix},
+          const FreeCopy fc = free_copy(inf, s.prompt, nd.context, a.generate, dec.get(), a.freecopy_primer);
+          r["freecopy"] = {{"generated", fc.generated}, {"text", s.tok->decode(fc.tokens)},
+                           {"copy_prefix", fc.copy_prefix},
                            {"match_rate", fc.match_rate}, {"lcs_rate", fc.lcs_rate},
                            {"decode_seconds", fc.decode_seconds},
                            {"decode_gate_seconds", fc.gate_seconds}, {"evictions", fc.evictions}};
@@ -307,7 +318,8 @@ void run_eval_study(const EvalArgs& a) {
         results.push_back(r);
       }
     rec["results"] = results;
-    write_file_atomic(path, rec.dump(1) + "\n");
+    // decoded text may end inside a UTF-8 character: replace what is not valid
+    write_file_atomic(path, rec.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
     done_now++;
     const double el = since(t_all);
     std::fprintf(stderr, "context %d/%d done (%.0f s this run, %.1f s per context)\n", c + 1, n_ctx, el,

@@ -2,8 +2,9 @@
 
     /usr/bin/python3 tools/kvzip_report.py OUT [--docs DIR]
 
-Reads OUT/eval/meta.json and OUT/eval/ctx_*.json (one record per evaluated context, written by
-`kvtrain eval --study`), OUT/memory.json (the `--memory-probe` lines), OUT/gates/metrics.jsonl and
+Reads meta.json and ctx_*.json (one record per evaluated context, written by `kvtrain eval --study`)
+of OUT/eval and every OUT/eval_* directory, pooled by context (a condition's result from the first
+directory that has it), OUT/memory.json (the `--memory-probe` lines), OUT/gates/metrics.jsonl and
 OUT/gates/config.yaml, and writes
   DIR/kvzip_smollm2.md: one table per task (rows policy x keep; mean +- standard error over
       contexts; a loss or a rate of a policy also as its paired difference to the full cache over
@@ -122,20 +123,48 @@ def read_jsonl(path):
         return []
 
 
+def study_dirs(out):
+    """The study's evaluation directories: OUT/eval and every OUT/eval_* (kvzip_study.sh runs one per
+    group of policies and contexts), in name order."""
+    return sorted(d for d in glob.glob(os.path.join(out, "eval*")) if os.path.isdir(d))
+
+
 def load(out):
-    meta = read_json(os.path.join(out, "eval", "meta.json")) or {}
-    ctxs = []
-    for path in sorted(glob.glob(os.path.join(out, "eval", "ctx_*.json"))):
-        r = read_json(path)
-        if r is not None:
-            ctxs.append(r)
-    # (policy, keep) -> {context: result}
-    cond = {}
-    for c in ctxs:
-        for r in c.get("results", []):
-            key = (r["policy"], round(float(r["keep"]), 4))
-            cond.setdefault(key, {})[c["context"]] = r
-    return meta, ctxs, cond
+    """Pools the records of every evaluation directory by context. A (policy, keep) result of a
+    context comes from the first directory that has it; context-level fields (depth, no-context
+    control, ...) from any record that has them. Returns the first meta.json with the policies and
+    keeps of all, the pooled contexts, {(policy, keep): {context: result}} and one line per
+    directory (which contexts and conditions it holds)."""
+    meta, by_ctx, cond, parts = {}, {}, {}, []
+    for d in study_dirs(out):
+        m = read_json(os.path.join(d, "meta.json")) or {}
+        for k, v in m.items():  # the first directory's options, an empty one from a later directory
+            if meta.get(k) in (None, "", []):
+                meta[k] = v
+        for k in ("policies", "keeps"):
+            if m.get(k):
+                meta[k] = list(dict.fromkeys(meta.get(k, []) + m[k]))
+        got = []
+        for path in sorted(glob.glob(os.path.join(d, "ctx_*.json"))):
+            r = read_json(path)
+            if r is None:
+                continue
+            got.append(r["context"])
+            c = by_ctx.setdefault(r["context"], {})
+            for k, v in r.items():
+                if k != "results" and c.get(k) is None:
+                    c[k] = v
+            for res in r.get("results", []):
+                key = (res["policy"], round(float(res["keep"]), 4))
+                cond.setdefault(key, {}).setdefault(r["context"], res)
+        if got:
+            parts.append(f"`{os.path.basename(d)}`: {len(got)} contexts ({min(got)}–{max(got)}); policies "
+                         f"{', '.join(m.get('policies', []))}; keeps {', '.join(str(k) for k in m.get('keeps', []))}; "
+                         f"tasks {', '.join(m.get('tasks', []))}; {m.get('threads')} thread(s)")
+    if meta.get("keeps"):
+        meta["keeps"] = sorted(meta["keeps"], reverse=True)
+    ctxs = [by_ctx[c] for c in sorted(by_ctx)]
+    return meta, ctxs, cond, parts
 
 
 def field(cond, key, name, sub=None):
@@ -248,8 +277,8 @@ def needle_section(ctxs, cond):
     L += [f"Accuracy (binomial SE; in brackets the paired difference to the full cache). Full-cache "
           f"ceiling: {fmt(binomial(full.values()), pct=True)}; no-context floor (the question without "
           f"the context): {fmt(floor, pct=True)}.", ""]
-    L += ["| policy | keep | " + " | ".join(f"depth {d:g}" for d in depths) + " | overall |",
-          "|---|---:|" + "---:|" * (len(depths) + 1)]
+    L += ["| policy | keep | needles | " + " | ".join(f"depth {d:g}" for d in depths) + " | overall |",
+          "|---|---:|---:|" + "---:|" * (len(depths) + 1)]
     depth_of = {c["context"]: c.get("depth") for c in ctxs}
     for key in conditions(cond):
         vals = field(cond, key, "needle_correct")
@@ -258,7 +287,7 @@ def needle_section(ctxs, cond):
         cells = [fmt(binomial([v for c, v in vals.items() if depth_of.get(c) == d]), pct=True) for d in depths]
         diff = paired(vals, full) if key != FULL and full else None
         cells.append(fmt(binomial(vals.values()), pct=True) + fmt_diff(diff, pct=True))
-        L.append(f"| {key[0]} | {key[1]:.2f} | " + " | ".join(cells) + " |")
+        L.append(f"| {key[0]} | {key[1]:.2f} | {len(vals)} | " + " | ".join(cells) + " |")
     return L + [""]
 
 
@@ -346,7 +375,7 @@ def claims(cond, ctxs):
     rec = {k: field(cond, k, "reconstruction_nll") for k in cond}
     needle = {k: field(cond, k, "needle_correct") for k in cond}
     full_rec, full_needle = rec.get(FULL, {}), needle.get(FULL, {})
-    keeps = sorted({k[1] for k in cond if k[0] == "gates"}, reverse=True)
+    keeps = sorted({k[1] for k in cond if k[0] == "gates" and rec[k]}, reverse=True)  # with reconstruction
     res = {}
 
     def d_of(a, b):
@@ -445,7 +474,7 @@ def claims_section(res):
 
 
 def report(out, docs):
-    meta, ctxs, cond = load(out)
+    meta, ctxs, cond, parts = load(out)
     memory = read_json(os.path.join(out, "memory.json")) or []
     figdir = os.path.join(docs, "figures")
     os.makedirs(figdir, exist_ok=True)
@@ -458,10 +487,11 @@ def report(out, docs):
     if meta:
         L += [f"- model `{meta.get('checkpoint')}`, gates `{meta.get('gates')}`, data `{meta.get('data')}`; "
               f"context {meta.get('context')} tokens, continuation {meta.get('continuation')}, free copy "
-              f"{meta.get('generate')} tokens on {meta.get('freecopy_contexts')} contexts at keep "
-              f"{meta.get('freecopy_keeps')}; {meta.get('threads')} thread(s); kvtrain {meta.get('kvtrain')}",
+              f"{meta.get('generate')} tokens after a primer of {meta.get('freecopy_primer', 0)} context tokens "
+              f"on {meta.get('freecopy_contexts')} contexts at keep "
+              f"{meta.get('freecopy_keeps')}; kvtrain {meta.get('kvtrain')}",
               f"- {len(ctxs)} contexts evaluated; policies {', '.join(meta.get('policies', []))}; keep ratios "
-              f"{', '.join(str(k) for k in meta.get('keeps', []))}", ""]
+              f"{', '.join(str(k) for k in meta.get('keeps', []))}"] + [f"  - {p}" for p in parts] + [""]
     else:
         L += [f"- evaluation: {NOT_RUN if not ctxs else f'{len(ctxs)} contexts (no meta.json)'}", ""]
 

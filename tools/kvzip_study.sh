@@ -5,24 +5,37 @@
 #   0. bench: `kvtrain bench --inference` of the model at P, 2P+Q and 4096 tokens (kept in
 #      OUT/bench.json), from which it PRINTS THE PROJECTED TIME OF EVERY STAGE before starting;
 #   1. gates: Fast KVzip gates trained on the frozen model (configs/gates_smollm2.yaml), resumable;
-#   2. eval: every policy x keep ratio on held-out contexts of the evaluation text: reconstruction,
-#      continuation, needle and free-copy tasks, one record per context in OUT/eval (a rerun
-#      skips the contexts already written);
+#      on the CPU backend in the background, beside the evaluation that needs no gates;
+#   2. eval: held-out contexts of the evaluation text, one record per context (a rerun skips the
+#      contexts already written), in groups whose costs differ (kvzip_report.py pools them):
+#        OUT/eval_base           contexts [0, BASE_CONTEXTS): full, kvzip, snapkv, streaming, random
+#                                x KEEPS; reconstruction, continuation, needle, free copy
+#        OUT/eval_full           [BASE_CONTEXTS, CONTEXTS): full; the same but free copy
+#        OUT/eval_full_needles   [CONTEXTS, NEEDLE_CONTEXTS): full; needles only
+#        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
+#        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
+#                                NEEDLE_KEEPS; needles only
+#      so the close comparison of gates with the full cache gets more contexts than the
+#      baselines, which lose by nats, and its needles NEEDLE_CONTEXTS / 3 per depth;
 #   3. memory: one fresh process per keep ratio (1.0 0.5 0.3 0.2 0.1), gates at a 4096-token
 #      context, `--memory-probe` JSON lines collected into OUT/memory.json;
 #   4. report: tools/kvzip_report.py -> docs/kvzip_smollm2.md, docs/figures/kvzip_*.png,
-#      OUT/summary.json.
+#      OUT/summary.json; the text sources, memory.json and summary.json copied to docs/data/.
 # Every stage is resumable: run the script again after a stop.
 #
 #   bash tools/kvzip_study.sh                      # the whole study
-#   GATE_STEPS=200 CONTEXTS=8 bash tools/kvzip_study.sh  # a quick smoke run
+#   GATE_STEPS=200 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 FREECOPY_CONTEXTS=1 bash tools/kvzip_study.sh  # a smoke run
 #
 # Environment (defaults):
 #   OUT                runs/kvzip_smollm2   the study's directory
 #   GATE_STEPS         5000                 gate training steps
-#   CONTEXTS           150                  evaluated contexts (the eval text has 344)
+#   BASE_CONTEXTS      12                   contexts of every policy (the eval text has 344 windows)
+#   CONTEXTS           40                   contexts of full and gates
+#   NEEDLE_CONTEXTS    150                  contexts of the needle task for full and gates
+#   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
 #   KEEPS              0.5,0.3,0.2,0.1      keep ratios (0.7,0.4 are optional extras: KEEPS=0.7,0.5,0.4,0.3,0.2,0.1)
-#   FREECOPY_CONTEXTS  8                    contexts of the free-copy task (512 greedy tokens each)
+#   FREECOPY_CONTEXTS  4                    contexts of the free-copy task (512 greedy tokens each;
+#                                           at most BASE_CONTEXTS)
 #   FREECOPY_KEEPS     0.3                  its keep ratios
 #   BACKEND            cpu                  cpu | cuda (gates, eval, bench)
 #   GATE_CACHE         auto                 keep gate contexts on disk (35.8 MB each for SmolLM2):
@@ -35,16 +48,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/kvzip_smollm2}
 GATE_STEPS=${GATE_STEPS:-5000}
-CONTEXTS=${CONTEXTS:-150}
+BASE_CONTEXTS=${BASE_CONTEXTS:-12}
+CONTEXTS=${CONTEXTS:-40}
+NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
+NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
-FREECOPY_CONTEXTS=${FREECOPY_CONTEXTS:-8}
+FREECOPY_CONTEXTS=${FREECOPY_CONTEXTS:-4}
+(( BASE_CONTEXTS <= CONTEXTS && CONTEXTS <= NEEDLE_CONTEXTS && FREECOPY_CONTEXTS <= BASE_CONTEXTS )) ||
+  { echo "kvzip_study: need FREECOPY_CONTEXTS <= BASE_CONTEXTS <= CONTEXTS <= NEEDLE_CONTEXTS" >&2; exit 1; }
 FREECOPY_KEEPS=${FREECOPY_KEEPS:-0.3}
 BACKEND=${BACKEND:-cpu}
 GATE_CACHE=${GATE_CACHE:-auto}
 DOCS=${DOCS:-docs}
 BUILD_DIR=${BUILD_DIR:-build}
 CONFIG=configs/gates_smollm2.yaml
-POLICIES=full,kvzip,gates,snapkv,streaming,random
 MEMORY_KEEPS="1.0 0.5 0.3 0.2 0.1"
 P=1024 CONTINUATION=64 GENERATE=512 MEMORY_CONTEXT=4096
 
@@ -116,6 +133,7 @@ echo "kvzip_study: gate cache: $(( CACHE_BYTES >> 30 )) GiB needed for $N_TRAIN_
 
 NKEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -c .)
 NFKEEPS=$(tr ',' '\n' <<< "$FREECOPY_KEEPS" | grep -c .)
+NNKEEPS=$(tr ',' '\n' <<< "$NEEDLE_KEEPS" | grep -c .)
 /usr/bin/python3 - "$OUT/bench.json" <<PY
 import json, sys
 b = json.load(open(sys.argv[1]))
@@ -141,45 +159,94 @@ evals = steps // 500 + 1
 fwd = t(2 * P + Q)
 gate_fwds = (min(steps, ntrain) + 16) if cache else (steps + 16 * evals)
 gates = gate_fwds * fwd
-conds = 1 + 5 * $NKEEPS
-# a prefill of P; [prompt ; context] on top of it (the tokens P .. 2P+Q of one forward); the needle
-# question and its answer; the continuation, each at the prefill rate per token of P
+# one condition: a prefill of P; [prompt ; context] on top of it (the tokens P .. 2P+Q of one
+# forward); the needle question and its answer; the continuation, each at the prefill rate of P
+needle = t(P) + 40 * t(P) / P + 8 * dec
 per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) / P
-per_ctx = fwd + conds * per_cond
-evl = $CONTEXTS * per_ctx
+K, B, C, N, NK = $NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
+stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
+           f"{B} contexts x (oracle {fwd:.2f} s + {1 + 4 * K} conditions x {per_cond:.2f} s) + free copy"),
+          ("full", (C - B) * per_cond, f"{C - B} contexts x 1 condition"),
+          ("full needles", (N - C) * needle, f"{N - C} contexts x {needle:.2f} s"),
+          ("gates eval", C * K * per_cond + free * $NFKEEPS / fconds, f"{C} contexts x {K} conditions + free copy"),
+          ("gates needles", (N - C) * NK * needle, f"{N - C} contexts x {NK} conditions")]
 mem = len("$MEMORY_KEEPS".split()) * t($MEMORY_CONTEXT)
 h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
 print(f"kvzip_study: measured ({b['backend']}, {b['threads']} thread(s)): prefill " +
       ", ".join(f"{c} tokens {rows[c]['prefill_ms'] / 1e3:.2f} s" for c in ctxs) + f"; decode {1e3 * dec:.1f} ms/token")
-print(f"kvzip_study: projected times (Q = {Q} prompt tokens, P = {P}):")
-print(f"  gates   {h(gates):>10}  {gate_fwds} forwards of 2P+Q = {2 * P + Q} tokens at {fwd:.2f} s "
+print(f"kvzip_study: projected times at that speed, one stage after another (Q = {Q} prompt tokens, P = {P};"
+      f" the CPU backend runs two stages at a time on half the cores each):")
+print(f"  gates          {h(gates):>10}  {gate_fwds} forwards of 2P+Q = {2 * P + Q} tokens at {fwd:.2f} s "
       f"({steps} steps, {ntrain} distinct contexts, cache {'on' if cache else 'off'}, {evals} evals of 16)")
-print(f"  eval    {h(evl):>10}  $CONTEXTS contexts x (oracle {fwd:.2f} s + {conds} conditions x {per_cond:.2f} s: "
-      f"prefill P, [prompt; context] Q+P, needle 40 + 8 decode, continuation $CONTINUATION)")
-print(f"  freecopy{h(free):>10}  $FREECOPY_CONTEXTS contexts x {fconds} conditions x (Q prompt + $GENERATE decode steps)")
-print(f"  memory  {h(mem):>10}  {len('$MEMORY_KEEPS'.split())} probes of a $MEMORY_CONTEXT-token prefill")
-print(f"  total   {h(gates + evl + free + mem):>10}")
+for name, sec, what in stages:
+    print(f"  {name:<14} {h(sec):>10}  {what}")
+print(f"  memory         {h(mem):>10}  {len('$MEMORY_KEEPS'.split())} probes of a $MEMORY_CONTEXT-token prefill")
+print(f"  total          {h(gates + sum(s for _, s, _ in stages) + mem):>10}")
 PY
 [[ "${PROJECT_ONLY:-0}" == 1 ]] && exit 0
 
-# 1. Gates.
+# 1. Gates. On the CPU backend they train beside the evaluation that needs none, each process on
+# half the cores (two one-thread processes keep 2 cores busier than one process of two threads).
 GATES=$OUT/gates/gates.h5
-if [[ ! -f "$GATES" ]]; then
-  cache=()
+THREADS=0 GATE_THREADS=0 PARALLEL=0
+if [[ "$BACKEND" == cpu && $(nproc) -ge 2 ]]; then
+  PARALLEL=1 THREADS=$(( $(nproc) / 2 )) GATE_THREADS=$(( $(nproc) - $(nproc) / 2 ))
+fi
+train_gates() {
+  local cache=()
   [[ -n "$CACHE_DIR" ]] && cache=(--set gates.cache_dir="$CACHE_DIR")   # else the config's "" (off)
   "$KVTRAIN" gates --checkpoint "$CKPT" --config "$CONFIG" --resume \
     --set output.dir="$OUT/gates" "${cache[@]}" --set gates.steps="$GATE_STEPS" \
-    --set gates.backend="$BACKEND"
+    --set gates.backend="$BACKEND" --set gates.threads="$GATE_THREADS"
+}
+study() {  # DIR POLICIES TASKS FIRST LAST: contexts [FIRST, LAST) into OUT/DIR; skips finished ones
+  (( $4 < $5 )) || return 0
+  local gates=()
+  [[ "$2" == *gates* ]] && gates=(--gates "$GATES")
+  "$KVTRAIN" eval --checkpoint "$CKPT" "${gates[@]}" --data "$EVAL_DATA" --prompt "$PROMPT" \
+    --policy "$2" --keep "$KEEPS" --context "$P" --continuation "$CONTINUATION" \
+    --first-context "$4" --contexts "$5" --tasks "$3" \
+    --freecopy-contexts "$FREECOPY_CONTEXTS" --freecopy-keep "$FREECOPY_KEEPS" --generate "$GENERATE" \
+    --backend "$BACKEND" --threads "$THREADS" --study "$OUT/$1"
+}
+ALL=reconstruction,continuation,needle,freecopy
+# 2. Evaluation, in groups of policies and contexts (tools/kvzip_report.py pools the directories).
+gate_free() {
+  study eval_base full,kvzip,snapkv,streaming,random "$ALL" 0 "$BASE_CONTEXTS"
+  study eval_full full reconstruction,continuation,needle "$BASE_CONTEXTS" "$CONTEXTS"
+  study eval_full_needles full needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+}
+gated() {
+  study eval_gates gates "$ALL" 0 "$CONTEXTS"
+  KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+}
+if [[ $PARALLEL == 1 ]]; then
+  # two one-thread processes at all times: gate training beside the gate-free evaluation, then the
+  # gated evaluation beside what is left of it
+  gate_pid="" eval_pid=""
+  trap 'rm -rf "$tmp"; kill $gate_pid $eval_pid 2>/dev/null; true' EXIT
+  if [[ ! -f "$GATES" ]]; then
+    train_gates > "$OUT/gates.log" 2>&1 &
+    gate_pid=$!
+    echo "kvzip_study: gate training in the background (pid $gate_pid, log $OUT/gates.log)"
+  fi
+  gate_free > "$OUT/eval_gate_free.log" 2>&1 &
+  eval_pid=$!
+  echo "kvzip_study: gate-free evaluation in the background (pid $eval_pid, log $OUT/eval_gate_free.log)"
+  if [[ -n "$gate_pid" ]]; then
+    wait "$gate_pid" || { echo "kvzip_study: gate training failed (see $OUT/gates.log)" >&2; exit 1; }
+    gate_pid=""
+  fi
+  gated
+  wait "$eval_pid" || { echo "kvzip_study: evaluation failed (see $OUT/eval_gate_free.log)" >&2; exit 1; }
+  eval_pid=""
+else
+  [[ -f "$GATES" ]] || train_gates
+  gate_free
+  gated
 fi
-
-# 2. Evaluation (reconstruction, continuation, needle, free copy); skips finished contexts.
-"$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
-  --policy "$POLICIES" --keep "$KEEPS" --context "$P" --continuation "$CONTINUATION" \
-  --contexts "$CONTEXTS" --tasks reconstruction,continuation,needle,freecopy \
-  --freecopy-contexts "$FREECOPY_CONTEXTS" --freecopy-keep "$FREECOPY_KEEPS" --generate "$GENERATE" \
-  --backend "$BACKEND" --study "$OUT/eval"
 
 # 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
 if [[ ! -s "$OUT/memory.json" ]]; then
@@ -197,3 +264,7 @@ fi
 
 # 4. Report.
 /usr/bin/python3 tools/kvzip_report.py "$OUT" --docs "$DOCS"
+mkdir -p "$DOCS/data"   # what the report rests on, kept with the docs
+cp "$TEXT/SOURCES.md" "$DOCS/data/kvzip_smollm2_sources.md"
+cp "$OUT/memory.json" "$DOCS/data/kvzip_smollm2_memory.json"
+cp "$OUT/summary.json" "$DOCS/data/kvzip_smollm2_summary.json"

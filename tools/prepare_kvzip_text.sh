@@ -5,7 +5,10 @@
 #   train: gate training text, about 4 MB of documentation prose: the Debian Reference, the
 #          Debian FAQ, the Debian Developer's Reference, the Debian Policy Manual, the GNU Coding
 #          Standards and Information for Maintainers of GNU Software, and the Python 3.11
-#          tutorial, HOWTOs, FAQ, language reference and glossary (reST sources as shipped);
+#          tutorial, HOWTOs, FAQ, language reference and glossary (reST sources as shipped),
+#          and about 4 MB of public-domain books: Jane Austen's six novels (Project Gutenberg
+#          texts as Debian's r-cran-janeaustenr ships them in an R lazy-load database; the .deb
+#          is fetched with `apt-get download` and unpacked here, R is not installed);
 #          `kvtrain prepare` holds out every 20th block of 8192 tokens as data.val;
 #          -> OUT_DIR/train/train_{train,val}_000000.bin
 #   eval:  evaluation text, two books from other packages: The Debian Administrator's Handbook
@@ -54,12 +57,24 @@ done
 
 rm -rf "$OUT_DIR/text"
 mkdir -p "$OUT_DIR/text/train" "$OUT_DIR/text/eval"
+# The Austen novels: the package's .deb, unpacked without installing it (it would pull in R).
+AUSTEN_DIR=$OUT_DIR/deb/janeaustenr
+if [[ ! -f "$AUSTEN_DIR/version" ]]; then
+  rm -rf "$OUT_DIR/deb"
+  mkdir -p "$AUSTEN_DIR"
+  (cd "$OUT_DIR/deb" && apt-get download -qq r-cran-janeaustenr) ||
+    { echo "prepare_kvzip_text: apt-get download r-cran-janeaustenr failed (run apt-get update?)" >&2; exit 1; }
+  deb=$(ls "$OUT_DIR"/deb/r-cran-janeaustenr_*.deb)
+  dpkg-deb -x "$deb" "$AUSTEN_DIR"
+  dpkg-deb -f "$deb" Version > "$AUSTEN_DIR/version"
+fi
 
 # 1. The texts, and OUT_DIR/text/sources.json naming what each was made of.
-/usr/bin/python3 - "$OUT_DIR/text" <<'PY'
-import glob, gzip, html.parser, json, os, re, subprocess, sys
+/usr/bin/python3 - "$OUT_DIR/text" "$AUSTEN_DIR" <<'PY'
+import glob, gzip, html.parser, json, os, re, struct, subprocess, sys, zlib
 
-out = sys.argv[1]
+out, austen_dir = sys.argv[1], sys.argv[2]
+AUSTEN_RDB = os.path.join(austen_dir, "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb")
 PY_SRC = "/usr/share/doc/python3.11/html/_sources"
 LICENSES = {
     "debian-reference-en": "GPL-2+",
@@ -70,10 +85,13 @@ LICENSES = {
     "python3.11-doc": "PSF-2.0 (Python documentation)",
     "debian-handbook": "GPL-2+ or CC-BY-SA-3.0",
     "installation-guide-amd64": "GPL-2",
+    "r-cran-janeaustenr": "public domain (the novels, Project Gutenberg texts); MIT (the package)",
 }
 
 
 def version(pkg):
+    if pkg == "r-cran-janeaustenr":  # unpacked, not installed
+        return open(os.path.join(austen_dir, "version")).read().strip()
     return subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], check=True,
                           capture_output=True, text=True).stdout
 
@@ -173,6 +191,54 @@ def handbook_pages():
     return [os.path.join(base, p) for p in pages]
 
 
+def r_string_vectors(path):
+    """The character vectors of an R lazy-load database (a package's data/Rdata.rdb): records of
+    a 4-byte big-endian length, then a zlib stream of an XDR serialization (format 2 or 3) whose
+    top object, for these, is a STRSXP of CHARSXP lines; other records are skipped."""
+    d = open(path, "rb").read()
+    i, vectors = 0, []
+    while i < len(d):
+        if i + 4 > len(d):
+            sys.exit(f"prepare_kvzip_text: {path}: truncated record at byte {i}")
+        n = struct.unpack(">I", d[i:i + 4])[0]
+        z = zlib.decompressobj()
+        blob = z.decompress(d[i + 4:])
+        if len(blob) != n or blob[:2] != b"X\n":
+            sys.exit(f"prepare_kvzip_text: {path}: record at byte {i} is not an XDR serialization of {n} bytes")
+        i = len(d) - len(z.unused_data)
+        o = 14 + (4 + struct.unpack(">I", blob[14:18])[0] if struct.unpack(">I", blob[2:6])[0] == 3 else 0)
+        flags, length = struct.unpack(">iI", blob[o:o + 8])
+        if flags & 0xFF != 16:  # not a STRSXP
+            continue
+        o, lines = o + 8, []
+        for _ in range(length):
+            cflags, clen = struct.unpack(">ii", blob[o:o + 8])
+            o += 8
+            if cflags & 0xFF != 9:
+                sys.exit(f"prepare_kvzip_text: {path}: a string vector holds a non-string")
+            lines.append("" if clen < 0 else blob[o:o + clen].decode("utf-8", "replace"))
+            o += max(clen, 0)
+        vectors.append(lines)
+    return vectors
+
+
+def austen_novels():
+    """The six novels, one file each, hard-wrapped lines joined into paragraphs."""
+    files = []
+    for lines in r_string_vectors(AUSTEN_RDB):
+        paras = re.split(r"\n\s*\n", "\n".join(lines))
+        text = "\n\n".join(" ".join(l.strip() for l in p.split("\n") if l.strip()) for p in paras)
+        title = next(l for l in lines if l.strip()).strip()
+        path = os.path.join(out, "austen", re.sub(r"[^a-z]+", "-", title.lower()).strip("-") + ".txt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        files.append(path)
+    if len(files) != 6:
+        sys.exit(f"prepare_kvzip_text: {AUSTEN_RDB}: {len(files)} novels, not 6")
+    return sorted(files)
+
+
 def rst_files(*parts):
     files = []
     for part in parts:
@@ -197,6 +263,7 @@ TEXTS = [
     ("train", "python-faq", "python3.11-doc", rst_files("faq"), read),
     ("train", "python-reference", "python3.11-doc", rst_files("reference"), read),
     ("train", "python-glossary", "python3.11-doc", rst_files("glossary.rst.txt"), read),
+    ("train", "jane-austen-novels", "r-cran-janeaustenr", austen_novels(), read),
     ("eval", "debian-handbook", "debian-handbook", handbook_pages(), html_text),
     ("eval", "debian-installation-guide", "installation-guide-amd64",
      ["/usr/share/doc/installation-guide-amd64/en/install.en.txt.gz"], read),

@@ -185,6 +185,40 @@ class KvzipReport(unittest.TestCase):
             self.assertEqual(n["verdict"], "unresolved")
             self.assertEqual(s["a_near_lossless_30_40"]["verdict"], "unresolved")
 
+    def test_pools_study_directories(self):
+        with tempfile.TemporaryDirectory() as t:
+            out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
+            make_study(out)
+            # a second directory: needles of full and gates on 9 more contexts (all wrong for gates at
+            # 0.3), and context 0 again with other values, which the first directory's record beats
+            extra = os.path.join(out, "eval_needles")
+            os.makedirs(extra)
+            dump({"policies": ["full", "gates"], "keeps": [0.3, 0.1], "tasks": ["needle"], "threads": 1},
+                 os.path.join(extra, "meta.json"))
+            for i in [0] + list(range(N, N + 9)):
+                rs = [result("full", 1.0, None, None, True)] + [
+                    result("gates", k, None, None, i == 0) for k in (0.3, 0.1)]
+                if i == 0:
+                    rs[0]["reconstruction_nll"] = 99.0
+                dump({"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3], "no_context":
+                      {"needle_correct": False, "needle_output": "1"}, "results": rs},
+                     os.path.join(extra, f"ctx_{i:05d}.json"))
+            s, md = run_report(out, docs)
+            self.assertEqual(s["contexts"], N + 9)
+            n = s["a_near_lossless_30_40"]["per_keep"]["0.3"]["needle"]
+            self.assertEqual(n["n"], N + 9)
+            self.assertAlmostEqual(n["mean"], -9 / (N + 9), places=9)
+            # reconstruction still pairs over the first directory's N contexts, its context 0 kept
+            self.assertEqual(s["a_near_lossless_30_40"]["per_keep"]["0.3"]["reconstruction_nll"]["n"], N)
+            self.assertEqual(s["b_close_to_kvzip"]["per_keep"]["0.30"]["n"], N)
+            self.assertIn(f"| full | 1.00 | {N} | ", md)
+            self.assertIn(f"| gates | 0.10 | 10 | ", md)   # only in eval_needles: 10 needles
+            self.assertIn(f"| gates | 0.30 | {N + 9} | ", md)
+            self.assertIn(f"`eval_needles`: 10 contexts (0–{N + 8}); policies full, gates; keeps 0.3, 0.1; "
+                          f"tasks needle; 1 thread(s)", md)
+            self.assertIn("keep ratios 0.5, 0.3, 0.2, 0.1", md)
+            self.assertNotIn("99.0", md)
+
     def test_missing_pieces(self):
         with tempfile.TemporaryDirectory() as t:
             out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
