@@ -15,6 +15,8 @@
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
 #                                NEEDLE_KEEPS; needles only
+#      (on the CPU backend eval_gates stops at 3/5 of CONTEXTS and a second process does the
+#      needles, the memory probes of stage 3, then the rest as OUT/eval_gates_hi)
 #      so the close comparison of gates with the full cache gets more contexts than the
 #      baselines, which lose by nats, and its needles NEEDLE_CONTEXTS / 3 per depth;
 #   3. memory: one fresh process per keep ratio (1.0 0.5 0.3 0.2 0.1), gates at a 4096-token
@@ -218,15 +220,42 @@ gate_free() {
   study eval_full full reconstruction,continuation,needle "$BASE_CONTEXTS" "$CONTEXTS"
   study eval_full_needles full needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
 }
-gated() {
-  study eval_gates gates "$ALL" 0 "$CONTEXTS"
-  KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+# 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
+memory() {
+  [[ -s "$OUT/memory.json" ]] && return 0
+  : > "$OUT/memory.jsonl.tmp"
+  for keep in $MEMORY_KEEPS; do
+    "$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
+      --policy gates --keep "$keep" --context "$MEMORY_CONTEXT" --contexts 1 --backend "$BACKEND" \
+      --memory-probe | grep -E '^\{' | tail -n 1 >> "$OUT/memory.jsonl.tmp"
+  done
+  /usr/bin/python3 -c 'import json, sys; json.dump([json.loads(l) for l in open(sys.argv[1]) if l.strip()], open(sys.argv[2], "w"), indent=1)' \
+    "$OUT/memory.jsonl.tmp" "$OUT/memory.json.tmp"
+  mv "$OUT/memory.json.tmp" "$OUT/memory.json"
+  rm -f "$OUT/memory.jsonl.tmp"
+}
+gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the needles, the memory
+           # probes and eval_gates_hi [SPLIT, CONTEXTS)
+  local split=$CONTEXTS
+  [[ $PARALLEL == 1 ]] && split=$(( CONTEXTS * 3 / 5 > FREECOPY_CONTEXTS ? CONTEXTS * 3 / 5 : FREECOPY_CONTEXTS ))
+  if [[ $PARALLEL == 1 ]]; then
+    { KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS" && memory &&
+      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS"; } > "$OUT/eval_gated_2.log" 2>&1 &
+    gated_pid=$!
+  fi
+  study eval_gates gates "$ALL" 0 "$split"
+  if [[ $PARALLEL == 1 ]]; then
+    wait "$gated_pid" || { echo "kvzip_study: evaluation failed (see $OUT/eval_gated_2.log)" >&2; exit 1; }
+    gated_pid=""
+  else
+    KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+  fi
 }
 if [[ $PARALLEL == 1 ]]; then
   # two one-thread processes at all times: gate training beside the gate-free evaluation, then the
   # gated evaluation beside what is left of it
-  gate_pid="" eval_pid=""
-  trap 'rm -rf "$tmp"; kill $gate_pid $eval_pid 2>/dev/null; true' EXIT
+  gate_pid="" eval_pid="" gated_pid=""
+  trap 'rm -rf "$tmp"; for p in $gate_pid $eval_pid $gated_pid; do kill "$p" 2>/dev/null || true; done' EXIT
   if [[ ! -f "$GATES" ]]; then
     train_gates > "$OUT/gates.log" 2>&1 &
     gate_pid=$!
@@ -247,20 +276,7 @@ else
   gate_free
   gated
 fi
-
-# 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
-if [[ ! -s "$OUT/memory.json" ]]; then
-  : > "$OUT/memory.jsonl.tmp"
-  for keep in $MEMORY_KEEPS; do
-    "$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
-      --policy gates --keep "$keep" --context "$MEMORY_CONTEXT" --contexts 1 --backend "$BACKEND" \
-      --memory-probe | grep -E '^\{' | tail -n 1 >> "$OUT/memory.jsonl.tmp"
-  done
-  /usr/bin/python3 -c 'import json, sys; json.dump([json.loads(l) for l in open(sys.argv[1]) if l.strip()], open(sys.argv[2], "w"), indent=1)' \
-    "$OUT/memory.jsonl.tmp" "$OUT/memory.json.tmp"
-  mv "$OUT/memory.json.tmp" "$OUT/memory.json"
-  rm -f "$OUT/memory.jsonl.tmp"
-fi
+memory
 
 # 4. Report.
 /usr/bin/python3 tools/kvzip_report.py "$OUT" --docs "$DOCS"

@@ -145,6 +145,12 @@ class KvzipReport(unittest.TestCase):
             # the largest paired SE is snapkv's
             self.assertTrue(s["all_paired_se_le_0.02"])
             self.assertLess(s["max_paired_se"], 0.02)
+            # gates' and kvzip's alone: gates' reconstruction noise (kvzip and the continuations are
+            # constant offsets)
+            full_ = [1.0 + 0.3 * math.sin(i) for i in range(N)]
+            _, se_g = paired_expected([f + 0.01 + noise(i, 0.001) for i, f in enumerate(full_)], full_)
+            self.assertAlmostEqual(s["max_paired_se_gates_kvzip"], se_g, places=9)
+            self.assertGreater(s["max_paired_se"], s["max_paired_se_gates_kvzip"])
             # the tables: full's mean ± SE, and gates' paired difference in the reconstruction table
             fm = sum(full) / N
             fse = math.sqrt(sum((x - fm) ** 2 for x in full) / (N - 1) / N)
