@@ -129,6 +129,13 @@ def study_dirs(out):
     return sorted(d for d in glob.glob(os.path.join(out, "eval*")) if os.path.isdir(d))
 
 
+def keeps_of(meta):
+    """The keep ratios a study directory ran: its --keep, or 1.0 when its only policy is full."""
+    if set(meta.get("policies", [])) <= {"full"}:
+        return "1.0"
+    return ", ".join(str(k) for k in meta.get("keeps", []))
+
+
 def load(out):
     """Pools the records of every evaluation directory by context. A (policy, keep) result of a
     context comes from the first directory that has it; context-level fields (depth, no-context
@@ -159,7 +166,7 @@ def load(out):
                 cond.setdefault(key, {}).setdefault(r["context"], res)
         if got:
             parts.append(f"`{os.path.basename(d)}`: {len(got)} contexts ({min(got)}–{max(got)}); policies "
-                         f"{', '.join(m.get('policies', []))}; keeps {', '.join(str(k) for k in m.get('keeps', []))}; "
+                         f"{', '.join(m.get('policies', []))}; keeps {keeps_of(m)}; "
                          f"tasks {', '.join(m.get('tasks', []))}; {m.get('threads')} thread(s)")
     if meta.get("keeps"):
         meta["keeps"] = sorted(meta["keeps"], reverse=True)

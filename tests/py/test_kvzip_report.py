@@ -209,8 +209,17 @@ class KvzipReport(unittest.TestCase):
                 dump({"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3], "no_context":
                       {"needle_correct": False, "needle_output": "1"}, "results": rs},
                      os.path.join(extra, f"ctx_{i:05d}.json"))
+            # a full-cache-only directory: its keeps are 1.0 whatever --keep said
+            only_full = os.path.join(out, "eval_full")
+            os.makedirs(only_full)
+            dump({"policies": ["full"], "keeps": [0.3], "tasks": ["needle"], "threads": 1},
+                 os.path.join(only_full, "meta.json"))
+            dump({"context": 0, "tokens": 1024, "depth": 0.1, "results": [result("full", 1.0, 50.0, None, False)]},
+                 os.path.join(only_full, "ctx_00000.json"))
             s, md = run_report(out, docs)
             self.assertEqual(s["contexts"], N + 9)
+            self.assertIn("`eval_full`: 1 contexts (0–0); policies full; keeps 1.0; tasks needle", md)
+            self.assertNotIn("50.0000", md)   # eval's own context 0 comes first
             n = s["a_near_lossless_30_40"]["per_keep"]["0.3"]["needle"]
             self.assertEqual(n["n"], N + 9)
             self.assertAlmostEqual(n["mean"], -9 / (N + 9), places=9)
@@ -223,6 +232,7 @@ class KvzipReport(unittest.TestCase):
             self.assertIn(f"`eval_needles`: 10 contexts (0–{N + 8}); policies full, gates; keeps 0.3, 0.1; "
                           f"tasks needle; 1 thread(s)", md)
             self.assertIn("keep ratios 0.5, 0.3, 0.2, 0.1", md)
+            self.assertIn("`eval`: 40 contexts (0–39); policies full, kvzip, gates", md)
             self.assertNotIn("99.0", md)
 
     def test_missing_pieces(self):
