@@ -121,7 +121,6 @@ FreeCopy free_copy(InferenceModel& m, std::span<const int32_t> prompt, std::span
     if (dec) dec->step();
   }
   r.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.generated = generate;
   static_cast<CopyScores&>(r) = copy_scores(r.tokens, context.subspan(static_cast<size_t>(primer)));
   if (dec) {
     r.gate_seconds = dec->gate_seconds();

@@ -44,7 +44,6 @@ struct CopyScores {
 CopyScores copy_scores(std::span<const int32_t> generated, std::span<const int32_t> target);
 
 struct FreeCopy : CopyScores {
-  int generated = 0;
   std::vector<int32_t> tokens;  // the generated tokens
   double decode_seconds = 0, gate_seconds = 0;
   int evictions = 0;        // decode-time eviction rounds

@@ -308,7 +308,7 @@ void run_eval_study(const EvalArgs& a) {
             dec = std::make_unique<DecodeEvictor>(inf, ev, s.gates.get(), a.decode_every);
           }
           const FreeCopy fc = free_copy(inf, s.prompt, nd.context, a.generate, dec.get(), a.freecopy_primer);
-          r["freecopy"] = {{"generated", fc.generated}, {"text", s.tok->decode(fc.tokens)},
+          r["freecopy"] = {{"generated", fc.tokens.size()}, {"text", s.tok->decode(fc.tokens)},
                            {"copy_prefix", fc.copy_prefix},
                            {"match_rate", fc.match_rate}, {"lcs_rate", fc.lcs_rate},
                            {"decode_seconds", fc.decode_seconds},

@@ -23,6 +23,7 @@ import glob
 import json
 import math
 import os
+import sys
 
 import matplotlib
 
@@ -145,25 +146,28 @@ def load(out):
     meta, by_ctx, cond, parts = {}, {}, {}, []
     for d in study_dirs(out):
         m = read_json(os.path.join(d, "meta.json")) or {}
-        for k, v in m.items():  # the first directory's options, an empty one from a later directory
-            if meta.get(k) in (None, "", []):
+        for k, v in m.items():  # the first directory's options, an empty one from a later directory;
+            if k in ("policies", "keeps"):  # the policies and keeps of all
+                meta[k] = list(dict.fromkeys(meta.get(k, []) + list(v or [])))
+            elif meta.get(k) in (None, "", []):
                 meta[k] = v
-        for k in ("policies", "keeps"):
-            if m.get(k):
-                meta[k] = list(dict.fromkeys(meta.get(k, []) + m[k]))
         got = []
         for path in sorted(glob.glob(os.path.join(d, "ctx_*.json"))):
             r = read_json(path)
             if r is None:
                 continue
-            got.append(r["context"])
-            c = by_ctx.setdefault(r["context"], {})
+            try:
+                ctx, results = int(r["context"]), [(res["policy"], round(float(res["keep"]), 4), res)
+                                                   for res in r.get("results", [])]
+            except (KeyError, TypeError, ValueError) as e:
+                sys.exit(f"kvzip_report: {path}: not a study record ({type(e).__name__}: {e})")
+            got.append(ctx)
+            c = by_ctx.setdefault(ctx, {})
             for k, v in r.items():
                 if k != "results" and c.get(k) is None:
                     c[k] = v
-            for res in r.get("results", []):
-                key = (res["policy"], round(float(res["keep"]), 4))
-                cond.setdefault(key, {}).setdefault(r["context"], res)
+            for policy, keep, res in results:
+                cond.setdefault((policy, keep), {}).setdefault(ctx, res)
         if got:
             parts.append(f"`{os.path.basename(d)}`: {len(got)} contexts ({min(got)}–{max(got)}); policies "
                          f"{', '.join(m.get('policies', []))}; keeps {keeps_of(m)}; "

@@ -223,16 +223,24 @@ gate_free() {
 # 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
 memory() {
   [[ -s "$OUT/memory.json" ]] && return 0
-  : > "$OUT/memory.jsonl.tmp"
+  : > "$tmp/memory.jsonl"   # in the script's temporary directory: gone on any exit
   for keep in $MEMORY_KEEPS; do
     "$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
       --policy gates --keep "$keep" --context "$MEMORY_CONTEXT" --contexts 1 --backend "$BACKEND" \
-      --memory-probe | grep -E '^\{' | tail -n 1 >> "$OUT/memory.jsonl.tmp"
+      --memory-probe | grep -E '^\{' | tail -n 1 >> "$tmp/memory.jsonl"
   done
-  /usr/bin/python3 -c 'import json, sys; json.dump([json.loads(l) for l in open(sys.argv[1]) if l.strip()], open(sys.argv[2], "w"), indent=1)' \
-    "$OUT/memory.jsonl.tmp" "$OUT/memory.json.tmp"
-  mv "$OUT/memory.json.tmp" "$OUT/memory.json"
-  rm -f "$OUT/memory.jsonl.tmp"
+  /usr/bin/python3 - "$tmp/memory.jsonl" "$OUT/memory.json" <<'PY'
+import json, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+try:  # written whole or not at all
+    with open(dst + ".tmp", "w") as f:
+        json.dump([json.loads(l) for l in open(src) if l.strip()], f, indent=1)
+    os.replace(dst + ".tmp", dst)
+except (OSError, ValueError) as e:
+    if os.path.exists(dst + ".tmp"):
+        os.remove(dst + ".tmp")
+    sys.exit(f"kvzip_study: {dst}: {e}")
+PY
 }
 gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the needles, the memory
            # probes and eval_gates_hi [SPLIT, CONTEXTS)
@@ -255,7 +263,9 @@ if [[ $PARALLEL == 1 ]]; then
   # two one-thread processes at all times: gate training beside the gate-free evaluation, then the
   # gated evaluation beside what is left of it
   gate_pid="" eval_pid="" gated_pid=""
-  trap 'rm -rf "$tmp"; for p in $gate_pid $eval_pid $gated_pid; do kill "$p" 2>/dev/null || true; done' EXIT
+  # on any exit: stop the background stages, their kvtrain children first (records are atomic)
+  trap 'rm -rf "$tmp"; for p in $gate_pid $eval_pid $gated_pid; do pkill -P "$p" 2>/dev/null || true
+        kill "$p" 2>/dev/null || true; done' EXIT
   if [[ ! -f "$GATES" ]]; then
     train_gates > "$OUT/gates.log" 2>&1 &
     gate_pid=$!

@@ -71,7 +71,10 @@ fi
 
 # 1. The texts, and OUT_DIR/text/sources.json naming what each was made of.
 /usr/bin/python3 - "$OUT_DIR/text" "$AUSTEN_DIR" <<'PY'
-import glob, gzip, html.parser, json, os, re, struct, subprocess, sys, zlib
+import glob, gzip, html.parser, json, os, re, subprocess, sys
+
+sys.path.insert(0, "tools")
+from r_lazyload import RdbError, string_vectors  # noqa: E402
 
 out, austen_dir = sys.argv[1], sys.argv[2]
 AUSTEN_RDB = os.path.join(austen_dir, "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb")
@@ -191,41 +194,16 @@ def handbook_pages():
     return [os.path.join(base, p) for p in pages]
 
 
-def r_string_vectors(path):
-    """The character vectors of an R lazy-load database (a package's data/Rdata.rdb): records of
-    a 4-byte big-endian length, then a zlib stream of an XDR serialization (format 2 or 3) whose
-    top object, for these, is a STRSXP of CHARSXP lines; other records are skipped."""
-    d = open(path, "rb").read()
-    i, vectors = 0, []
-    while i < len(d):
-        if i + 4 > len(d):
-            sys.exit(f"prepare_kvzip_text: {path}: truncated record at byte {i}")
-        n = struct.unpack(">I", d[i:i + 4])[0]
-        z = zlib.decompressobj()
-        blob = z.decompress(d[i + 4:])
-        if len(blob) != n or blob[:2] != b"X\n":
-            sys.exit(f"prepare_kvzip_text: {path}: record at byte {i} is not an XDR serialization of {n} bytes")
-        i = len(d) - len(z.unused_data)
-        o = 14 + (4 + struct.unpack(">I", blob[14:18])[0] if struct.unpack(">I", blob[2:6])[0] == 3 else 0)
-        flags, length = struct.unpack(">iI", blob[o:o + 8])
-        if flags & 0xFF != 16:  # not a STRSXP
-            continue
-        o, lines = o + 8, []
-        for _ in range(length):
-            cflags, clen = struct.unpack(">ii", blob[o:o + 8])
-            o += 8
-            if cflags & 0xFF != 9:
-                sys.exit(f"prepare_kvzip_text: {path}: a string vector holds a non-string")
-            lines.append("" if clen < 0 else blob[o:o + clen].decode("utf-8", "replace"))
-            o += max(clen, 0)
-        vectors.append(lines)
-    return vectors
-
-
 def austen_novels():
     """The six novels, one file each, hard-wrapped lines joined into paragraphs."""
     files = []
-    for lines in r_string_vectors(AUSTEN_RDB):
+    try:
+        vectors = string_vectors(AUSTEN_RDB)
+    except (OSError, RdbError) as e:
+        sys.exit(f"prepare_kvzip_text: {e}")
+    for lines in vectors:
+        if not any(l.strip() for l in lines):
+            continue
         paras = re.split(r"\n\s*\n", "\n".join(lines))
         text = "\n\n".join(" ".join(l.strip() for l in p.split("\n") if l.strip()) for p in paras)
         title = next(l for l in lines if l.strip()).strip()

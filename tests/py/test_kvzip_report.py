@@ -245,6 +245,14 @@ class KvzipReport(unittest.TestCase):
             self.assertIn("### Gate training\n\nnot run", md)
             self.assertIsNone(s["d_gate_overhead"]["decode_share"])
             self.assertTrue(os.path.exists(os.path.join(docs, "figures", "kvzip_freecopy.png")))
+            # a record that is not one: a one-line error naming the file
+            bad = os.path.join(out, "eval", "ctx_09999.json")
+            dump({"results": [{"keep": 0.3}]}, bad)
+            p = subprocess.run([sys.executable, REPORT, out, "--docs", docs], capture_output=True, text=True)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
+            self.assertIn(bad, p.stderr)
+            os.remove(bad)
             # nothing evaluated at all
             empty, docs2 = os.path.join(t, "empty"), os.path.join(t, "docs2")
             os.makedirs(empty)
