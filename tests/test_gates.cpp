@@ -430,12 +430,18 @@ TEST_F(Gates, GateFilesOfAnotherModelOrKindAreRejected) {
   EXPECT_NE(e.find("is a kvtrain-checkpoint file, not Fast KVzip gates"), std::string::npos) << e;
   e = error_of([&] { load_model_checkpoint(gates); });
   EXPECT_NE(e.find("is a kvtrain-gates file, expected a kvtrain-checkpoint file"), std::string::npos) << e;
+  // The same weights in another file (a fresh import: another time stamp): no warning.
+  ModelCheckpoint reimported = mine;
+  reimported.sha256 = std::string(64, '0');
+  reimported.path = "elsewhere.h5";
+  load_gates(gates, reimported, &warning);
+  EXPECT_EQ(warning, "");
   // The same config with other weights: accepted, with a warning naming both checkpoints.
-  ModelCheckpoint retrained = mine;
-  retrained.sha256 = std::string(64, '0');
-  retrained.path = "elsewhere.h5";
+  ModelCheckpoint retrained = reimported;
+  retrained.params[0] += 1.0f;
   load_gates(gates, retrained, &warning);
   EXPECT_NE(warning.find("not on elsewhere.h5"), std::string::npos) << warning;
+  EXPECT_NE(warning.find("(weights SHA-256 " + weights_sha256(mine).substr(0, 12)), std::string::npos) << warning;
   // A damaged gates file never loads.
   const fs::path bad = dir_ / "files" / "bad";
   fs::create_directories(bad);
@@ -593,16 +599,14 @@ TEST_F(Gates, EvalStudyWritesResumableRecordsAndTheMemoryProbeItsLine) {
   const CmdResult other = run_kvtrain(args + " --depths 0.2");
   EXPECT_NE(other.rc, 0);
   EXPECT_NE(other.out.find("meta.json: the study there was made with other options"), std::string::npos) << other.out;
-  // --first-context 1: a study of context 1 alone, whose record is the whole study's.
-  const fs::path second = dir_ / "study_from_1";
-  std::string from1 = args;
-  from1.replace(from1.find(quote(study.string())), quote(study.string()).size(), quote(second.string()));
-  const CmdResult part = run_kvtrain(from1 + " --first-context 1");
-  ASSERT_EQ(part.rc, 0) << part.out;
-  EXPECT_FALSE(fs::exists(second / "ctx_00000.json"));
-  ASSERT_TRUE(fs::exists(second / "ctx_00001.json"));
-  {
-    std::ifstream a(study / "ctx_00001.json"), b(second / "ctx_00001.json");
+  // The same study's arguments into another directory, and a record there equal to the whole study's.
+  auto args_in = [&](const fs::path& other_dir) {
+    std::string a = args;
+    a.replace(a.find(quote(study.string())), quote(study.string()).size(), quote(other_dir.string()));
+    return a;
+  };
+  auto expect_same_record = [&](const fs::path& other_dir, const std::string& file) {
+    std::ifstream a(study / file), b(other_dir / file);
     nlohmann::json ja = nlohmann::json::parse(a), jb = nlohmann::json::parse(b);
     ASSERT_EQ(ja["results"].size(), jb["results"].size());
     EXPECT_EQ(ja["answer"], jb["answer"]);
@@ -612,10 +616,38 @@ TEST_F(Gates, EvalStudyWritesResumableRecordsAndTheMemoryProbeItsLine) {
       for (const char* k : {"policy", "entries_kept", "reconstruction_nll", "continuation_nll", "copy_prefix"})
         EXPECT_EQ(ja["results"][i][k], jb["results"][i][k]) << k;
     }
+  };
+  // A study of one of the two contexts alone, whose record is the whole study's.
+  auto expect_alone = [&](const fs::path& other_dir, const std::string& option, int kept) {
+    SCOPED_TRACE(option);
+    const CmdResult part = run_kvtrain(args_in(other_dir) + " " + option);
+    ASSERT_EQ(part.rc, 0) << part.out;
+    const std::string file = "ctx_0000" + std::to_string(kept) + ".json";
+    EXPECT_FALSE(fs::exists(other_dir / ("ctx_0000" + std::to_string(1 - kept) + ".json")));
+    ASSERT_TRUE(fs::exists(other_dir / file));
+    expect_same_record(other_dir, file);
+  };
+  auto expect_refused = [&](const fs::path& other_dir, const std::string& option, const std::string& message) {
+    const CmdResult r = run_kvtrain(args_in(other_dir) + " " + option);
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.out.find(message), std::string::npos) << r.out;
+  };
+  expect_alone(dir_ / "study_from_1", "--first-context 1", 1);
+  expect_refused(dir_ / "study_from_1", "--first-context 2", "--first-context must be in [0, --contexts)");
+  // --context-step 2 from context 0: context 0 alone (1 is the other process's)
+  expect_alone(dir_ / "study_step_2", "--context-step 2", 0);
+  expect_refused(dir_ / "study_step_2", "--context-step 0", "--context-step must be >= 1");
+  expect_refused(dir_ / "study_step_2", "--context-step 3",  // another step is another study
+                 "meta.json: the study there was made with other options");
+  {  // a meta.json written before --context-step existed reads as step 1
+    std::ifstream in(study / "meta.json");
+    nlohmann::json m = nlohmann::json::parse(in);
+    ASSERT_EQ(m["context_step"], 1);
+    m.erase("context_step");
+    std::ofstream(study / "meta.json") << m.dump(1) << "\n";
   }
-  const CmdResult past = run_kvtrain(from1 + " --first-context 2");
-  EXPECT_NE(past.rc, 0);
-  EXPECT_NE(past.out.find("--first-context must be in [0, --contexts)"), std::string::npos) << past.out;
+  const CmdResult older = run_kvtrain(args);
+  EXPECT_EQ(older.rc, 0) << older.out;
   // The memory probe: allocation and peak RSS fall with the keep ratio's cache.
   std::vector<nlohmann::json> probes;
   for (const char* keep : {"1.0", "0.25"}) {

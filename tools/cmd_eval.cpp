@@ -250,6 +250,8 @@ void add_eval(CLI::App& app) {
   sub->add_option("--answer-tokens", a->answer_tokens, "greedy tokens of a needle answer (default 8)");
   sub->add_option("--first-context", a->first_context,
                   "study: start at this context; the earlier ones are another study's (default 0)");
+  sub->add_option("--context-step", a->context_step,
+                  "study: every S-th context from --first-context, so that S processes share a range (default 1)");
   sub->add_option("--freecopy-contexts", a->freecopy_contexts, "contexts that also run the free copy (default 0)");
   sub->add_option("--freecopy-keep", a->freecopy_keeps, "keep ratios of the free copy (default 0.3)");
   sub->add_option("--freecopy-primer", a->freecopy_primer,

@@ -21,7 +21,7 @@ struct EvalArgs {
   // study mode (--study DIR) and the memory probe
   std::string study, tasks = "reconstruction,continuation,needle", depths = "0.1,0.5,0.9";
   std::string freecopy_keeps = "0.3";
-  int first_context = 0, freecopy_contexts = 0, freecopy_primer = 16, generate = 512;
+  int first_context = 0, context_step = 1, freecopy_contexts = 0, freecopy_primer = 16, generate = 512;
   int decode_every = 128, decode_recent = 128, answer_tokens = 8;
   bool memory_probe = false;
 };

@@ -14,7 +14,8 @@
 //   and DIR/ctx_<c>.json, written atomically when the context is done; a rerun skips those.
 // --first-context K starts at context K (numbering, needle depths and seeds unchanged), so that
 // one set of contexts can be split over studies of different policies or tasks (the report pools
-// the records of every study by context).
+// the records of every study by context); --context-step S takes every S-th context from there,
+// so that S processes (K, K + 1, ..., K + S - 1) share one range and stop with no gap in it.
 // Memory probe: one context, one policy and keep ratio, in a process that loads no oracle; the
 // peak RSS is reset (/proc/self/clear_refs) once the weights are in place, so VmHWM is the peak of
 // the compression itself.
@@ -186,6 +187,7 @@ void run_eval_study(const EvalArgs& a) {
                           std::pair{a.contexts >= 1, "--contexts must be >= 1"},
                           std::pair{a.first_context >= 0 && a.first_context < a.contexts,
                                     "--first-context must be in [0, --contexts)"},
+                          std::pair{a.context_step >= 1, "--context-step must be >= 1"},
                           std::pair{a.freecopy_primer >= 0 && a.freecopy_primer < a.context,
                                     "--freecopy-primer must be in [0, --context)"},
                           std::pair{a.generate >= 1 && a.decode_every >= 1, "--generate and --decode-every must be >= 1"}})
@@ -226,7 +228,7 @@ void run_eval_study(const EvalArgs& a) {
                {"freecopy_primer", a.freecopy_primer},
                {"prompt_tokens", Q}, {"chunk", inf.max_chunk()}, {"sinks", a.sinks}, {"recent", a.recent},
                {"decode_every", a.decode_every}, {"decode_recent", a.decode_recent}, {"seed", a.seed},
-               {"first_context", a.first_context},
+               {"first_context", a.first_context}, {"context_step", a.context_step},
                {"kvtrain", KVT_VERSION}};
   fs::create_directories(a.study);
   const std::string meta_path = a.study + "/meta.json";
@@ -234,6 +236,7 @@ void run_eval_study(const EvalArgs& a) {
     std::ifstream in(meta_path);
     json have = json::parse(in, nullptr, /*allow_exceptions=*/false);
     json mine = meta, theirs = have;
+    if (have.is_object() && !have.contains("context_step")) theirs["context_step"] = 1;  // older records
     for (json* j : {&mine, &theirs}) j->erase("contexts"), j->erase("threads");
     if (have.is_discarded() || mine != theirs)
       throw std::invalid_argument(meta_path + ": the study there was made with other options; use another --study");
@@ -247,7 +250,7 @@ void run_eval_study(const EvalArgs& a) {
   std::vector<int32_t> window(static_cast<size_t>(P + N));
   const auto t_all = Clock::now();
   int done_now = 0;
-  for (int c = a.first_context; c < n_ctx; c++) {
+  for (int c = a.first_context; c < n_ctx; c += a.context_step) {
     char name[32];
     std::snprintf(name, sizeof name, "/ctx_%05d.json", c);
     const std::string path = a.study + name;

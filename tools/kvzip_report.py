@@ -138,9 +138,10 @@ def keeps_of(meta):
 
 
 def load(out):
-    """Pools the records of every evaluation directory by context. A (policy, keep) result of a
-    context comes from the first directory that has it; context-level fields (depth, no-context
-    control, ...) from any record that has them. Returns the first meta.json with the policies and
+    """Pools the records of every evaluation directory by context. Each field of a (policy, keep)
+    result of a context comes from the first directory (in name order) where it is not null, so
+    directories that ran different tasks on the same contexts combine; context-level fields (depth,
+    no-context control, ...) likewise. Returns the first meta.json with the policies and
     keeps of all, the pooled contexts, {(policy, keep): {context: result}} and one line per
     directory (which contexts and conditions it holds)."""
     meta, by_ctx, cond, parts = {}, {}, {}, []
@@ -166,8 +167,11 @@ def load(out):
             for k, v in r.items():
                 if k != "results" and c.get(k) is None:
                     c[k] = v
-            for policy, keep, res in results:
-                cond.setdefault((policy, keep), {}).setdefault(ctx, res)
+            for policy, keep, res in results:  # field by field: a needle-only directory adds
+                have = cond.setdefault((policy, keep), {}).setdefault(ctx, {})  # to a needle-less one
+                for k, v in res.items():
+                    if have.get(k) is None:
+                        have[k] = v
         if got:
             parts.append(f"`{os.path.basename(d)}`: {len(got)} contexts ({min(got)}–{max(got)}); policies "
                          f"{', '.join(m.get('policies', []))}; keeps {keeps_of(m)}; "

@@ -12,9 +12,14 @@
 #                                x KEEPS; reconstruction, continuation, needle, free copy
 #        OUT/eval_full           [BASE_CONTEXTS, CONTEXTS): full; the same but free copy
 #        OUT/eval_full_needles   [CONTEXTS, NEEDLE_CONTEXTS): full; needles only
+#        OUT/eval_full_more      [CONTEXTS, BASELINE_CONTEXTS): full; reconstruction, continuation
+#        OUT/eval_baselines_a/b  [BASE_CONTEXTS, BASELINE_CONTEXTS): kvzip, snapkv, streaming,
+#                                random x KEEPS; reconstruction, continuation, needle; the even
+#                                and the odd contexts (--context-step 2), one process each
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
-#                                NEEDLE_KEEPS; needles only
+#                                NEEDLE_KEEPS; needles only                }
+#        OUT/eval_gates_needles_rest  the same at the other KEEPS          }
 #      (on the CPU backend eval_gates stops at 3/5 of CONTEXTS and a second process does the
 #      needles, the memory probes of stage 3, then the rest as OUT/eval_gates_hi)
 #      so the close comparison of gates with the full cache gets more contexts than the
@@ -34,7 +39,9 @@
 #   BASE_CONTEXTS      12                   contexts of every policy (the eval text has 344 windows)
 #   CONTEXTS           40                   contexts of full and gates
 #   NEEDLE_CONTEXTS    150                  contexts of the needle task for full and gates
+#   BASELINE_CONTEXTS  100                  contexts of kvzip and the baselines
 #   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
+#                                           (first; then the other KEEPS)
 #   KEEPS              0.5,0.3,0.2,0.1      keep ratios (0.7,0.4 are optional extras: KEEPS=0.7,0.5,0.4,0.3,0.2,0.1)
 #   FREECOPY_CONTEXTS  4                    contexts of the free-copy task (512 greedy tokens each;
 #                                           at most BASE_CONTEXTS)
@@ -53,11 +60,13 @@ GATE_STEPS=${GATE_STEPS:-5000}
 BASE_CONTEXTS=${BASE_CONTEXTS:-12}
 CONTEXTS=${CONTEXTS:-40}
 NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
+BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
 NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
 FREECOPY_CONTEXTS=${FREECOPY_CONTEXTS:-4}
-(( BASE_CONTEXTS <= CONTEXTS && CONTEXTS <= NEEDLE_CONTEXTS && FREECOPY_CONTEXTS <= BASE_CONTEXTS )) ||
-  { echo "kvzip_study: need FREECOPY_CONTEXTS <= BASE_CONTEXTS <= CONTEXTS <= NEEDLE_CONTEXTS" >&2; exit 1; }
+(( BASE_CONTEXTS <= CONTEXTS && CONTEXTS <= NEEDLE_CONTEXTS && FREECOPY_CONTEXTS <= BASE_CONTEXTS &&
+   CONTEXTS <= BASELINE_CONTEXTS )) ||
+  { echo "kvzip_study: need FREECOPY_CONTEXTS <= BASE_CONTEXTS <= CONTEXTS <= NEEDLE_CONTEXTS, BASELINE_CONTEXTS" >&2; exit 1; }
 FREECOPY_KEEPS=${FREECOPY_KEEPS:-0.3}
 BACKEND=${BACKEND:-cpu}
 GATE_CACHE=${GATE_CACHE:-auto}
@@ -136,6 +145,8 @@ echo "kvzip_study: gate cache: $(( CACHE_BYTES >> 30 )) GiB needed for $N_TRAIN_
 NKEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -c .)
 NFKEEPS=$(tr ',' '\n' <<< "$FREECOPY_KEEPS" | grep -c .)
 NNKEEPS=$(tr ',' '\n' <<< "$NEEDLE_KEEPS" | grep -c .)
+REST_KEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -vxF -f <(tr ',' '\n' <<< "$NEEDLE_KEEPS") | paste -sd, || true)
+NRKEEPS=$(tr ',' '\n' <<< "$REST_KEEPS" | grep -c . || true)
 /usr/bin/python3 - "$OUT/bench.json" <<PY
 import json, sys
 b = json.load(open(sys.argv[1]))
@@ -165,15 +176,18 @@ gates = gate_fwds * fwd
 # forward); the needle question and its answer; the continuation, each at the prefill rate of P
 needle = t(P) + 40 * t(P) / P + 8 * dec
 per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) / P
-K, B, C, N, NK = $NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS
+K, B, C, N, NK, NB, NR = $NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS, $NRKEEPS
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
 stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
            f"{B} contexts x (oracle {fwd:.2f} s + {1 + 4 * K} conditions x {per_cond:.2f} s) + free copy"),
           ("full", (C - B) * per_cond, f"{C - B} contexts x 1 condition"),
           ("full needles", (N - C) * needle, f"{N - C} contexts x {needle:.2f} s"),
+          ("full more", (NB - C) * per_cond, f"{NB - C} contexts x 1 condition, no needle"),
+          ("baselines", (NB - B) * (fwd + 4 * K * per_cond),
+           f"{NB - B} contexts x (oracle + {4 * K} conditions), two processes"),
           ("gates eval", C * K * per_cond + free * $NFKEEPS / fconds, f"{C} contexts x {K} conditions + free copy"),
-          ("gates needles", (N - C) * NK * needle, f"{N - C} contexts x {NK} conditions")]
+          ("gates needles", (N - C) * (NK + NR) * needle, f"{N - C} contexts x {NK + NR} conditions")]
 mem = len("$MEMORY_KEEPS".split()) * t($MEMORY_CONTEXT)
 h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
 print(f"kvzip_study: measured ({b['backend']}, {b['threads']} thread(s)): prefill " +
@@ -203,15 +217,17 @@ train_gates() {
     --set output.dir="$OUT/gates" "${cache[@]}" --set gates.steps="$GATE_STEPS" \
     --set gates.backend="$BACKEND" --set gates.threads="$GATE_THREADS"
 }
-study() {  # DIR POLICIES TASKS FIRST LAST: contexts [FIRST, LAST) into OUT/DIR; skips finished ones
+study() {  # DIR POLICIES TASKS FIRST LAST [eval options]: contexts [FIRST, LAST) into OUT/DIR;
+           # skips finished ones
   (( $4 < $5 )) || return 0
-  local gates=()
-  [[ "$2" == *gates* ]] && gates=(--gates "$GATES")
+  local gates=() dir=$1 policies=$2 tasks=$3 first=$4 last=$5
+  shift 5
+  [[ "$policies" == *gates* ]] && gates=(--gates "$GATES")
   "$KVTRAIN" eval --checkpoint "$CKPT" "${gates[@]}" --data "$EVAL_DATA" --prompt "$PROMPT" \
-    --policy "$2" --keep "$KEEPS" --context "$P" --continuation "$CONTINUATION" \
-    --first-context "$4" --contexts "$5" --tasks "$3" \
+    --policy "$policies" --keep "$KEEPS" --context "$P" --continuation "$CONTINUATION" \
+    --first-context "$first" --contexts "$last" --tasks "$tasks" "$@" \
     --freecopy-contexts "$FREECOPY_CONTEXTS" --freecopy-keep "$FREECOPY_KEEPS" --generate "$GENERATE" \
-    --backend "$BACKEND" --threads "$THREADS" --study "$OUT/$1"
+    --backend "$BACKEND" --threads "$THREADS" --study "$OUT/$dir"
 }
 ALL=reconstruction,continuation,needle,freecopy
 # 2. Evaluation, in groups of policies and contexts (tools/kvzip_report.py pools the directories).
@@ -219,6 +235,20 @@ gate_free() {
   study eval_base full,kvzip,snapkv,streaming,random "$ALL" 0 "$BASE_CONTEXTS"
   study eval_full full reconstruction,continuation,needle "$BASE_CONTEXTS" "$CONTEXTS"
   study eval_full_needles full needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+  study eval_full_more full reconstruction,continuation "$CONTEXTS" "$BASELINE_CONTEXTS"
+  baselines a
+}
+BASELINES=kvzip,snapkv,streaming,random
+baselines() {  # a: the even contexts of [BASE_CONTEXTS, BASELINE_CONTEXTS), b: the odd ones
+  local first=$BASE_CONTEXTS
+  [[ $1 == b ]] && first=$(( BASE_CONTEXTS + 1 ))
+  (( first < BASELINE_CONTEXTS )) || return 0
+  study "eval_baselines_$1" "$BASELINES" reconstruction,continuation,needle "$first" "$BASELINE_CONTEXTS" \
+    --context-step 2
+}
+gate_needles_rest() {
+  [[ -n "$REST_KEEPS" ]] || return 0
+  KEEPS=$REST_KEEPS study eval_gates_needles_rest gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
 }
 # 3. Memory: a fresh process per keep ratio (its peak resident memory is its own).
 memory() {
@@ -248,7 +278,8 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
   [[ $PARALLEL == 1 ]] && split=$(( CONTEXTS * 3 / 5 > FREECOPY_CONTEXTS ? CONTEXTS * 3 / 5 : FREECOPY_CONTEXTS ))
   if [[ $PARALLEL == 1 ]]; then
     { KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS" && memory &&
-      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS"; } > "$OUT/eval_gated_2.log" 2>&1 &
+      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS" && gate_needles_rest && baselines b; } \
+      > "$OUT/eval_gated_2.log" 2>&1 &
     gated_pid=$!
   fi
   study eval_gates gates "$ALL" 0 "$split"
@@ -257,6 +288,8 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
     gated_pid=""
   else
     KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
+    gate_needles_rest
+    baselines b
   fi
 }
 if [[ $PARALLEL == 1 ]]; then

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "model/gates.h"
+#include "train/checkpoint_commit.h"
 
 namespace kvt {
 
@@ -16,6 +17,10 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
 }
 
 }  // namespace
+
+std::string weights_sha256(const ModelCheckpoint& model) {
+  return sha256_hex(model.params.data(), model.params.size() * sizeof(float));
+}
 
 std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
                               std::string* warning) {
@@ -32,14 +37,16 @@ std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& mo
     throw std::runtime_error(path + ": gates trained for another model (" + join(diff, ", ") +
                              "; the gates' model vs " + model.path + "'s)");
   const CheckpointState s = checkpoint_read(path, build_gate_param_table(model.config.model), kGatesFormatName);
-  const std::string* sha = find_text(s.texts, kGateTextModelSha256);
   if (warning) {
     warning->clear();
-    if (sha && *sha != model.sha256) {
+    const std::string* weights = find_text(s.texts, kGateTextModelWeights);
+    const std::string* sha = weights ? weights : find_text(s.texts, kGateTextModelSha256);
+    const std::string mine = weights ? weights_sha256(model) : model.sha256;
+    if (sha && *sha != mine) {
       const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
       *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) +
-                 " (SHA-256 " + sha->substr(0, 12) + "...), not on " + model.path + " (" +
-                 model.sha256.substr(0, 12) + "...): same model config, other weights";
+                 " (" + (weights ? "weights " : "file ") + "SHA-256 " + sha->substr(0, 12) + "...), not on " +
+                 model.path + " (" + mine.substr(0, 12) + "...): same model config, other weights";
     }
   }
   return s.params;

@@ -13,13 +13,18 @@ namespace kvt {
 // The texts a gate file stores about its frozen model (CheckpointState::texts).
 inline constexpr const char* kGateTextModelConfig = "model_config";      // its resolved run config
 inline constexpr const char* kGateTextModelCheckpoint = "model_checkpoint";  // its path
-inline constexpr const char* kGateTextModelSha256 = "model_sha256";      // its SHA-256
+inline constexpr const char* kGateTextModelSha256 = "model_sha256";      // its file's SHA-256
+inline constexpr const char* kGateTextModelWeights = "model_weights_sha256";  // of its parameters
+
+// SHA-256 of a checkpoint's parameters (fp32, in table order): the same for every file that holds
+// the same weights, whatever else differs (an import's time stamp, the step, the optimizer state).
+std::string weights_sha256(const ModelCheckpoint& model);
 
 // Reads gates (gates.h5 or a gate run's ckpt_<step>.h5) for `model`: the file must be a
 // kvtrain-gates file whose frozen model has the same model config (else std::runtime_error naming
 // the file and every differing key), and every gate tensor must have the shape `model` needs.
-// A different model checkpoint hash is only reported in *warning (gates may serve a fine-tuned
-// model of the same shape). Returns the gate parameters, laid out by build_gate_param_table.
+// Other weights (by the weights' SHA-256; for older gate files, which lack it, by the file's) are
+// only reported in *warning (gates may serve a fine-tuned model of the same shape). Returns the gate parameters, laid out by build_gate_param_table.
 std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
                               std::string* warning);
 

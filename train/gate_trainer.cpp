@@ -249,7 +249,8 @@ CheckpointState GateTrainer::state() const {
   s.global_batch = cfg_.gates.contexts_per_step;
   s.texts = {{kGateTextModelConfig, to_yaml(frozen_.config)},
              {kGateTextModelCheckpoint, frozen_.path},
-             {kGateTextModelSha256, frozen_.sha256}};
+             {kGateTextModelSha256, frozen_.sha256},
+             {kGateTextModelWeights, weights_sha256(frozen_)}};
   return s;
 }
 

@@ -235,6 +235,35 @@ class KvzipReport(unittest.TestCase):
             self.assertIn("`eval`: 40 contexts (0–39); policies full, kvzip, gates", md)
             self.assertNotIn("99.0", md)
 
+    def test_pools_fields_of_one_condition(self):
+        # contexts N..N+4: full's reconstruction in one directory, its needles in a later one (name
+        # order), gates' reconstruction in a third: each field of a result from the first directory
+        # where it is not null, so full pairs with gates on N + 5 contexts and keeps its needles
+        with tempfile.TemporaryDirectory() as t:
+            out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
+            make_study(out)
+            extra = list(range(N, N + 5))
+            for name, policy, keep, rec, needle in [("eval_full_more", "full", 1.0, 1.0, None),
+                                                     ("eval_full_needles", "full", 1.0, None, False),
+                                                     ("eval_gates_more", "gates", 0.3, 1.5, None)]:
+                d = os.path.join(out, name)
+                os.makedirs(d)
+                dump({"policies": [policy], "keeps": [keep], "tasks": ["x"], "threads": 1}, os.path.join(d, "meta.json"))
+                for i in extra:
+                    dump({"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3],
+                          "results": [result(policy, keep, rec, None, needle)]}, os.path.join(d, f"ctx_{i:05d}.json"))
+            s, md = run_report(out, docs)
+            r = s["a_near_lossless_30_40"]["per_keep"]["0.3"]["reconstruction_nll"]
+            self.assertEqual(r["n"], N + 5)
+            full = [1.0 + 0.3 * math.sin(i) for i in range(N)] + [1.0] * 5
+            gates = [f + 0.01 + noise(i, 0.001) for i, f in enumerate(full[:N])] + [1.5] * 5
+            m, se = paired_expected(gates, full)
+            self.assertAlmostEqual(r["mean"], m, places=9)
+            self.assertAlmostEqual(r["se"], se, places=9)
+            # full's needles: N right in eval, 5 wrong from eval_full_needles beside eval_full_more's nulls
+            self.assertIn(f"| full | 1.00 | {N + 5} | ", md)
+            self.assertIn(f"Full-cache ceiling: {100 * N / (N + 5):.1f}%", md)
+
     def test_missing_pieces(self):
         with tempfile.TemporaryDirectory() as t:
             out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
