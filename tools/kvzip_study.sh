@@ -257,7 +257,8 @@ memory() {
   for keep in $MEMORY_KEEPS; do
     "$KVTRAIN" eval --checkpoint "$CKPT" --gates "$GATES" --data "$EVAL_DATA" --prompt "$PROMPT" \
       --policy gates --keep "$keep" --context "$MEMORY_CONTEXT" --contexts 1 --backend "$BACKEND" \
-      --memory-probe | grep -E '^\{' | tail -n 1 >> "$tmp/memory.jsonl"
+      --memory-probe | grep -E '^\{' | tail -n 1 >> "$tmp/memory.jsonl" ||
+      { echo "kvzip_study: the memory probe at keep $keep failed" >&2; return 1; }
   done
   /usr/bin/python3 - "$tmp/memory.jsonl" "$OUT/memory.json" <<'PY'
 import json, os, sys

@@ -118,6 +118,7 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
   ops_ = make_ops(g.backend);
   // The frozen model runs only its inference path: no gradients, no probabilities kept.
   model_ = std::make_unique<InferenceModel>(m, *ops_, frozen_.params);
+  frozen_weights_ = weights_sha256(frozen_);
   scorer_ = std::make_unique<KvzipScorer>(*model_);
   gates_ = std::make_unique<GateModel>(m, *ops_, P, /*with_grads=*/true);
   gates_->params_from_host(init_gate_parameters(m, g.seed));
@@ -250,7 +251,7 @@ CheckpointState GateTrainer::state() const {
   s.texts = {{kGateTextModelConfig, to_yaml(frozen_.config)},
              {kGateTextModelCheckpoint, frozen_.path},
              {kGateTextModelSha256, frozen_.sha256},
-             {kGateTextModelWeights, weights_sha256(frozen_)}};
+             {kGateTextModelWeights, frozen_weights_}};
   return s;
 }
 
@@ -261,11 +262,14 @@ void GateTrainer::save_checkpoint() {
 
 void GateTrainer::restore(const CheckpointState& s) {
   const std::string where = "gate checkpoint at step " + std::to_string(s.step);
-  const std::string* sha = find_text(s.texts, kGateTextModelSha256);
-  if (!sha || *sha != frozen_.sha256)
-    throw std::runtime_error(where + " was trained on another model checkpoint (SHA-256 " +
-                             (sha ? sha->substr(0, 12) : std::string("unknown")) + "...) than " +
-                             frozen_.path + " (" + frozen_.sha256.substr(0, 12) + "...)");
+  // the same weights (by their digest; a gate checkpoint older than it, by the file's SHA-256)
+  const std::string* weights = find_text(s.texts, kGateTextModelWeights);
+  const std::string* sha = weights ? weights : find_text(s.texts, kGateTextModelSha256);
+  const std::string& mine = weights ? frozen_weights_ : frozen_.sha256;
+  if (!sha || *sha != mine)
+    throw std::runtime_error(where + " was trained on another model checkpoint (" + (weights ? "weights " : "") +
+                             "SHA-256 " + (sha ? sha->substr(0, 12) : std::string("unknown")) + "...) than " +
+                             frozen_.path + " (" + mine.substr(0, 12) + "...)");
   const GateRunConfig theirs = parse_gate_config(s.config_yaml, {}, where);
   const GateTrainConfig &a = theirs.gates, &b = cfg_.gates;
   auto same = [&](bool eq, const char* key) {

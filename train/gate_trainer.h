@@ -83,6 +83,7 @@ class GateTrainer {
 
   GateRunConfig cfg_;
   ModelCheckpoint frozen_;
+  std::string frozen_weights_;  // weights_sha256(frozen_), once: it reads all of the parameters
   std::unique_ptr<Ops> ops_;
   std::unique_ptr<InferenceModel> model_;
   std::unique_ptr<KvzipScorer> scorer_;
