@@ -7,7 +7,8 @@
 //  * the trainer, on a model trained by the kvtrain binary on a corpus made by `kvtrain prepare`:
 //    the frozen model has no gradient buffer and its weights stay bitwise equal; training lowers
 //    the held-out gate loss; a stopped and resumed run ends bitwise equal to one that never
-//    stopped (gates, optimizer, metrics); progress lines and metrics.jsonl records;
+//    stopped (gates, optimizer, metrics); it resumes on the same weights in another file and
+//    refuses other weights; progress lines and metrics.jsonl records;
 //  * gate files: gates of another model, a model checkpoint given as gates (and the reverse), a
 //    damaged gates.h5, a context longer than max_seq_len and keep ratios outside (0, 1] all fail
 //    with messages naming the file, key or value;
@@ -257,6 +258,17 @@ class Gates : public ::testing::Test {
     return load_gate_config(p.string());
   }
 
+  // The trained model written again as dir_/name/model.h5 with another time stamp (other file
+  // bytes), its first weight plus `delta`.
+  static std::string rewritten_model(const std::string& name, float delta) {
+    const ModelCheckpoint m = load_model_checkpoint(ckpt_);
+    const ParamTable table = build_param_table(m.config.model);
+    CheckpointState st = checkpoint_read(ckpt_, table);
+    st.utc_time = "2000-01-01T00:00:00Z";
+    st.params[0] += delta;
+    return checkpoint_write_file_atomic((dir_ / name).string(), "model.h5", table, st);
+  }
+
   static fs::path dir_;
   static std::string ckpt_, other_;
   static int prompt_len_, context_;
@@ -346,6 +358,40 @@ TEST_F(Gates, StoppedAndResumedRunEqualsAnUninterruptedOneBitwise) {
   }
 }
 
+// A gate run resumes on the same weights in another file (a fresh import writes other bytes), and
+// refuses other weights, naming the weights digest.
+TEST_F(Gates, ResumeComparesTheWeightsNotTheFile) {
+  ASSERT_FALSE(ckpt_.empty());
+  gate_config("moved", 7);
+  const std::string run = "gates --config " + quote((dir_ / "moved.yaml").string());
+  const CmdResult first = run_kvtrain(run + " --stop-after 4");
+  ASSERT_EQ(first.rc, 0) << first.out;
+  const ModelCheckpoint m = load_model_checkpoint(ckpt_);
+  const std::string copy = rewritten_model("copy", 0.0f);
+  ASSERT_NE(load_model_checkpoint(copy).sha256, m.sha256);
+  const CmdResult resumed = run_kvtrain(run + " --checkpoint " + quote(copy) + " --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("resumed from"), std::string::npos) << resumed.out;
+  EXPECT_NE(resumed.out.find("gates step      7/7"), std::string::npos) << resumed.out;
+  // other weights: refused in one line that names the digest the checkpoint records
+  const std::string changed = rewritten_model("changed", 1.0f);
+  const CmdResult refused = run_kvtrain(run + " --checkpoint " + quote(changed) + " --resume");
+  EXPECT_NE(refused.rc, 0);
+  EXPECT_NE(refused.out.find("was trained on another model checkpoint (weights SHA-256 " +
+                             weights_sha256(m).substr(0, 12)),
+            std::string::npos)
+      << refused.out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 TEST_F(Gates, CachedContextsGiveBitwiseTheSameGates) {
   ASSERT_FALSE(ckpt_.empty());
   const std::string cache = (dir_ / "cache").string();
@@ -389,27 +435,33 @@ TEST_F(Gates, CachedContextsGiveBitwiseTheSameGates) {
   EXPECT_EQ(train_files, 3u);
   EXPECT_EQ(val_files, 3u);
   // A cache of another context length is refused, not reused.
-  const std::string e = [&] {
-    try {
-      GateRunConfig c = gate_config("other_cache", 1);
-      c.gates.context = 16;
-      c.gates.cache_dir = cache;
-      GateTrainer other(c);
-    } catch (const std::exception& ex) {
-      return std::string(ex.what());
-    }
-    return std::string("no error");
-  }();
+  const std::string e = error_of([&] {
+    GateRunConfig c = gate_config("other_cache", 1);
+    c.gates.context = 16;
+    c.gates.cache_dir = cache;
+    GateTrainer other(c);
+  });
   EXPECT_NE(e.find("holds the contexts of another model, context length, prompt or data"), std::string::npos) << e;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "no error";
+  // The cache is keyed by the weights: the same weights in another file reuse it, other weights
+  // do not; a KEY of the older form (the file's SHA-256) is reused for that same file only.
+  auto opens = [&](const std::string& model) {
+    return error_of([&] {
+      GateRunConfig c = gate_config("reuse_cache", 1, ", cache_dir: '" + cache + "'" + extra);
+      c.gates.checkpoint = model;
+      GateTrainer t(c);
+    });
+  };
+  const std::string copy = rewritten_model("cache_copy", 0.0f), changed = rewritten_model("cache_changed", 1.0f);
+  EXPECT_EQ(opens(copy), "no error");
+  EXPECT_NE(opens(changed).find("holds the contexts of another model"), std::string::npos);
+  const fs::path key_path = fs::path(cache) / "KEY";
+  std::ifstream key_in(key_path, std::ios::binary);
+  const std::string key((std::istreambuf_iterator<char>(key_in)), std::istreambuf_iterator<char>());
+  key_in.close();
+  ASSERT_EQ(key.rfind("model_weights_sha256 " + weights_sha256(m) + "\n", 0), 0u) << key;
+  std::ofstream(key_path, std::ios::binary) << "model_sha256 " << m.sha256 << key.substr(key.find('\n'));
+  EXPECT_EQ(opens(ckpt_), "no error");
+  EXPECT_NE(opens(copy).find("holds the contexts of another model"), std::string::npos);
 }
 
 TEST_F(Gates, GateFilesOfAnotherModelOrKindAreRejected) {

@@ -16,6 +16,9 @@
 #        OUT/eval_baselines_a/b  [BASE_CONTEXTS, BASELINE_CONTEXTS): kvzip, snapkv, streaming,
 #                                random x KEEPS; reconstruction, continuation, needle; the even
 #                                and the odd contexts (--context-step 2), one process each
+#        OUT/eval_baselines_needles  [BASELINE_CONTEXTS, NEEDLE_CONTEXTS): the same; needles only
+#        OUT/eval_kvzip_extra    [0, CONTEXTS): kvzip x EXTRA_KEEPS; reconstruction, continuation, needle
+#        OUT/eval_gates_extra    [0, CONTEXTS): the same for the gates, once they are trained
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
 #                                NEEDLE_KEEPS; needles only                }
@@ -42,7 +45,8 @@
 #   BASELINE_CONTEXTS  100                  contexts of kvzip and the baselines
 #   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
 #                                           (first; then the other KEEPS)
-#   KEEPS              0.5,0.3,0.2,0.1      keep ratios (0.7,0.4 are optional extras: KEEPS=0.7,0.5,0.4,0.3,0.2,0.1)
+#   KEEPS              0.5,0.3,0.2,0.1      keep ratios of every policy
+#   EXTRA_KEEPS        0.7,0.4              further keep ratios of gates and kvzip only ("" for none)
 #   FREECOPY_CONTEXTS  4                    contexts of the free-copy task (512 greedy tokens each;
 #                                           at most BASE_CONTEXTS)
 #   FREECOPY_KEEPS     0.3                  its keep ratios
@@ -63,6 +67,7 @@ NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
 BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
 NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
+EXTRA_KEEPS=${EXTRA_KEEPS-0.7,0.4}
 FREECOPY_CONTEXTS=${FREECOPY_CONTEXTS:-4}
 (( BASE_CONTEXTS <= CONTEXTS && CONTEXTS <= NEEDLE_CONTEXTS && FREECOPY_CONTEXTS <= BASE_CONTEXTS &&
    CONTEXTS <= BASELINE_CONTEXTS )) ||
@@ -147,6 +152,7 @@ NFKEEPS=$(tr ',' '\n' <<< "$FREECOPY_KEEPS" | grep -c .)
 NNKEEPS=$(tr ',' '\n' <<< "$NEEDLE_KEEPS" | grep -c .)
 REST_KEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -vxF -f <(tr ',' '\n' <<< "$NEEDLE_KEEPS") | paste -sd, || true)
 NRKEEPS=$(tr ',' '\n' <<< "$REST_KEEPS" | grep -c . || true)
+NEKEEPS=$(tr ',' '\n' <<< "$EXTRA_KEEPS" | grep -c . || true)
 /usr/bin/python3 - "$OUT/bench.json" <<PY
 import json, sys
 b = json.load(open(sys.argv[1]))
@@ -176,7 +182,8 @@ gates = gate_fwds * fwd
 # forward); the needle question and its answer; the continuation, each at the prefill rate of P
 needle = t(P) + 40 * t(P) / P + 8 * dec
 per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) / P
-K, B, C, N, NK, NB, NR = $NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS, $NRKEEPS
+K, B, C, N, NK, NB, NR, NE = ($NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS,
+                              $NRKEEPS, $NEKEEPS)
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
 stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
@@ -186,6 +193,10 @@ stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEP
           ("full more", (NB - C) * per_cond, f"{NB - C} contexts x 1 condition, no needle"),
           ("baselines", (NB - B) * (fwd + 4 * K * per_cond),
            f"{NB - B} contexts x (oracle + {4 * K} conditions), two processes"),
+          ("base. needles", max(0, N - NB) * (fwd + 4 * K * needle),
+           f"{max(0, N - NB)} contexts x (oracle + {4 * K} needle conditions)"),
+          ("extra keeps", C * (fwd * (NE > 0) + 2 * NE * per_cond),
+           f"{C} contexts x {NE} keeps of kvzip (+ oracle) and gates"),
           ("gates eval", C * K * per_cond + free * $NFKEEPS / fconds, f"{C} contexts x {K} conditions + free copy"),
           ("gates needles", (N - C) * (NK + NR) * needle, f"{N - C} contexts x {NK + NR} conditions")]
 mem = len("$MEMORY_KEEPS".split()) * t($MEMORY_CONTEXT)
@@ -237,6 +248,12 @@ gate_free() {
   study eval_full_needles full needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
   study eval_full_more full reconstruction,continuation "$CONTEXTS" "$BASELINE_CONTEXTS"
   baselines a
+  study eval_baselines_needles "$BASELINES" needle "$BASELINE_CONTEXTS" "$NEEDLE_CONTEXTS"
+  extra kvzip
+}
+extra() {  # POLICY at EXTRA_KEEPS on [0, CONTEXTS)
+  [[ -n "$EXTRA_KEEPS" ]] || return 0
+  KEEPS=$EXTRA_KEEPS study "eval_$1_extra" "$1" reconstruction,continuation,needle 0 "$CONTEXTS"
 }
 BASELINES=kvzip,snapkv,streaming,random
 baselines() {  # a: the even contexts of [BASE_CONTEXTS, BASELINE_CONTEXTS), b: the odd ones
@@ -284,6 +301,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
     gated_pid=$!
   fi
   study eval_gates gates "$ALL" 0 "$split"
+  extra gates
   if [[ $PARALLEL == 1 ]]; then
     wait "$gated_pid" || { echo "kvzip_study: evaluation failed (see $OUT/eval_gated_2.log)" >&2; exit 1; }
     gated_pid=""

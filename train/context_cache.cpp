@@ -11,7 +11,8 @@
 namespace kvt {
 
 
-ContextCache::ContextCache(std::string dir, const std::string& key, int64_t P, int64_t C, int64_t layers, int64_t M)
+ContextCache::ContextCache(std::string dir, const std::string& key, int64_t P, int64_t C, int64_t layers, int64_t M,
+                           const std::vector<std::string>& also)
     : dir_(std::move(dir)), header_{kMagic, P, C, layers, M, 0, 0, 0} {
   namespace fs = std::filesystem;
   fs::create_directories(dir_);
@@ -19,7 +20,7 @@ ContextCache::ContextCache(std::string dir, const std::string& key, int64_t P, i
   if (fs::exists(key_path)) {
     std::ifstream in(key_path, std::ios::binary);
     const std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (have != key)
+    if (have != key && std::find(also.begin(), also.end(), have) == also.end())
       throw std::runtime_error("gates.cache_dir " + dir_ + " holds the contexts of another model, context "
                                "length, prompt or data (see its KEY): delete it or choose another directory");
   } else {

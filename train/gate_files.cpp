@@ -46,7 +46,9 @@ std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& mo
       const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
       *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) +
                  " (" + (weights ? "weights " : "file ") + "SHA-256 " + sha->substr(0, 12) + "...), not on " +
-                 model.path + " (" + mine.substr(0, 12) + "...): same model config, other weights";
+                 model.path + " (" + mine.substr(0, 12) + "...): same model config, " +
+                 (weights ? "other weights"
+                          : "another file (the gates record no weights digest, so the weights may be the same)");
     }
   }
   return s.params;

@@ -141,16 +141,19 @@ GateTrainer::GateTrainer(const GateRunConfig& cfg) : cfg_(cfg) {
   window_.resize(static_cast<size_t>(P));
 
   if (!g.cache_dir.empty()) {
+    // what the contexts were computed from: the model by the digest of its weights (a re-import
+    // writes another file of the same weights), KEYs of older caches by the file's SHA-256
     std::ostringstream key;
-    key << "model_sha256 " << frozen_.sha256 << "\ncontext " << P << "\nprompt";
+    key << "\ncontext " << P << "\nprompt";
     for (int32_t t : prompt_) key << " " << t;
     for (const auto* d : {train_data_.get(), val_data_.get()}) {
       key << "\nshards";
       for (const std::string& f : d->files()) key << " " << std::filesystem::absolute(f).string();
     }
     key << "\ntrain_contexts " << g.train_contexts << "\n";
-    cache_ = std::make_unique<ContextCache>(g.cache_dir, key.str(), P, m.d_model,
-                                            static_cast<int64_t>(layers_.size()), gate_decisions(m));
+    cache_ = std::make_unique<ContextCache>(g.cache_dir, "model_weights_sha256 " + frozen_weights_ + key.str(), P,
+                                            m.d_model, static_cast<int64_t>(layers_.size()), gate_decisions(m),
+                                            std::vector<std::string>{"model_sha256 " + frozen_.sha256 + key.str()});
   }
   hidden_buf_ = Buffer<float>(*ops_, layers_.size() * static_cast<size_t>(P) * m.d_model);
   hidden_.resize(layers_.size());

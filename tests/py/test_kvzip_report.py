@@ -91,6 +91,14 @@ def make_study(out, gates_rec_offset=0.01, needle_miss=None, memory=True, freeco
                     '  repeat_prompt: "\\nRepeat\\n"\n')
 
 
+def study_dir(out, name, policies, keeps, tasks):
+    """Another study directory OUT/name with its meta.json (one thread); returns its path."""
+    d = os.path.join(out, name)
+    os.makedirs(d)
+    dump({"policies": policies, "keeps": keeps, "tasks": tasks, "threads": 1}, os.path.join(d, "meta.json"))
+    return d
+
+
 def run_report(out, docs):
     p = subprocess.run([sys.executable, REPORT, out, "--docs", docs], capture_output=True, text=True)
     if p.returncode != 0:
@@ -197,10 +205,7 @@ class KvzipReport(unittest.TestCase):
             make_study(out)
             # a second directory: needles of full and gates on 9 more contexts (all wrong for gates at
             # 0.3), and context 0 again with other values, which the first directory's record beats
-            extra = os.path.join(out, "eval_needles")
-            os.makedirs(extra)
-            dump({"policies": ["full", "gates"], "keeps": [0.3, 0.1], "tasks": ["needle"], "threads": 1},
-                 os.path.join(extra, "meta.json"))
+            extra = study_dir(out, "eval_needles", ["full", "gates"], [0.3, 0.1], ["needle"])
             for i in [0] + list(range(N, N + 9)):
                 rs = [result("full", 1.0, None, None, True)] + [
                     result("gates", k, None, None, i == 0) for k in (0.3, 0.1)]
@@ -210,10 +215,7 @@ class KvzipReport(unittest.TestCase):
                       {"needle_correct": False, "needle_output": "1"}, "results": rs},
                      os.path.join(extra, f"ctx_{i:05d}.json"))
             # a full-cache-only directory: its keeps are 1.0 whatever --keep said
-            only_full = os.path.join(out, "eval_full")
-            os.makedirs(only_full)
-            dump({"policies": ["full"], "keeps": [0.3], "tasks": ["needle"], "threads": 1},
-                 os.path.join(only_full, "meta.json"))
+            only_full = study_dir(out, "eval_full", ["full"], [0.3], ["needle"])
             dump({"context": 0, "tokens": 1024, "depth": 0.1, "results": [result("full", 1.0, 50.0, None, False)]},
                  os.path.join(only_full, "ctx_00000.json"))
             s, md = run_report(out, docs)
@@ -246,9 +248,7 @@ class KvzipReport(unittest.TestCase):
             for name, policy, keep, rec, needle in [("eval_full_more", "full", 1.0, 1.0, None),
                                                      ("eval_full_needles", "full", 1.0, None, False),
                                                      ("eval_gates_more", "gates", 0.3, 1.5, None)]:
-                d = os.path.join(out, name)
-                os.makedirs(d)
-                dump({"policies": [policy], "keeps": [keep], "tasks": ["x"], "threads": 1}, os.path.join(d, "meta.json"))
+                d = study_dir(out, name, [policy], [keep], ["x"])
                 for i in extra:
                     dump({"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3],
                           "results": [result(policy, keep, rec, None, needle)]}, os.path.join(d, f"ctx_{i:05d}.json"))
@@ -263,6 +263,27 @@ class KvzipReport(unittest.TestCase):
             # full's needles: N right in eval, 5 wrong from eval_full_needles beside eval_full_more's nulls
             self.assertIn(f"| full | 1.00 | {N + 5} | ", md)
             self.assertIn(f"Full-cache ceiling: {100 * N / (N + 5):.1f}%", md)
+
+    def test_keeps_of_the_gates_alone_leave_the_comparisons_alone(self):
+        # gates at keep 0.4 with no baseline there: (b) and (c) compare the keeps both have and
+        # still hold; (a) also judges keep 0.4
+        with tempfile.TemporaryDirectory() as t:
+            out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
+            make_study(out)
+            d = study_dir(out, "eval_gates_extra", ["gates"], [0.4], ["x"])
+            for i in range(N):
+                full = 1.0 + 0.3 * math.sin(i)
+                dump({"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3],
+                      "results": [result("gates", 0.4, full + 0.005, 2.0, True)]}, os.path.join(d, f"ctx_{i:05d}.json"))
+            s, md = run_report(out, docs)
+            self.assertEqual(sorted(s["b_close_to_kvzip"]["per_keep"]), ["0.20", "0.30", "0.50"])
+            self.assertEqual(s["b_close_to_kvzip"]["verdict"], "holds")
+            self.assertEqual(len(s["c_ahead_of_baselines"]["per_keep"]), 9)
+            self.assertNotIn("snapkv@0.40", s["c_ahead_of_baselines"]["per_keep"])
+            a4 = s["a_near_lossless_30_40"]["per_keep"]["0.4"]["reconstruction_nll"]
+            self.assertAlmostEqual(a4["mean"], 0.005, places=9)
+            self.assertEqual(a4["verdict"], "holds")
+            self.assertIn("| gates | 0.40 | 40 | ", md)
 
     def test_missing_pieces(self):
         with tempfile.TemporaryDirectory() as t:
