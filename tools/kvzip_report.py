@@ -244,29 +244,41 @@ def task_table(cond, title, name, kind, sub=None, digits=4, note=""):
 
 # ---- figures ---------------------------------------------------------------------------------
 
-def figure(cond, path, title, ylabel, name, kind, sub=None, scale=1.0):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def figure_series(cond, name, kind, sub=None, scale=1.0, diff=False):
+    """The points of a figure: (full, {policy: [(keep, y, error)]}). full is (mean, SE) of the full
+    cache, or (0, 0) with diff, where each point is the paired difference to the full cache over
+    the contexts both have (policies evaluated on other contexts than full stay comparable)."""
     stat = binomial if kind == "binomial" else mean_se
-    any_data = False
-    full = stat(field(cond, FULL, name, sub).values())
-    if full is not None:
-        m, se, _ = full
-        ax.axhline(scale * m, color="black", lw=1, label="full")
-        ax.axhspan(scale * (m - se), scale * (m + se), color="black", alpha=0.1)
-        any_data = True
+    full_vals = field(cond, FULL, name, sub)
+    f = stat(full_vals.values())
+    full = None if f is None else ((0.0, 0.0) if diff else (scale * f[0], scale * f[1]))
+    series = {}
     for p in POLICIES[1:] + sorted({k[0] for k in cond} - set(POLICIES)):
         pts = []
         for key in conditions(cond):
             if key[0] != p:
                 continue
-            s = stat(field(cond, key, name, sub).values())
+            vals = field(cond, key, name, sub)
+            s = (paired(vals, full_vals) if vals and full_vals else None) if diff else stat(vals.values())
             if s is not None:
                 pts.append((key[1], scale * s[0], scale * s[1]))
         if pts:
-            pts.sort()
-            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=[e for _, _, e in pts],
-                        marker="o", capsize=3, label=p)
-            any_data = True
+            series[p] = sorted(pts)
+    return full, series
+
+
+def figure(cond, path, title, ylabel, name, kind, sub=None, scale=1.0, diff=False):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    full, series = figure_series(cond, name, kind, sub, scale, diff)
+    any_data = bool(series) or full is not None
+    if full is not None:
+        m, se = full
+        ax.axhline(m, color="black", lw=1, label="full")
+        if se > 0:
+            ax.axhspan(m - se, m + se, color="black", alpha=0.1)
+    for p, pts in series.items():
+        ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=[e for _, _, e in pts],
+                    marker="o", capsize=3, label=p)
     if not any_data:
         ax.text(0.5, 0.5, NOT_RUN, ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("keep ratio (share of KV entries kept)")
@@ -542,15 +554,20 @@ def report(out, docs):
     res = claims(cond, ctxs)
     res["gate_training"] = gstats
     L += claims_section(res)
-    L += ["### Figures", ""] + [f"![{n}](figures/kvzip_{n}.png)" for n in
+    L += ["### Figures", "",
+          "Reconstruction, continuation and needles are drawn as the paired difference to the full "
+          "cache ± its paired SE (the policies ran on different numbers of contexts); free copy as "
+          "the mean ± SE over its contexts.", ""] + [f"![{n}](figures/kvzip_{n}.png)" for n in
                                 ("reconstruction", "continuation", "needle", "freecopy")] + [""]
 
-    figure(cond, os.path.join(figdir, "kvzip_reconstruction.png"), "Reconstruction", "NLL (nats/token)",
-           "reconstruction_nll", "mean")
-    figure(cond, os.path.join(figdir, "kvzip_continuation.png"), "Continuation", "NLL (nats/token)",
-           "continuation_nll", "mean")
-    figure(cond, os.path.join(figdir, "kvzip_needle.png"), "Needle retrieval", "accuracy (%)",
-           "needle_correct", "binomial", scale=100)
+    # the losses and the needles as paired differences to the full cache: the policies were
+    # evaluated on different numbers of contexts, so their plain means are not comparable
+    figure(cond, os.path.join(figdir, "kvzip_reconstruction.png"), "Reconstruction",
+           "NLL − full cache, paired (nats/token)", "reconstruction_nll", "mean", diff=True)
+    figure(cond, os.path.join(figdir, "kvzip_continuation.png"), "Continuation",
+           "NLL − full cache, paired (nats/token)", "continuation_nll", "mean", diff=True)
+    figure(cond, os.path.join(figdir, "kvzip_needle.png"), "Needle retrieval",
+           "accuracy − full cache, paired (points)", "needle_correct", "binomial", scale=100, diff=True)
     figure(cond, os.path.join(figdir, "kvzip_freecopy.png"), "Free copy", "LCS rate (%)",
            "lcs_rate", "mean", sub="freecopy", scale=100)
 

@@ -18,6 +18,9 @@
 #                                and the odd contexts (--context-step 2), one process each
 #        OUT/eval_baselines_needles  [BASELINE_CONTEXTS, NEEDLE_CONTEXTS): the same; needles only
 #        OUT/eval_kvzip_extra    [0, CONTEXTS): kvzip x EXTRA_KEEPS; reconstruction, continuation, needle
+#        OUT/eval_cont_a/b       [BASELINE_CONTEXTS, CONT_CONTEXTS): full, snapkv, streaming, random
+#                                x CONT_KEEPS; continuation only (the keeps whose paired SE needs
+#                                more contexts); the even and the odd contexts
 #        OUT/eval_gates_extra    [0, CONTEXTS): the same for the gates, once they are trained
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
@@ -43,6 +46,8 @@
 #   CONTEXTS           40                   contexts of full and gates
 #   NEEDLE_CONTEXTS    150                  contexts of the needle task for full and gates
 #   BASELINE_CONTEXTS  100                  contexts of kvzip and the baselines
+#   CONT_CONTEXTS      344                  contexts of the baselines' continuation at CONT_KEEPS
+#   CONT_KEEPS         0.1                  (344: every window of the eval text)
 #   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
 #                                           (first; then the other KEEPS)
 #   KEEPS              0.5,0.3,0.2,0.1      keep ratios of every policy
@@ -65,6 +70,8 @@ BASE_CONTEXTS=${BASE_CONTEXTS:-12}
 CONTEXTS=${CONTEXTS:-40}
 NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
 BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
+CONT_CONTEXTS=${CONT_CONTEXTS:-344}
+CONT_KEEPS=${CONT_KEEPS:-0.1}
 NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
 EXTRA_KEEPS=${EXTRA_KEEPS-0.7,0.4}
@@ -153,6 +160,7 @@ NNKEEPS=$(tr ',' '\n' <<< "$NEEDLE_KEEPS" | grep -c .)
 REST_KEEPS=$(tr ',' '\n' <<< "$KEEPS" | grep -vxF -f <(tr ',' '\n' <<< "$NEEDLE_KEEPS") | paste -sd, || true)
 NRKEEPS=$(tr ',' '\n' <<< "$REST_KEEPS" | grep -c . || true)
 NEKEEPS=$(tr ',' '\n' <<< "$EXTRA_KEEPS" | grep -c . || true)
+NCKEEPS=$(tr ',' '\n' <<< "$CONT_KEEPS" | grep -c . || true)
 /usr/bin/python3 - "$OUT/bench.json" <<PY
 import json, sys
 b = json.load(open(sys.argv[1]))
@@ -184,6 +192,7 @@ needle = t(P) + 40 * t(P) / P + 8 * dec
 per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) / P
 K, B, C, N, NK, NB, NR, NE = ($NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS,
                               $NRKEEPS, $NEKEEPS)
+CC, NC = $CONT_CONTEXTS, $NCKEEPS
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
 stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
@@ -195,6 +204,8 @@ stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEP
            f"{NB - B} contexts x (oracle + {4 * K} conditions), two processes"),
           ("base. needles", max(0, N - NB) * (fwd + 4 * K * needle),
            f"{max(0, N - NB)} contexts x (oracle + {4 * K} needle conditions)"),
+          ("base. cont.", max(0, CC - NB) * (1 + 3 * NC) * (t(P) + $CONTINUATION * t(P) / P),
+           f"{max(0, CC - NB)} contexts x {1 + 3 * NC} continuation conditions, two processes"),
           ("extra keeps", C * (fwd * (NE > 0) + 2 * NE * per_cond),
            f"{C} contexts x {NE} keeps of kvzip (+ oracle) and gates"),
           ("gates eval", C * K * per_cond + free * $NFKEEPS / fconds, f"{C} contexts x {K} conditions + free copy"),
@@ -250,6 +261,14 @@ gate_free() {
   baselines a
   study eval_baselines_needles "$BASELINES" needle "$BASELINE_CONTEXTS" "$NEEDLE_CONTEXTS"
   extra kvzip
+  cont a
+}
+cont() {  # a: the even contexts of [BASELINE_CONTEXTS, CONT_CONTEXTS), b: the odd ones
+  local first=$BASELINE_CONTEXTS
+  [[ $1 == b ]] && first=$(( BASELINE_CONTEXTS + 1 ))
+  (( first < CONT_CONTEXTS )) || return 0
+  KEEPS=$CONT_KEEPS study "eval_cont_$1" full,snapkv,streaming,random continuation "$first" "$CONT_CONTEXTS" \
+    --context-step 2
 }
 extra() {  # POLICY at EXTRA_KEEPS on [0, CONTEXTS)
   [[ -n "$EXTRA_KEEPS" ]] || return 0
@@ -296,7 +315,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
   [[ $PARALLEL == 1 ]] && split=$(( CONTEXTS * 3 / 5 > FREECOPY_CONTEXTS ? CONTEXTS * 3 / 5 : FREECOPY_CONTEXTS ))
   if [[ $PARALLEL == 1 ]]; then
     { KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS" && memory &&
-      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS" && gate_needles_rest && baselines b; } \
+      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS" && gate_needles_rest && baselines b && cont b; } \
       > "$OUT/eval_gated_2.log" 2>&1 &
     gated_pid=$!
   fi
@@ -309,6 +328,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
     KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS"
     gate_needles_rest
     baselines b
+    cont b
   fi
 }
 if [[ $PARALLEL == 1 ]]; then

@@ -285,6 +285,29 @@ class KvzipReport(unittest.TestCase):
             self.assertEqual(a4["verdict"], "holds")
             self.assertIn("| gates | 0.40 | 40 | ", md)
 
+    def test_figures_plot_paired_differences(self):
+        # full alone on 5 more contexts with a far other loss: its plain mean moves, the figure's
+        # points (paired over the contexts each policy shares with full) do not
+        sys.path.insert(0, os.path.join(SRC, "tools"))
+        import kvzip_report
+        with tempfile.TemporaryDirectory() as t:
+            out = os.path.join(t, "run")
+            make_study(out)
+            d = study_dir(out, "eval_full_more", ["full"], [1.0], ["reconstruction"])
+            for i in range(N, N + 5):
+                dump({"context": i, "tokens": 1024, "depth": 0.1, "results": [result("full", 1.0, 9.0, None, None)]},
+                     os.path.join(d, f"ctx_{i:05d}.json"))
+            _, _, cond, _ = kvzip_report.load(out)
+            full, series = kvzip_report.figure_series(cond, "reconstruction_nll", "mean", diff=True)
+            self.assertEqual(full, (0.0, 0.0))
+            full_rec = [1.0 + 0.3 * math.sin(i) for i in range(N)]
+            m, se = paired_expected([f + 0.005 for f in full_rec], full_rec)
+            k = dict((x, (y, e)) for x, y, e in series["kvzip"])
+            self.assertAlmostEqual(k[0.3][0], m, places=9)
+            self.assertAlmostEqual(k[0.3][1], se, places=9)
+            plain, _ = kvzip_report.figure_series(cond, "reconstruction_nll", "mean")
+            self.assertGreater(plain[0], 1.5)   # the extra contexts pull the plain mean of full up
+
     def test_missing_pieces(self):
         with tempfile.TemporaryDirectory() as t:
             out, docs = os.path.join(t, "run"), os.path.join(t, "docs")
