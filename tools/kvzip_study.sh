@@ -37,7 +37,9 @@
 # Every stage is resumable: run the script again after a stop.
 #
 #   bash tools/kvzip_study.sh                      # the whole study
-#   GATE_STEPS=200 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 FREECOPY_CONTEXTS=1 bash tools/kvzip_study.sh  # a smoke run
+#   GATE_STEPS=20 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 BASELINE_CONTEXTS=4 CONT_CONTEXTS=6 \
+#     EXTRA_KEEPS=0.4 FREECOPY_CONTEXTS=1 OUT=runs/kvzip_smoke DOCS=runs/kvzip_smoke/docs \
+#     bash tools/kvzip_study.sh                    # a smoke run (its own directory and report)
 #
 # Environment (defaults):
 #   OUT                runs/kvzip_smollm2   the study's directory
