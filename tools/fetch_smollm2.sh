@@ -7,8 +7,8 @@
 #    SmolLM2-135M-Instruct.Q4_1.gguf (Q8_0 embeddings, Q4_1 blocks), checked against its SHA-256;
 # 2. `kvtrain import` it into a weights-only checkpoint with the tokenizer embedded, when there is
 #    none yet, the GGUF is newer, or REIMPORT=1 (after a change to the importer). Not on every
-#    rebuild: gates record the SHA-256 of the checkpoint they were trained on, and each import has
-#    its own time stamp in /meta, so a fresh import of the same weights would make them warn.
+#    rebuild: each import has its own time stamp in /meta, and gate files written before the
+#    weights digest (and the caches keyed by them) know the model by the checkpoint file's SHA-256.
 # Prints the two paths. The weights and the checkpoint stay out of git (build/ is ignored).
 #
 # Environment:

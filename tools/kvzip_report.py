@@ -64,7 +64,10 @@ def binomial(xs):
 
 
 def paired(a, b):
-    """Mean and paired standard error of a[c] - b[c] over the contexts c both have (dicts)."""
+    """Mean and paired standard error of a[c] - b[c] over the contexts c both have (dicts; None
+    when either is missing or they share no context)."""
+    if not a or not b:
+        return None
     common = sorted(c for c in a if c in b and a[c] is not None and b[c] is not None)
     return mean_se([float(a[c]) - float(b[c]) for c in common])
 
@@ -231,7 +234,7 @@ def task_table(cond, title, name, kind, sub=None, digits=4, note=""):
             continue
         s = binomial(vals.values()) if kind == "binomial" else mean_se(vals.values())
         pct = kind == "binomial"
-        diff = paired(vals, full) if key != FULL and full else None
+        diff = paired(vals, full) if key != FULL else None
         rows.append(f"| {key[0]} | {key[1]:.2f} | {s[2]} | {fmt(s, digits, pct)}{fmt_diff(diff, digits, pct)} |")
     L = [f"### {title}", ""]
     if not rows:
@@ -259,7 +262,7 @@ def figure_series(cond, name, kind, sub=None, scale=1.0, diff=False):
             if key[0] != p:
                 continue
             vals = field(cond, key, name, sub)
-            s = (paired(vals, full_vals) if vals and full_vals else None) if diff else stat(vals.values())
+            s = paired(vals, full_vals) if diff else stat(vals.values())
             if s is not None:
                 pts.append((key[1], scale * s[0], scale * s[1]))
         if pts:
@@ -312,7 +315,7 @@ def needle_section(ctxs, cond):
         if not vals:
             continue
         cells = [fmt(binomial([v for c, v in vals.items() if depth_of.get(c) == d]), pct=True) for d in depths]
-        diff = paired(vals, full) if key != FULL and full else None
+        diff = paired(vals, full) if key != FULL else None
         cells.append(fmt(binomial(vals.values()), pct=True) + fmt_diff(diff, pct=True))
         L.append(f"| {key[0]} | {key[1]:.2f} | {len(vals)} | " + " | ".join(cells) + " |")
     return L + [""]
@@ -405,11 +408,6 @@ def claims(cond, ctxs):
     keeps = sorted({k[1] for k in cond if k[0] == "gates" and rec[k]}, reverse=True)  # with reconstruction
     res = {}
 
-    def d_of(a, b):
-        if not a or not b:
-            return None
-        return paired(a, b)
-
     def num(d):
         return None if d is None else {"mean": d[0], "se": d[1], "n": d[2]}
 
@@ -419,8 +417,8 @@ def claims(cond, ctxs):
         g = ("gates", k)
         if g not in cond and k == 0.4:
             continue
-        dn = d_of(needle.get(g), full_needle)
-        dr = d_of(rec.get(g), full_rec)
+        dn = paired(needle.get(g), full_needle)
+        dr = paired(rec.get(g), full_rec)
         vn, vr = within(dn, NEEDLE_MARGIN), within(dr, NLL_MARGIN)
         a[f"{k:.1f}"] = {"verdict": combine([vn, vr]), "needle": {"verdict": vn, **(num(dn) or {})},
                          "reconstruction_nll": {"verdict": vr, **(num(dr) or {})}}
@@ -429,7 +427,7 @@ def claims(cond, ctxs):
     # (b) gates close to the KVzip oracle, at the keeps where both were run
     b = {}
     for k in keeps:
-        d = d_of(rec.get(("gates", k)), rec.get(("kvzip", k)))
+        d = paired(rec.get(("gates", k)), rec.get(("kvzip", k)))
         if d is not None:
             b[f"{k:.2f}"] = {"verdict": within(d, NLL_MARGIN), **num(d)}
     res["b_close_to_kvzip"] = {"verdict": combine([v["verdict"] for v in b.values()]) if b else NOT_RUN,
@@ -438,7 +436,7 @@ def claims(cond, ctxs):
     c = {}
     for k in keeps:
         for other in ("snapkv", "streaming", "random"):
-            d = d_of(rec.get(("gates", k)), rec.get((other, k)))
+            d = paired(rec.get(("gates", k)), rec.get((other, k)))
             if d is not None:
                 c[f"{other}@{k:.2f}"] = {"verdict": below(d), **num(d)}
     res["c_ahead_of_baselines"] = {"verdict": combine([v["verdict"] for v in c.values()]) if c else NOT_RUN,
@@ -453,7 +451,7 @@ def claims(cond, ctxs):
         if key == FULL:
             continue
         for name in ("reconstruction_nll", "continuation_nll"):
-            d = d_of(field(cond, key, name), field(cond, FULL, name))
+            d = paired(field(cond, key, name), field(cond, FULL, name))
             if d is not None and d[2] > 1:
                 ses.append(d[1])
                 if key[0] in ("gates", "kvzip"):

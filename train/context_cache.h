@@ -12,9 +12,10 @@ namespace kvt {
 // decisions, 0, 0, 0), the gate inputs [layers, P, C] in bfloat16 and the targets
 // [layers, decisions, P] in float32, little-endian: 2 L P C + 4 L M P bytes (SmolLM2-135M, 1024
 // tokens: 35.4 MB + 0.4 MB, where float32 inputs took 71 MB). The trainer rounds the gate inputs
-// to bfloat16 whether or not it caches, so a run with the cache equals one without, bitwise. <dir>/KEY says what they were computed from (the digest of the model's weights, the
-// context length, the repeat prompt's ids, the shards); a directory with another KEY is an error,
-// never reused. Files are written to a temporary name and renamed, so a killed run leaves none
+// to bfloat16 whether or not it caches, so a run with the cache equals one without, bitwise.
+// <dir>/KEY says what they were computed from (the digest of the model's weights, the context
+// length, the repeat prompt's ids, the shards); a directory with another KEY is an error, never
+// reused. Files are written to a temporary name and renamed, so a killed run leaves none
 // half-written; a file of the wrong size is an error naming it.
 class ContextCache {
  public:

@@ -22,6 +22,16 @@ std::string weights_sha256(const ModelCheckpoint& model) {
   return sha256_hex(model.params.data(), model.params.size() * sizeof(float));
 }
 
+RecordedModel recorded_model(const NamedTexts& texts) {
+  if (const std::string* w = find_text(texts, kGateTextModelWeights)) return {w, true};
+  return {find_text(texts, kGateTextModelSha256), false};
+}
+
+std::string RecordedModel::of(const ModelCheckpoint& model, const std::string* weights_digest) const {
+  if (!weights) return model.sha256;
+  return weights_digest ? *weights_digest : weights_sha256(model);
+}
+
 std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& model,
                               std::string* warning) {
   // The gates' model config first, so that gates of another model fail naming the keys that
@@ -39,16 +49,15 @@ std::vector<float> load_gates(const std::string& path, const ModelCheckpoint& mo
   const CheckpointState s = checkpoint_read(path, build_gate_param_table(model.config.model), kGatesFormatName);
   if (warning) {
     warning->clear();
-    const std::string* weights = find_text(s.texts, kGateTextModelWeights);
-    const std::string* sha = weights ? weights : find_text(s.texts, kGateTextModelSha256);
-    const std::string mine = weights ? weights_sha256(model) : model.sha256;
-    if (sha && *sha != mine) {
+    const RecordedModel rec = recorded_model(s.texts);
+    const std::string mine = rec.sha ? rec.of(model) : "";
+    if (rec.sha && *rec.sha != mine) {
       const std::string* from = find_text(s.texts, kGateTextModelCheckpoint);
-      *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) +
-                 " (" + (weights ? "weights " : "file ") + "SHA-256 " + sha->substr(0, 12) + "...), not on " +
-                 model.path + " (" + mine.substr(0, 12) + "...): same model config, " +
-                 (weights ? "other weights"
-                          : "another file (the gates record no weights digest, so the weights may be the same)");
+      *warning = path + " was trained on " + (from ? *from : std::string("another checkpoint")) + " (" +
+                 rec.kind() + " " + rec.sha->substr(0, 12) + "...), not on " + model.path + " (" +
+                 mine.substr(0, 12) + "...): same model config, " +
+                 (rec.weights ? "other weights"
+                              : "another file (the gates record no weights digest, so the weights may be the same)");
     }
   }
   return s.params;

@@ -266,12 +266,11 @@ void GateTrainer::save_checkpoint() {
 void GateTrainer::restore(const CheckpointState& s) {
   const std::string where = "gate checkpoint at step " + std::to_string(s.step);
   // the same weights (by their digest; a gate checkpoint older than it, by the file's SHA-256)
-  const std::string* weights = find_text(s.texts, kGateTextModelWeights);
-  const std::string* sha = weights ? weights : find_text(s.texts, kGateTextModelSha256);
-  const std::string& mine = weights ? frozen_weights_ : frozen_.sha256;
-  if (!sha || *sha != mine)
-    throw std::runtime_error(where + " was trained on another model checkpoint (" + (weights ? "weights " : "") +
-                             "SHA-256 " + (sha ? sha->substr(0, 12) : std::string("unknown")) + "...) than " +
+  const RecordedModel rec = recorded_model(s.texts);
+  const std::string mine = rec.of(frozen_, &frozen_weights_);
+  if (!rec.sha || *rec.sha != mine)
+    throw std::runtime_error(where + " was trained on another model checkpoint (" + rec.kind() + " " +
+                             (rec.sha ? rec.sha->substr(0, 12) : std::string("unknown")) + "...) than " +
                              frozen_.path + " (" + mine.substr(0, 12) + "...)");
   const GateRunConfig theirs = parse_gate_config(s.config_yaml, {}, where);
   const GateTrainConfig &a = theirs.gates, &b = cfg_.gates;
