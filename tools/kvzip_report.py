@@ -446,7 +446,7 @@ def claims(cond, ctxs):
     res["d_gate_overhead"] = {"verdict": NOT_RUN if share is None else ("holds" if share <= OVERHEAD_LIMIT else "fails"),
                               "prefill_share": share, "decode_share": dshare}
     # every paired SE
-    ses, close = [], []
+    ses, close, above = [], [], []
     for key in cond:
         if key == FULL:
             continue
@@ -456,10 +456,14 @@ def claims(cond, ctxs):
                 ses.append(d[1])
                 if key[0] in ("gates", "kvzip"):
                     close.append(d[1])
+                if d[1] > SE_TARGET:
+                    above.append({"policy": key[0], "keep": key[1], "task": name.replace("_nll", ""),
+                                  "se": d[1], "n": d[2]})
     res["contexts"] = len(ctxs)
     res["max_paired_se"] = max(ses) if ses else None
     res["max_paired_se_gates_kvzip"] = max(close) if close else None
     res["all_paired_se_le_0.02"] = (max(ses) <= SE_TARGET) if ses else None
+    res["paired_se_above_0.02"] = sorted(above, key=lambda a: (a["task"], a["policy"], -a["keep"]))
     return res
 
 
@@ -501,6 +505,10 @@ def claims_section(res):
              f"{NOT_RUN if mx is None else f'{mx:.4f}'} nats; every paired SE <= {SE_TARGET}: "
              f"{NOT_RUN if res['all_paired_se_le_0.02'] is None else ('yes' if res['all_paired_se_le_0.02'] else 'no')}"
              f"; the largest of gates and kvzip {NOT_RUN if mc is None else f'{mc:.4f}'} nats")
+    if res["paired_se_above_0.02"]:
+        L.append(f"  - above {SE_TARGET}: " + "; ".join(f"{a['policy']}@{a['keep']:.2f} {a['task']} "
+                                                     f"{a['se']:.4f} (n = {a['n']})"
+                                                     for a in res["paired_se_above_0.02"]))
     return L + [""]
 
 

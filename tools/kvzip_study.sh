@@ -21,6 +21,8 @@
 #        OUT/eval_cont_a/b       [BASELINE_CONTEXTS, CONT_CONTEXTS): full, snapkv, streaming, random
 #                                x CONT_KEEPS; continuation only (the keeps whose paired SE needs
 #                                more contexts); the even and the odd contexts
+#        OUT/eval_recon_K_a/b    [BASELINE_CONTEXTS, LAST): reconstruction only, for each
+#                                K:LAST:POLICIES of RECON (POLICIES at keep K); even and odd
 #        OUT/eval_gates_extra    [0, CONTEXTS): the same for the gates, once they are trained
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
@@ -38,7 +40,7 @@
 #
 #   bash tools/kvzip_study.sh                      # the whole study
 #   GATE_STEPS=20 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 BASELINE_CONTEXTS=4 CONT_CONTEXTS=6 \
-#     EXTRA_KEEPS=0.4 FREECOPY_CONTEXTS=1 OUT=runs/kvzip_smoke DOCS=runs/kvzip_smoke/docs \
+#     RECON="0.1:6:full,snapkv 0.3:5:random" EXTRA_KEEPS=0.4 FREECOPY_CONTEXTS=1 OUT=runs/kvzip_smoke DOCS=runs/kvzip_smoke/docs \
 #     bash tools/kvzip_study.sh                    # a smoke run (its own directory and report)
 #
 # Environment (defaults):
@@ -50,6 +52,12 @@
 #   BASELINE_CONTEXTS  100                  contexts of kvzip and the baselines
 #   CONT_CONTEXTS      344                  contexts of the baselines' continuation at CONT_KEEPS
 #   CONT_KEEPS         0.1                  (344: every window of the eval text)
+#   RECON              0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random
+#                      0.3:300:streaming,random
+#                                           the baselines' reconstruction beyond BASELINE_CONTEXTS:
+#                                           KEEP:LAST:POLICIES, as far as the paired SE measured on
+#                                           100 contexts needs for 0.02 (the full cache once, with the
+#                                           largest LAST; "" for none)
 #   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
 #                                           (first; then the other KEEPS)
 #   KEEPS              0.5,0.3,0.2,0.1      keep ratios of every policy
@@ -74,6 +82,11 @@ NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
 BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
 CONT_CONTEXTS=${CONT_CONTEXTS:-344}
 CONT_KEEPS=${CONT_KEEPS:-0.1}
+RECON=${RECON-0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random 0.3:300:streaming,random}
+for entry in $RECON; do
+  [[ "$entry" =~ ^[0-9.]+:[0-9]+:[a-z,]+$ ]] ||
+    { echo "kvzip_study: RECON: '$entry' is not KEEP:LAST:POLICIES (e.g. 0.1:344:full,snapkv)" >&2; exit 1; }
+done
 NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
 EXTRA_KEEPS=${EXTRA_KEEPS-0.7,0.4}
@@ -195,6 +208,7 @@ per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) 
 K, B, C, N, NK, NB, NR, NE = ($NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS,
                               $NRKEEPS, $NEKEEPS)
 CC, NC = $CONT_CONTEXTS, $NCKEEPS
+recon = [(int(e.split(":")[1]), len(e.split(":")[2].split(","))) for e in "$RECON".split()]
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
 stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
@@ -208,6 +222,9 @@ stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEP
            f"{max(0, N - NB)} contexts x (oracle + {4 * K} needle conditions)"),
           ("base. cont.", max(0, CC - NB) * (1 + 3 * NC) * (t(P) + $CONTINUATION * t(P) / P),
            f"{max(0, CC - NB)} contexts x {1 + 3 * NC} continuation conditions, two processes"),
+          ("base. recon.", sum(max(0, last - NB) * n for last, n in recon) * fwd,
+           " + ".join(f"{max(0, last - NB)} contexts x {n}" for last, n in recon) +
+           " reconstruction conditions, two processes"),
           ("extra keeps", C * (fwd * (NE > 0) + 2 * NE * per_cond),
            f"{C} contexts x {NE} keeps of kvzip (+ oracle) and gates"),
           ("gates eval", C * K * per_cond + free * $NFKEEPS / fconds, f"{C} contexts x {K} conditions + free copy"),
@@ -264,6 +281,7 @@ gate_free() {
   study eval_baselines_needles "$BASELINES" needle "$BASELINE_CONTEXTS" "$NEEDLE_CONTEXTS"
   extra kvzip
   cont a
+  recon a
 }
 cont() {  # a: the even contexts of [BASELINE_CONTEXTS, CONT_CONTEXTS), b: the odd ones
   local first=$BASELINE_CONTEXTS
@@ -271,6 +289,16 @@ cont() {  # a: the even contexts of [BASELINE_CONTEXTS, CONT_CONTEXTS), b: the o
   (( first < CONT_CONTEXTS )) || return 0
   KEEPS=$CONT_KEEPS study "eval_cont_$1" full,snapkv,streaming,random continuation "$first" "$CONT_CONTEXTS" \
     --context-step 2
+}
+recon() {  # the reconstruction of RECON's KEEP:LAST:POLICIES on [BASELINE_CONTEXTS, LAST), a/b likewise
+  local first=$BASELINE_CONTEXTS entry keep last policies
+  [[ $1 == b ]] && first=$(( BASELINE_CONTEXTS + 1 ))
+  for entry in $RECON; do
+    IFS=: read -r keep last policies <<< "$entry"
+    (( first < last )) || continue
+    KEEPS=$keep study "eval_recon_${keep}_$1" "$policies" reconstruction "$first" "$last" --context-step 2 ||
+      return 1
+  done
 }
 extra() {  # POLICY at EXTRA_KEEPS on [0, CONTEXTS)
   [[ -n "$EXTRA_KEEPS" ]] || return 0
@@ -317,7 +345,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
   [[ $PARALLEL == 1 ]] && split=$(( CONTEXTS * 3 / 5 > FREECOPY_CONTEXTS ? CONTEXTS * 3 / 5 : FREECOPY_CONTEXTS ))
   if [[ $PARALLEL == 1 ]]; then
     { KEEPS=$NEEDLE_KEEPS study eval_gates_needles gates needle "$CONTEXTS" "$NEEDLE_CONTEXTS" && memory &&
-      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS" && gate_needles_rest && baselines b && cont b; } \
+      study eval_gates_hi gates "$ALL" "$split" "$CONTEXTS" && gate_needles_rest && baselines b && cont b && recon b; } \
       > "$OUT/eval_gated_2.log" 2>&1 &
     gated_pid=$!
   fi
@@ -331,6 +359,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
     gate_needles_rest
     baselines b
     cont b
+    recon b
   fi
 }
 if [[ $PARALLEL == 1 ]]; then

@@ -44,7 +44,8 @@ def result(policy, keep, rec, cont, needle, freecopy=None):
             "gate_seconds": 0.005 if policy == "gates" else 0.0, "freecopy": freecopy}
 
 
-def make_study(out, gates_rec_offset=0.01, needle_miss=None, memory=True, freecopy=True, metrics=True):
+def make_study(out, gates_rec_offset=0.01, needle_miss=None, memory=True, freecopy=True, metrics=True,
+               snapkv_noise=0.002):
     """Full NLL 1 + per-context spread; gates = full + offset (+ tiny noise); kvzip = full + 0.005;
     snapkv = gates + zero-mean noise; streaming = gates - 0.5; random = full + 1."""
     os.makedirs(os.path.join(out, "eval"))
@@ -65,7 +66,7 @@ def make_study(out, gates_rec_offset=0.01, needle_miss=None, memory=True, freeco
             miss = needle_miss is not None and k == 0.3 and i == needle_miss
             rs.append(result("gates", k, g, cont + 0.01, not miss, fc(0.8) if k == 0.3 else None))
             rs.append(result("kvzip", k, full + 0.005, cont + 0.005, True))
-            rs.append(result("snapkv", k, g + noise(i, 0.002), cont + 0.02, True))
+            rs.append(result("snapkv", k, g + noise(i, snapkv_noise), cont + 0.02, True))
             rs.append(result("streaming", k, g - 0.5, cont + 0.1, i % 2 == 0, fc(0.5) if k == 0.3 else None))
             rs.append(result("random", k, full + 1.0, cont + 1.0, i % 4 == 0, fc(0.1) if k == 0.3 else None))
         rec = {"context": i, "tokens": 1024, "depth": [0.1, 0.5, 0.9][i % 3], "needle_position": 100,
@@ -153,6 +154,8 @@ class KvzipReport(unittest.TestCase):
             # the largest paired SE is snapkv's
             self.assertTrue(s["all_paired_se_le_0.02"])
             self.assertLess(s["max_paired_se"], 0.02)
+            self.assertEqual(s["paired_se_above_0.02"], [])
+            self.assertNotIn("above 0.02", md)
             # gates' and kvzip's alone: gates' reconstruction noise (kvzip and the continuations are
             # constant offsets)
             full_ = [1.0 + 0.3 * math.sin(i) for i in range(N)]
@@ -198,6 +201,20 @@ class KvzipReport(unittest.TestCase):
             self.assertAlmostEqual(n["se"], math.sqrt((1 / N) * (1 - 1 / N) * N / (N - 1) / N), places=9)
             self.assertEqual(n["verdict"], "unresolved")
             self.assertEqual(s["a_near_lossless_30_40"]["verdict"], "unresolved")
+            # snapkv's reconstruction spread 100x: its paired SE (and only its) above 0.02, named
+            out3 = os.path.join(t, "run3")
+            make_study(out3, snapkv_noise=0.2)
+            s, md = run_report(out3, docs)
+            full = [1.0 + 0.3 * math.sin(i) for i in range(N)]
+            snap = [f + 0.01 + noise(i, 0.001) + noise(i, 0.2) for i, f in enumerate(full)]
+            _, se = paired_expected(snap, full)
+            above = s["paired_se_above_0.02"]
+            self.assertEqual([(a["policy"], a["keep"], a["task"], a["n"]) for a in above],
+                             [("snapkv", k, "reconstruction", N) for k in KEEPS])
+            for a in above:
+                self.assertAlmostEqual(a["se"], se, places=9)
+            self.assertFalse(s["all_paired_se_le_0.02"])
+            self.assertIn(f"above 0.02: snapkv@0.50 reconstruction {se:.4f} (n = {N})", md)
 
     def test_pools_study_directories(self):
         with tempfile.TemporaryDirectory() as t:
