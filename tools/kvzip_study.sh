@@ -53,7 +53,7 @@
 #   CONT_CONTEXTS      344                  contexts of the baselines' continuation at CONT_KEEPS
 #   CONT_KEEPS         0.1                  (344: every window of the eval text)
 #   RECON              0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random
-#                      0.3:300:streaming,random 0.2:330:streaming,random
+#                      0.3:300:streaming,random 0.2:344:streaming,random
 #                                           the baselines' reconstruction beyond BASELINE_CONTEXTS:
 #                                           KEEP:LAST:POLICIES, as far as the paired SE measured on
 #                                           100 contexts needs for 0.02 (the full cache once, with the
@@ -82,7 +82,7 @@ NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
 BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
 CONT_CONTEXTS=${CONT_CONTEXTS:-344}
 CONT_KEEPS=${CONT_KEEPS:-0.1}
-RECON=${RECON-0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random 0.3:300:streaming,random 0.2:330:streaming,random}
+RECON=${RECON-0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random 0.3:300:streaming,random 0.2:344:streaming,random}
 for entry in $RECON; do
   [[ "$entry" =~ ^[0-9.]+:[0-9]+:[a-z,]+$ ]] ||
     { echo "kvzip_study: RECON: '$entry' is not KEEP:LAST:POLICIES (e.g. 0.1:344:full,snapkv)" >&2; exit 1; }
