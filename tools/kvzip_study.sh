@@ -283,16 +283,19 @@ gate_free() {
   cont a
   recon a
 }
+first_of() {  # a|b START: the first context of the even (a) or the odd (b) half from START
+  if [[ $1 == b ]]; then echo $(( $2 + 1 )); else echo "$2"; fi
+}
 cont() {  # a: the even contexts of [BASELINE_CONTEXTS, CONT_CONTEXTS), b: the odd ones
-  local first=$BASELINE_CONTEXTS
-  [[ $1 == b ]] && first=$(( BASELINE_CONTEXTS + 1 ))
+  local first
+  first=$(first_of "$1" "$BASELINE_CONTEXTS")
   (( first < CONT_CONTEXTS )) || return 0
   KEEPS=$CONT_KEEPS study "eval_cont_$1" full,snapkv,streaming,random continuation "$first" "$CONT_CONTEXTS" \
     --context-step 2
 }
 recon() {  # the reconstruction of RECON's KEEP:LAST:POLICIES on [BASELINE_CONTEXTS, LAST), a/b likewise
-  local first=$BASELINE_CONTEXTS entry keep last policies
-  [[ $1 == b ]] && first=$(( BASELINE_CONTEXTS + 1 ))
+  local first entry keep last policies
+  first=$(first_of "$1" "$BASELINE_CONTEXTS")
   for entry in $RECON; do
     IFS=: read -r keep last policies <<< "$entry"
     (( first < last )) || continue
@@ -306,8 +309,8 @@ extra() {  # POLICY at EXTRA_KEEPS on [0, CONTEXTS)
 }
 BASELINES=kvzip,snapkv,streaming,random
 baselines() {  # a: the even contexts of [BASE_CONTEXTS, BASELINE_CONTEXTS), b: the odd ones
-  local first=$BASE_CONTEXTS
-  [[ $1 == b ]] && first=$(( BASE_CONTEXTS + 1 ))
+  local first
+  first=$(first_of "$1" "$BASE_CONTEXTS")
   (( first < BASELINE_CONTEXTS )) || return 0
   study "eval_baselines_$1" "$BASELINES" reconstruction,continuation,needle "$first" "$BASELINE_CONTEXTS" \
     --context-step 2
