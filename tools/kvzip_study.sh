@@ -21,8 +21,10 @@
 #        OUT/eval_cont_a/b       [BASELINE_CONTEXTS, CONT_CONTEXTS): full, snapkv, streaming, random
 #                                x CONT_KEEPS; continuation only (the keeps whose paired SE needs
 #                                more contexts); the even and the odd contexts
-#        OUT/eval_recon_K_a/b    [BASELINE_CONTEXTS, LAST): reconstruction only, for each
-#                                K:LAST:POLICIES of RECON (POLICIES at keep K); even and odd
+#        OUT/eval_recon_KEEPS_POLICIES_FIRST_a/b [FIRST, LAST): reconstruction only, for each
+#                                KEEPS:[FIRST-]LAST:POLICIES of RECON (POLICIES at KEEPS, FIRST
+#                                BASELINE_CONTEXTS unless given); even and odd; the entries with
+#                                gates once they are trained
 #        OUT/eval_gates_extra    [0, CONTEXTS): the same for the gates, once they are trained
 #        OUT/eval_gates          [0, CONTEXTS): gates x KEEPS, every task  } once the gates
 #        OUT/eval_gates_needles  [CONTEXTS, NEEDLE_CONTEXTS): gates at     } are trained
@@ -35,29 +37,37 @@
 #   3. memory: one fresh process per keep ratio (1.0 0.5 0.3 0.2 0.1), gates at a 4096-token
 #      context, `--memory-probe` JSON lines collected into OUT/memory.json;
 #   4. report: tools/kvzip_report.py -> docs/kvzip_smollm2.md, docs/figures/kvzip_*.png,
-#      OUT/summary.json; the text sources, memory.json and summary.json copied to docs/data/.
-# Every stage is resumable: run the script again after a stop.
+#      OUT/summary.json; the text sources, memory.json and summary.json copied to docs/data/,
+#      and the records themselves (tools/kvzip_records.py pack): every per-context record,
+#      memory.json and the gates' log in docs/data/kvzip_smollm2_records.tar.xz, the gates in
+#      docs/data/kvzip_smollm2_gates.h5, so that a run outlives its machine.
+# Every stage is resumable: run the script again after a stop; on a new machine RESTORE=1 first
+# unpacks those records and gates into an OUT that has none, and the study goes on from them.
 #
 #   bash tools/kvzip_study.sh                      # the whole study
 #   GATE_STEPS=20 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 BASELINE_CONTEXTS=4 CONT_CONTEXTS=6 \
-#     RECON="0.1:6:full,snapkv 0.3:5:random" EXTRA_KEEPS=0.4 FREECOPY_CONTEXTS=1 OUT=runs/kvzip_smoke DOCS=runs/kvzip_smoke/docs \
+#     RECON="0.1:6:full,snapkv 0.3:5:random 0.3,0.2:5-7:snapkv,gates" EXTRA_KEEPS=0.4 FREECOPY_CONTEXTS=1 OUT=runs/kvzip_smoke DOCS=runs/kvzip_smoke/docs \
 #     bash tools/kvzip_study.sh                    # a smoke run (its own directory and report)
 #
 # Environment (defaults):
 #   OUT                runs/kvzip_smollm2   the study's directory
 #   GATE_STEPS         5000                 gate training steps
-#   BASE_CONTEXTS      12                   contexts of every policy (the eval text has 344 windows)
+#   BASE_CONTEXTS      12                   contexts of every policy (the eval text has 464 windows)
 #   CONTEXTS           40                   contexts of full and gates
 #   NEEDLE_CONTEXTS    150                  contexts of the needle task for full and gates
 #   BASELINE_CONTEXTS  100                  contexts of kvzip and the baselines
 #   CONT_CONTEXTS      344                  contexts of the baselines' continuation at CONT_KEEPS
-#   CONT_KEEPS         0.1                  (344: every window of the eval text)
-#   RECON              0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random
-#                      0.3:300:streaming,random 0.2:344:streaming,random
-#                                           the baselines' reconstruction beyond BASELINE_CONTEXTS:
-#                                           KEEP:LAST:POLICIES, as far as the paired SE measured on
-#                                           100 contexts needs for 0.02 (the full cache once, with the
-#                                           largest LAST; "" for none)
+#   CONT_KEEPS         0.1                  (344: the windows of the eval text's first two books)
+#   RECON              0.1:420:full,snapkv,streaming,random 0.5:180:streaming,random
+#                      0.3:340:streaming,random 0.2:380:streaming,random 0.5,0.3,0.2:420:snapkv
+#                      0.5:40-390:gates 0.3:40-410:gates 0.2:40-380:gates 0.1:40-270:gates
+#                                           reconstruction beyond the other stages' contexts:
+#                                           KEEPS:[FIRST-]LAST:POLICIES (FIRST BASELINE_CONTEXTS
+#                                           unless given), as far as 0.02 needs for every paired
+#                                           SE, the differences to the full cache and those between
+#                                           the gates and each baseline (claim c), by the spreads
+#                                           measured in docs/results.md's run, plus ~10% (the full
+#                                           cache once on each context; "" for none)
 #   NEEDLE_KEEPS       0.3                  keep ratios of the gates' needles beyond CONTEXTS
 #                                           (first; then the other KEEPS)
 #   KEEPS              0.5,0.3,0.2,0.1      keep ratios of every policy
@@ -72,6 +82,8 @@
 #   BUILD_DIR          build                kvtrain's build directory
 #   SKIP_SETUP         0                    1: no tools/setup.sh and no build (already done)
 #   PROJECT_ONLY       0                    1: stop after printing the projected times
+#   RESTORE            0                    1: an OUT without records starts from DOCS/data's
+#                                           records and gates (kept by an earlier run's report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/kvzip_smollm2}
@@ -82,10 +94,13 @@ NEEDLE_CONTEXTS=${NEEDLE_CONTEXTS:-150}
 BASELINE_CONTEXTS=${BASELINE_CONTEXTS:-100}
 CONT_CONTEXTS=${CONT_CONTEXTS:-344}
 CONT_KEEPS=${CONT_KEEPS:-0.1}
-RECON=${RECON-0.1:344:full,snapkv,streaming,random 0.5:180:streaming,random 0.3:300:streaming,random 0.2:344:streaming,random}
+RECON=${RECON-0.1:420:full,snapkv,streaming,random 0.5:180:streaming,random 0.3:340:streaming,random \
+0.2:380:streaming,random 0.5,0.3,0.2:420:snapkv 0.5:40-390:gates 0.3:40-410:gates 0.2:40-380:gates \
+0.1:40-270:gates}
 for entry in $RECON; do
-  [[ "$entry" =~ ^[0-9.]+:[0-9]+:[a-z,]+$ ]] ||
-    { echo "kvzip_study: RECON: '$entry' is not KEEP:LAST:POLICIES (e.g. 0.1:344:full,snapkv)" >&2; exit 1; }
+  [[ "$entry" =~ ^[0-9.,]+:([0-9]+-)?[0-9]+:[a-z,]+$ ]] ||
+    { echo "kvzip_study: RECON: '$entry' is not KEEPS:[FIRST-]LAST:POLICIES (e.g. 0.1:344-440:full,snapkv)" >&2
+      exit 1; }
 done
 NEEDLE_KEEPS=${NEEDLE_KEEPS:-0.3}
 KEEPS=${KEEPS:-0.5,0.3,0.2,0.1}
@@ -115,6 +130,15 @@ bash tools/prepare_kvzip_text.sh
 TEXT=build/kvzip_text
 EVAL_DATA="$TEXT/eval/eval_train_*.bin"
 mkdir -p "$OUT"
+RECORDS=$DOCS/data/kvzip_smollm2_records.tar.xz KEPT_GATES=$DOCS/data/kvzip_smollm2_gates.h5
+if [[ "${RESTORE:-0}" == 1 && ! -e "$OUT/gates/gates.h5" ]]; then  # an OUT with gates has its own run
+  [[ -f "$RECORDS" && -f "$KEPT_GATES" ]] ||
+    { echo "kvzip_study: RESTORE=1: $RECORDS and $KEPT_GATES are not both there" >&2; exit 1; }
+  cmp -s "$TEXT/SOURCES.md" "$DOCS/data/kvzip_smollm2_sources.md" ||  # the same windows, or none
+    { echo "kvzip_study: RESTORE=1: $TEXT/SOURCES.md differs from $DOCS/data/kvzip_smollm2_sources.md" \
+        "(other texts or package versions): the records are not of these windows" >&2; exit 1; }
+  /usr/bin/python3 tools/kvzip_records.py unpack "$RECORDS" "$OUT" --gates "$KEPT_GATES"
+fi
 
 # The repeat prompt of the gates, given to eval too (reconstruction and the kvzip oracle), and
 # its length Q in tokens for the projection (prepare frames a document with its own BOS/EOS: "."
@@ -208,7 +232,8 @@ per_cond = t(P) + (fwd - t(P)) + 40 * t(P) / P + 8 * dec + $CONTINUATION * t(P) 
 K, B, C, N, NK, NB, NR, NE = ($NKEEPS, $BASE_CONTEXTS, $CONTEXTS, $NEEDLE_CONTEXTS, $NNKEEPS, $BASELINE_CONTEXTS,
                               $NRKEEPS, $NEKEEPS)
 CC, NC = $CONT_CONTEXTS, $NCKEEPS
-recon = [(int(e.split(":")[1]), len(e.split(":")[2].split(","))) for e in "$RECON".split()]
+recon = [(int(r.split("-")[0]) if "-" in r else NB, int(r.split("-")[-1]), len(k.split(",")) * len(p.split(",")))
+         for k, r, p in (e.split(":") for e in "$RECON".split())]
 fconds = 1 + 3 * $NFKEEPS
 free = $FREECOPY_CONTEXTS * fconds * (Q * t(P) / P + $GENERATE * dec)
 stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEPS) / fconds,
@@ -222,8 +247,8 @@ stages = [("base", B * (fwd + (1 + 4 * K) * per_cond) + free * (fconds - $NFKEEP
            f"{max(0, N - NB)} contexts x (oracle + {4 * K} needle conditions)"),
           ("base. cont.", max(0, CC - NB) * (1 + 3 * NC) * (t(P) + $CONTINUATION * t(P) / P),
            f"{max(0, CC - NB)} contexts x {1 + 3 * NC} continuation conditions, two processes"),
-          ("base. recon.", sum(max(0, last - NB) * n for last, n in recon) * fwd,
-           " + ".join(f"{max(0, last - NB)} contexts x {n}" for last, n in recon) +
+          ("base. recon.", sum(max(0, last - first) * n for first, last, n in recon) * fwd,
+           " + ".join(f"{max(0, last - first)} contexts x {n}" for first, last, n in recon) +
            " reconstruction conditions, two processes"),
           ("extra keeps", C * (fwd * (NE > 0) + 2 * NE * per_cond),
            f"{C} contexts x {NE} keeps of kvzip (+ oracle) and gates"),
@@ -281,7 +306,7 @@ gate_free() {
   study eval_baselines_needles "$BASELINES" needle "$BASELINE_CONTEXTS" "$NEEDLE_CONTEXTS"
   extra kvzip
   cont a
-  recon a
+  recon a baselines
 }
 first_of() {  # a|b START: the first context of the even (a) or the odd (b) half from START
   if [[ $1 == b ]]; then echo $(( $2 + 1 )); else echo "$2"; fi
@@ -293,14 +318,18 @@ cont() {  # a: the even contexts of [BASELINE_CONTEXTS, CONT_CONTEXTS), b: the o
   KEEPS=$CONT_KEEPS study "eval_cont_$1" full,snapkv,streaming,random continuation "$first" "$CONT_CONTEXTS" \
     --context-step 2
 }
-recon() {  # the reconstruction of RECON's KEEP:LAST:POLICIES on [BASELINE_CONTEXTS, LAST), a/b likewise
-  local first entry keep last policies
-  first=$(first_of "$1" "$BASELINE_CONTEXTS")
+recon() {  # a|b [gates|baselines]: the reconstruction of RECON's KEEPS:[FIRST-]LAST:POLICIES on
+           # [FIRST, LAST), a/b likewise; only the entries with (without) gates if asked
+  local start first entry keeps range last policies
   for entry in $RECON; do
-    IFS=: read -r keep last policies <<< "$entry"
+    IFS=: read -r keeps range policies <<< "$entry"
+    [[ ${2:-} == gates && $policies != *gates* || ${2:-} == baselines && $policies == *gates* ]] && continue
+    last=${range#*-} start=$BASELINE_CONTEXTS
+    [[ $range == *-* ]] && start=${range%-*}
+    first=$(first_of "$1" "$start")
     (( first < last )) || continue
-    KEEPS=$keep study "eval_recon_${keep}_$1" "$policies" reconstruction "$first" "$last" --context-step 2 ||
-      return 1
+    KEEPS=$keeps study "eval_recon_${keeps//,/-}_${policies//,/-}_${start}_$1" "$policies" reconstruction \
+      "$first" "$last" --context-step 2 || return 1
   done
 }
 extra() {  # POLICY at EXTRA_KEEPS on [0, CONTEXTS)
@@ -354,6 +383,7 @@ gated() {  # in parallel mode two processes: eval_gates [0, SPLIT) beside the ne
   fi
   study eval_gates gates "$ALL" 0 "$split"
   extra gates
+  recon a gates
   if [[ $PARALLEL == 1 ]]; then
     wait "$gated_pid" || { echo "kvzip_study: evaluation failed (see $OUT/eval_gated_2.log)" >&2; exit 1; }
     gated_pid=""
@@ -400,3 +430,4 @@ mkdir -p "$DOCS/data"   # what the report rests on, kept with the docs
 cp "$TEXT/SOURCES.md" "$DOCS/data/kvzip_smollm2_sources.md"
 cp "$OUT/memory.json" "$DOCS/data/kvzip_smollm2_memory.json"
 cp "$OUT/summary.json" "$DOCS/data/kvzip_smollm2_summary.json"
+/usr/bin/python3 tools/kvzip_records.py pack "$OUT" "$RECORDS" --gates "$KEPT_GATES"

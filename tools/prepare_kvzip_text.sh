@@ -11,9 +11,11 @@
 #          is fetched with `apt-get download` and unpacked here, R is not installed);
 #          `kvtrain prepare` holds out every 20th block of 8192 tokens as data.val;
 #          -> OUT_DIR/train/train_{train,val}_000000.bin
-#   eval:  evaluation text, two books from other packages: The Debian Administrator's Handbook
-#          (en-US HTML, pages in reading order, stripped to text) and the Debian GNU/Linux
-#          Installation Guide for amd64 (its plain-text edition), no validation split
+#   eval:  evaluation text, three books from other packages: The Debian Administrator's Handbook
+#          (en-US HTML, pages in reading order, stripped to text), the Debian GNU/Linux
+#          Installation Guide for amd64 (its plain-text edition) and the Securing Debian Manual
+#          (harden-doc, en-US HTML like the handbook; last, so the first two keep their window
+#          numbers), no validation split
 #          -> OUT_DIR/eval/eval_train_000000.bin (the "train" in the name is prepare's; it is
 #          the evaluation set)
 # and OUT_DIR/SOURCES.md: every source file, its package, version and license, the bytes and
@@ -45,7 +47,7 @@ if [[ $fresh == 1 ]]; then
 fi
 
 pkgs=(debian-reference-en debian-faq developers-reference debian-policy gnu-standards python3.11-doc
-      debian-handbook installation-guide-amd64)
+      debian-handbook installation-guide-amd64 harden-doc)
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     bash tools/setup.sh
@@ -88,6 +90,7 @@ LICENSES = {
     "python3.11-doc": "PSF-2.0 (Python documentation)",
     "debian-handbook": "GPL-2+ or CC-BY-SA-3.0",
     "installation-guide-amd64": "GPL-2",
+    "harden-doc": "GPL-2+",
     "r-cran-janeaustenr": "public domain (the novels, Project Gutenberg texts); MIT (the package)",
 }
 
@@ -183,15 +186,16 @@ def html_text(path):
     return p.text()
 
 
-def handbook_pages():
-    """The handbook's pages in reading order: index.html, then each page's rel=next."""
-    base = "/usr/share/doc/debian-handbook/html/en-US"
+def publican_pages(base):
+    """A publican book's pages in reading order: index.html, then each page's rel=next (as
+    shipped, or gzipped by the package: harden-doc's changelog.html.gz)."""
     pages, page = [], "index.html"
     while page and page not in pages:
         pages.append(page)
-        m = re.search(r'<link rel="next" href="([^"#]+)"', read(os.path.join(base, page)))
+        path = os.path.join(base, page)
+        m = re.search(r'<link rel="next" href="([^"#]+)"', read(path if os.path.exists(path) else path + ".gz"))
         page = m.group(1) if m else None
-    return [os.path.join(base, p) for p in pages]
+    return [p if os.path.exists(p) else p + ".gz" for p in (os.path.join(base, p) for p in pages)]
 
 
 def austen_novels():
@@ -242,9 +246,13 @@ TEXTS = [
     ("train", "python-reference", "python3.11-doc", rst_files("reference"), read),
     ("train", "python-glossary", "python3.11-doc", rst_files("glossary.rst.txt"), read),
     ("train", "jane-austen-novels", "r-cran-janeaustenr", austen_novels(), read),
-    ("eval", "debian-handbook", "debian-handbook", handbook_pages(), html_text),
+    ("eval", "debian-handbook", "debian-handbook",
+     publican_pages("/usr/share/doc/debian-handbook/html/en-US"), html_text),
     ("eval", "debian-installation-guide", "installation-guide-amd64",
      ["/usr/share/doc/installation-guide-amd64/en/install.en.txt.gz"], read),
+    # appended last, so the windows of the two texts above keep their numbers
+    ("eval", "securing-debian-manual", "harden-doc",
+     publican_pages("/usr/share/doc/harden-doc/html/en-US"), html_text),
 ]
 
 sources = []

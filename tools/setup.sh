@@ -11,7 +11,7 @@ pkgs=(
   bible-kjv
   # the Fast KVzip study's texts (tools/prepare_kvzip_text.sh)
   debian-reference-en debian-faq developers-reference debian-policy gnu-standards python3.11-doc
-  debian-handbook installation-guide-amd64
+  debian-handbook installation-guide-amd64 harden-doc
   clang libclang-rt-14-dev  # the parser fuzzers (tools/fuzz.sh, CTest fuzz_parsers_short)
 )
 missing=()

@@ -162,6 +162,10 @@ class KvzipReport(unittest.TestCase):
             _, se_g = paired_expected([f + 0.01 + noise(i, 0.001) for i, f in enumerate(full_)], full_)
             self.assertAlmostEqual(s["max_paired_se_gates_kvzip"], se_g, places=9)
             self.assertGreater(s["max_paired_se"], s["max_paired_se_gates_kvzip"])
+            # of the claims' differences: gates - snapkv's zero-mean noise is the largest
+            g_ = [f + 0.01 + noise(i, 0.001) for i, f in enumerate(full_)]
+            _, se_c = paired_expected(g_, [x + noise(i, 0.002) for i, x in enumerate(g_)])
+            self.assertAlmostEqual(s["max_paired_se_claims"], se_c, places=9)
             # the tables: full's mean ± SE, and gates' paired difference in the reconstruction table
             fm = sum(full) / N
             fse = math.sqrt(sum((x - fm) ** 2 for x in full) / (N - 1) / N)
@@ -208,13 +212,18 @@ class KvzipReport(unittest.TestCase):
             full = [1.0 + 0.3 * math.sin(i) for i in range(N)]
             snap = [f + 0.01 + noise(i, 0.001) + noise(i, 0.2) for i, f in enumerate(full)]
             _, se = paired_expected(snap, full)
+            # ... and so is that of gates - snapkv, the difference claim (c) rests on
+            _, se_c = paired_expected([f + 0.01 + noise(i, 0.001) for i, f in enumerate(full)], snap)
             above = s["paired_se_above_0.02"]
             self.assertEqual([(a["policy"], a["keep"], a["task"], a["n"]) for a in above],
+                             [("gates − snapkv", k, "reconstruction", N) for k in KEEPS] +
                              [("snapkv", k, "reconstruction", N) for k in KEEPS])
             for a in above:
-                self.assertAlmostEqual(a["se"], se, places=9)
+                self.assertAlmostEqual(a["se"], se_c if a["policy"].startswith("gates") else se, places=9)
+            self.assertAlmostEqual(s["max_paired_se_claims"], se_c, places=9)
             self.assertFalse(s["all_paired_se_le_0.02"])
-            self.assertIn(f"above 0.02: snapkv@0.50 reconstruction {se:.4f} (n = {N})", md)
+            self.assertIn(f"above 0.02: gates − snapkv@0.50 reconstruction {se_c:.4f} (n = {N}); ", md)
+            self.assertIn(f"; snapkv@0.50 reconstruction {se:.4f} (n = {N})", md)
 
     def test_pools_study_directories(self):
         with tempfile.TemporaryDirectory() as t:
