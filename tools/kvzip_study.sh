@@ -39,10 +39,11 @@
 #   4. report: tools/kvzip_report.py -> docs/kvzip_smollm2.md, docs/figures/kvzip_*.png,
 #      OUT/summary.json; the text sources, memory.json and summary.json copied to docs/data/,
 #      and the records themselves (tools/kvzip_records.py pack): every per-context record,
-#      memory.json and the gates' log in docs/data/kvzip_smollm2_records.tar.xz, the gates in
-#      docs/data/kvzip_smollm2_gates.h5, so that a run outlives its machine.
+#      memory.json, the gates' log and their weights' SHA-256 in
+#      docs/data/kvzip_smollm2_records.tar.xz, so that a run outlives its machine.
 # Every stage is resumable: run the script again after a stop; on a new machine RESTORE=1 first
-# unpacks those records and gates into an OUT that has none, and the study goes on from them.
+# unpacks those records into an OUT that has none, trains the gates again and stops unless their
+# weights are those of the records, and the study goes on from them.
 #
 #   bash tools/kvzip_study.sh                      # the whole study
 #   GATE_STEPS=20 BASE_CONTEXTS=2 CONTEXTS=4 NEEDLE_CONTEXTS=6 BASELINE_CONTEXTS=4 CONT_CONTEXTS=6 \
@@ -83,7 +84,7 @@
 #   SKIP_SETUP         0                    1: no tools/setup.sh and no build (already done)
 #   PROJECT_ONLY       0                    1: stop after printing the projected times
 #   RESTORE            0                    1: an OUT without records starts from DOCS/data's
-#                                           records and gates (kept by an earlier run's report)
+#                                           records (kept by an earlier run's report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/kvzip_smollm2}
@@ -130,14 +131,13 @@ bash tools/prepare_kvzip_text.sh
 TEXT=build/kvzip_text
 EVAL_DATA="$TEXT/eval/eval_train_*.bin"
 mkdir -p "$OUT"
-RECORDS=$DOCS/data/kvzip_smollm2_records.tar.xz KEPT_GATES=$DOCS/data/kvzip_smollm2_gates.h5
+RECORDS=$DOCS/data/kvzip_smollm2_records.tar.xz
 if [[ "${RESTORE:-0}" == 1 && ! -e "$OUT/gates/gates.h5" ]]; then  # an OUT with gates has its own run
-  [[ -f "$RECORDS" && -f "$KEPT_GATES" ]] ||
-    { echo "kvzip_study: RESTORE=1: $RECORDS and $KEPT_GATES are not both there" >&2; exit 1; }
+  [[ -f "$RECORDS" ]] || { echo "kvzip_study: RESTORE=1: $RECORDS: no such file" >&2; exit 1; }
   cmp -s "$TEXT/SOURCES.md" "$DOCS/data/kvzip_smollm2_sources.md" ||  # the same windows, or none
     { echo "kvzip_study: RESTORE=1: $TEXT/SOURCES.md differs from $DOCS/data/kvzip_smollm2_sources.md" \
         "(other texts or package versions): the records are not of these windows" >&2; exit 1; }
-  /usr/bin/python3 tools/kvzip_records.py unpack "$RECORDS" "$OUT" --gates "$KEPT_GATES"
+  /usr/bin/python3 tools/kvzip_records.py unpack "$RECORDS" "$OUT"
 fi
 
 # The repeat prompt of the gates, given to eval too (reconstruction and the kvzip oracle), and
@@ -283,6 +283,16 @@ train_gates() {
     --set output.dir="$OUT/gates" "${cache[@]}" --set gates.steps="$GATE_STEPS" \
     --set gates.backend="$BACKEND" --set gates.threads="$GATE_THREADS"
 }
+same_gates() {  # the gates' weights are those the records were made with (restored: OUT/gates/weights.sha256)
+  local kept=$OUT/gates/weights.sha256 mine
+  [[ -f "$kept" ]] || return 0
+  mine=$(/usr/bin/python3 tools/kvzip_records.py digest "$GATES") || return 1
+  [[ "$mine" == "$(cat "$kept")" ]] && return 0
+  echo "kvzip_study: $GATES: weights SHA-256 $mine, not $(cat "$kept") of the restored records" \
+    "($kept): these gates were trained differently; move OUT's eval_gates* and eval_*gates* away" \
+    "to evaluate them anew, and remove $kept" >&2
+  return 1
+}
 study() {  # DIR POLICIES TASKS FIRST LAST [eval options]: contexts [FIRST, LAST) into OUT/DIR;
            # skips finished ones
   (( $4 < $5 )) || return 0
@@ -414,11 +424,13 @@ if [[ $PARALLEL == 1 ]]; then
     wait "$gate_pid" || { echo "kvzip_study: gate training failed (see $OUT/gates.log)" >&2; exit 1; }
     gate_pid=""
   fi
+  same_gates || exit 1
   gated
   wait "$eval_pid" || { echo "kvzip_study: evaluation failed (see $OUT/eval_gate_free.log)" >&2; exit 1; }
   eval_pid=""
 else
   [[ -f "$GATES" ]] || train_gates
+  same_gates || exit 1
   gate_free
   gated
 fi
@@ -430,4 +442,4 @@ mkdir -p "$DOCS/data"   # what the report rests on, kept with the docs
 cp "$TEXT/SOURCES.md" "$DOCS/data/kvzip_smollm2_sources.md"
 cp "$OUT/memory.json" "$DOCS/data/kvzip_smollm2_memory.json"
 cp "$OUT/summary.json" "$DOCS/data/kvzip_smollm2_summary.json"
-/usr/bin/python3 tools/kvzip_records.py pack "$OUT" "$RECORDS" --gates "$KEPT_GATES"
+/usr/bin/python3 tools/kvzip_records.py pack "$OUT" "$RECORDS"

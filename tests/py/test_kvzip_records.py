@@ -1,5 +1,6 @@
 """tools/kvzip_records.py: a study's records packed and unpacked byte for byte, the same bytes for the
-same records, nothing but records packed, and bad input refused with OUT left as it was.
+same records, nothing but records packed, the gates' weights digest (the same for the same weights,
+another for one changed weight), and bad input refused with OUT left as it was.
 
     /usr/bin/python3 tests/py/test_kvzip_records.py
 """
@@ -29,7 +30,19 @@ RECORDS = {
 }
 NOT_RECORDS = ["eval_base/ctx_00002.json.tmp", "eval_gate_free.log", "gates/ckpt_00005000.h5", "summary.json",
                "eval_base/notes.txt"]
-GATES = b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+def write_gates(path, k_scale=1.0, utc="2026-12-04T19:57:00Z"):
+    """A small gates-like HDF5 file: weights under /model, a time stamp and optimizer state beside."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f["model/gates.0.k_proj.weight"] = (np.arange(48 * 8, dtype=np.float32).reshape(48, 8) * k_scale)
+        f["model/gates.0.bias"] = np.full((3, 3), -1.5, dtype=np.float32)
+        f["model/gates.1.sinks"] = np.linspace(0, 1, 3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+        f["meta/utc_time"] = utc
+        f["optimizer/m/gates.0.bias"] = np.zeros((3, 3), dtype=np.float32)
 
 
 def run(*args):
@@ -45,8 +58,7 @@ def make_study(out):
     for name in NOT_RECORDS:
         with open(os.path.join(out, name), "w") as f:
             f.write("not a record")
-    with open(os.path.join(out, "gates", "gates.h5"), "wb") as f:
-        f.write(GATES)
+    write_gates(os.path.join(out, "gates", "gates.h5"))
 
 
 def tree(d):
@@ -58,6 +70,12 @@ def tree(d):
             with open(p, "rb") as fh:
                 got[os.path.relpath(p, d).replace(os.sep, "/")] = fh.read()
     return got
+
+
+def digest(path):
+    r = run("digest", path)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
 
 
 def blob(path):
@@ -85,28 +103,48 @@ class KvzipRecords(unittest.TestCase):
         self.out = os.path.join(self.d, "study")
         make_study(self.out)
         self.archive = os.path.join(self.d, "docs", "data", "records.tar.xz")
-        self.gates = os.path.join(self.d, "docs", "data", "gates.h5")
 
     def tearDown(self):
         self.t.cleanup()
 
     def pack(self):
-        r = run("pack", self.out, self.archive, "--gates", self.gates)
+        r = run("pack", self.out, self.archive)
         self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_round_trip_is_byte_exact_and_only_records(self):
         self.pack()
         with tarfile.open(self.archive, "r:xz") as tar:
-            self.assertEqual(tar.getnames(), sorted(RECORDS))
-        self.assertEqual(blob(self.gates), GATES)
+            self.assertEqual(tar.getnames(), sorted(list(RECORDS) + ["gates/weights.sha256"]))
         back = os.path.join(self.d, "restored", "study")
-        r = run("unpack", self.archive, back, "--gates", self.gates)
+        r = run("unpack", self.archive, back)
         self.assertEqual(r.returncode, 0, r.stderr)
-        want = {k: v for k, v in tree(self.out).items() if k in RECORDS or k == "gates/gates.h5"}
+        want = {k: v for k, v in tree(self.out).items() if k in RECORDS}
+        want["gates/weights.sha256"] = (digest(os.path.join(self.out, "gates", "gates.h5")) + "\n").encode()
         self.assertEqual(tree(back), want)
         # no staging directory left beside OUT, no temporary files beside the archive
         self.assertEqual(os.listdir(os.path.dirname(back)), ["study"])
-        self.assertEqual(sorted(os.listdir(os.path.dirname(self.archive))), ["gates.h5", "records.tar.xz"])
+        self.assertEqual(os.listdir(os.path.dirname(self.archive)), ["records.tar.xz"])
+        # a restored study packs to the same bytes (its digest file is made anew, not doubled)
+        write_gates(os.path.join(back, "gates", "gates.h5"), utc="2027-01-01T00:00:00Z")
+        again = os.path.join(self.d, "again.tar.xz")
+        self.assertEqual(run("pack", back, again).returncode, 0)
+        self.assertEqual(blob(again), blob(self.archive))
+
+    def test_digest_is_of_the_weights(self):
+        a, b, c = (os.path.join(self.d, n) for n in ("a.h5", "b.h5", "c.h5"))
+        write_gates(a)
+        write_gates(b, utc="2030-01-01T00:00:00Z")  # another time stamp: the same weights
+        write_gates(c, k_scale=1.0 + 2 ** -20)      # one weight's last bits differ
+        self.assertEqual(digest(a), digest(b))
+        self.assertNotEqual(blob(a), blob(b))
+        self.assertNotEqual(digest(a), digest(c))
+        self.assertRegex(digest(a), "^[0-9a-f]{64}$")
+        with open(os.path.join(self.d, "not.h5"), "wb") as f:
+            f.write(b"not hdf5")
+        r = run("digest", os.path.join(self.d, "not.h5"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("not.h5: not a readable HDF5 file", r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1)
 
     def test_same_records_same_bytes(self):
         self.pack()
@@ -128,15 +166,6 @@ class KvzipRecords(unittest.TestCase):
         self.assertIn("already holds study records", r.stderr)
         self.assertEqual(len(r.stderr.strip().splitlines()), 1)
         self.assertEqual(tree(self.out), before)
-        # gates only: an OUT with gates.h5 and no records keeps its gates
-        other = os.path.join(self.d, "other")
-        os.makedirs(os.path.join(other, "gates"))
-        with open(os.path.join(other, "gates", "gates.h5"), "wb") as f:
-            f.write(b"mine")
-        r = run("unpack", self.archive, other, "--gates", self.gates)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("gates.h5: exists", r.stderr)
-        self.assertEqual(tree(other), {"gates/gates.h5": b"mine"})
 
     def test_refuses_foreign_members(self):
         for bad in (("../escape.json", b"{}"), ("/abs/meta.json", b"{}"), ("eval_x/../../x.json", b"{}"),
@@ -180,10 +209,10 @@ class KvzipRecords(unittest.TestCase):
         os.makedirs(os.path.join(empty, "eval"))
         with open(os.path.join(empty, "eval", "meta.json"), "w") as f:
             f.write("{}")
-        r = run("pack", empty, self.archive, "--gates", self.gates)  # records but no gates.h5
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("no gates to keep", r.stderr)
-        self.assertFalse(os.path.exists(self.gates))
+        r = run("pack", empty, self.archive)  # records without gates: packed, no digest
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with tarfile.open(self.archive, "r:xz") as tar:
+            self.assertEqual(tar.getnames(), ["eval/meta.json"])
 
 
 if __name__ == "__main__":
