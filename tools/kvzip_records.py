@@ -24,6 +24,7 @@ not by the file's time stamps. Needs h5py.
 
 import argparse
 import io
+import lzma
 import os
 import re
 import shutil
@@ -53,7 +54,8 @@ def records(out):
 
 
 def write_atomic(path, write):
-    """Calls write(file) on path.tmp, then renames it to path; removes path.tmp on any error."""
+    """Calls write(file) on path.tmp, then renames it to path; removes path.tmp on any error. A
+    failed write (a full disk) is an Error naming the file."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -61,9 +63,11 @@ def write_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise Error(f"{tmp}: cannot write ({e.strerror or e}); {path} is as it was")
         raise
 
 
@@ -129,17 +133,25 @@ def unpack(archive, out):
     stage = tempfile.mkdtemp(prefix=".kvzip_unpack.", dir=parent)  # in OUT's file system: renames
     try:
         try:
-            with tarfile.open(archive, mode="r:xz") as tar:
+            with open(archive, "rb") as f:  # the whole stream, its index and footer checks too
+                raw = lzma.decompress(f.read(), format=lzma.FORMAT_XZ)
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
                 members = tar.getmembers()
                 for m in members:
                     if not m.isfile() or not MEMBER.match(m.name):
                         raise Error(f"{archive}: member {m.name!r} is not a study record; nothing unpacked")
                 for m in members:
-                    dst = os.path.join(stage, m.name)
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    with tar.extractfile(m) as src, open(dst, "wb") as f:
-                        shutil.copyfileobj(src, f)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # lzma.LZMAError is an OSError
+                    data = tar.extractfile(m).read()  # a record is small; reading and writing apart
+                    dst = os.path.join(stage, m.name)  # name the failing side
+                    try:
+                        os.makedirs(os.path.dirname(dst), exist_ok=True)
+                        with open(dst, "wb") as f:
+                            f.write(data)
+                    except OSError as e:
+                        raise Error(f"{dst}: cannot write ({e.strerror or e}); nothing unpacked")
+        except FileNotFoundError:
+            raise Error(f"{archive}: no such file")
+        except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
             raise Error(f"{archive}: not a readable .tar.xz ({type(e).__name__}: {e}); nothing unpacked")
         if not members:
             raise Error(f"{archive}: holds no records; nothing unpacked")

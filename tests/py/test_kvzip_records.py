@@ -185,7 +185,11 @@ class KvzipRecords(unittest.TestCase):
         self.pack()
         data = blob(self.archive)
         for name, body in (("truncated", data[: len(data) // 2]), ("garbage", b"not an xz file"),
-                           ("flipped", data[:40] + bytes([data[40] ^ 0xFF]) + data[41:])):
+                           ("flipped", data[:40] + bytes([data[40] ^ 0xFF]) + data[41:]),
+                           # inside the compressed records and in the stream's check: xz's own errors
+                           ("flipped_mid", data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x55]) +
+                            data[len(data) // 2 + 1:]),
+                           ("flipped_end", data[:-20] + bytes([data[-20] ^ 0x01]) + data[-19:])):
             with self.subTest(damage=name):
                 path = os.path.join(self.d, name + ".tar.xz")
                 with open(path, "wb") as f:
@@ -197,6 +201,29 @@ class KvzipRecords(unittest.TestCase):
                 self.assertEqual(len(r.stderr.strip().splitlines()), 1)
                 self.assertFalse(os.path.exists(dest) and os.listdir(dest))
                 self.assertEqual([n for n in os.listdir(self.d) if n.startswith(".kvzip_unpack")], [])
+
+    def test_any_flipped_byte_is_refused(self):
+        """One flipped bit anywhere, header, records, index or footer: refused, nothing unpacked."""
+        self.pack()
+        data = blob(self.archive)
+        for pos in sorted({int(i * (len(data) - 1) / 23) for i in range(24)} | {len(data) - 1}):
+            with self.subTest(pos=pos):
+                path = os.path.join(self.d, "flip.tar.xz")
+                with open(path, "wb") as f:
+                    f.write(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:])
+                dest = os.path.join(self.d, f"dest_flip_{pos}")
+                r = run("unpack", path, dest)
+                self.assertNotEqual(r.returncode, 0, f"byte {pos} of {len(data)}")
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+                self.assertFalse(os.path.exists(dest) and os.listdir(dest))
+
+    def test_missing_archive(self):
+        dest = os.path.join(self.d, "dest_missing")
+        r = run("unpack", os.path.join(self.d, "nowhere.tar.xz"), dest)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("nowhere.tar.xz: no such file", r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1)
+        self.assertFalse(os.path.exists(dest) and os.listdir(dest))
 
     def test_nothing_to_pack(self):
         empty = os.path.join(self.d, "empty")
